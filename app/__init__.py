@@ -1,0 +1,54 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from app.config import ROOT, Config
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """Build the service: config, extensions, domain singletons, blueprints, errors, CLI."""
+    config = config or Config.from_env()
+    app = Flask(__name__, instance_path=str(config_instance_path()))
+    app.config.from_mapping(config.to_flask())
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    from app import logs
+
+    logs.init_app(app)
+
+    from app.extensions import db, init_rate_limiter, init_redis
+
+    db.init_app(app)
+    from flask_migrate import Migrate
+
+    Migrate(app, db, directory=str(ROOT / "migrations"))
+    init_redis(app)
+    init_rate_limiter(app)
+    app.teardown_appcontext(db.close_request_session)
+
+    from app.wiring import init_domain
+
+    init_domain(app)
+
+    from app.errors_http import register_error_handlers
+    from app.routes import register_blueprints
+
+    register_blueprints(app)
+    register_error_handlers(app)
+
+    from app.cli import register_cli
+
+    register_cli(app)
+    logging.getLogger(__name__).debug("app created for region %s", config.REGION_CODE)
+    return app
+
+
+def config_instance_path() -> str:
+    from app.config import INSTANCE_DIR
+
+    return str(INSTANCE_DIR)

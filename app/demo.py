@@ -1,0 +1,73 @@
+"""The demo registry loaded by ``seed-demo``: a small Wenshan family, a neighbour, institutions.
+
+Every person here is invented; ID numbers are generated with valid GB 11643 check digits.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.security.id_number import make_id_number
+from app.security.pii import PiiCipher
+from app.services.registry import load_registry
+from app.services.staff_accounts import create_staff
+
+OWNER = make_id_number("532621", date(1980, 1, 1), 123)
+SPOUSE = make_id_number("532621", date(1982, 5, 20), 224)
+CHILD = make_id_number("532621", date(2015, 9, 1), 135)
+PARENT = make_id_number("532621", date(1952, 3, 8), 111)
+NEIGHBOUR = make_id_number("532601", date(1975, 11, 11), 317)
+COUSIN_ZIBO = make_id_number("370302", date(1990, 7, 7), 452)
+RETIRED_INACTIVE = make_id_number("532622", date(1948, 2, 2), 561)
+
+DEMO_INSTITUTION_SECRET = "demo-secret-H5326001-not-for-production"
+
+
+def demo_registry() -> dict[str, Any]:
+    """The demo registry file, as ``load-registry`` takes it."""
+    person = lambda number, name, card, kind, region, status="active": {  # noqa: E731
+        "id_number": number, "name": name, "social_card_no": card, "insurance_type": kind,
+        "region_code": region, "status": status,
+    }
+    return {
+        "persons": [
+            person(OWNER, "张伟", "M53262100000001", "employee", "532621"),
+            person(SPOUSE, "李娜", "M53262100000002", "employee", "532621"),
+            person(CHILD, "张小明", "M53262100000003", "resident", "532621"),
+            person(PARENT, "张建国", "M53262100000004", "resident", "532621"),
+            person(NEIGHBOUR, "王芳", "M53260100000005", "employee", "532601"),
+            person(COUSIN_ZIBO, "刘洋", "M37030200000006", "resident", "370302"),
+            person(RETIRED_INACTIVE, "赵敏", "M53262200000007", "resident", "532622", "inactive"),
+        ],
+        "accounts": [
+            {"id_number": OWNER, "balance_fen": 350000},
+            {"id_number": SPOUSE, "balance_fen": 120000},
+            {"id_number": NEIGHBOUR, "balance_fen": 80000},
+        ],
+        "households": [
+            {"a": OWNER, "b": SPOUSE, "relationship": "spouse"},
+            {"a": OWNER, "b": CHILD, "relationship": "child"},
+            {"a": OWNER, "b": PARENT, "relationship": "parent"},
+            {"a": SPOUSE, "b": CHILD, "relationship": "child"},
+        ],
+        "institutions": [
+            {"code": "H5326001", "name": "文山州人民医院", "kind": "hospital", "region_code": "532601",
+             "designated": True, "api_secret": DEMO_INSTITUTION_SECRET},
+            {"code": "P5326002", "name": "文山康民大药房", "kind": "pharmacy", "region_code": "532621",
+             "designated": True, "api_secret": "demo-secret-P5326002-not-for-production"},
+            {"code": "H3703001", "name": "淄博市中心医院", "kind": "hospital", "region_code": "370302",
+             "designated": True, "api_secret": "demo-secret-H3703001-not-for-production"},
+            {"code": "C5326009", "name": "文山美容诊所", "kind": "clinic", "region_code": "532601",
+             "designated": False, "api_secret": "demo-secret-C5326009-not-for-production"},
+        ],
+    }
+
+
+def seed_demo(session: Session, pii: PiiCipher, now: datetime) -> dict[str, str]:
+    """Load the demo registry and create one staff user per role; return their new tokens."""
+    load_registry(session, pii, demo_registry(), now)
+    return {name: create_staff(session, name, role, now)
+            for name, role in (("window1", "window"), ("admin1", "admin"), ("auditor1", "auditor"))}

@@ -1,0 +1,58 @@
+"""The one place where errors become the SPEC §5 envelope."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, g, jsonify
+from werkzeug.exceptions import HTTPException
+
+from app.errors import DomainError
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: "VALIDATION_ERROR",
+    401: "UNAUTHENTICATED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "INVALID_STATE",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    422: "VALIDATION_ERROR",
+    429: "RATE_LIMITED",
+}
+
+
+def envelope(code: str, message: str, status: int, details: dict | None = None, headers: dict | None = None):
+    g.error_code = code
+    response = jsonify({"error": {"code": code, "message": message, "details": details or {}}})
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(DomainError)
+    def _domain(err: DomainError):
+        headers = {"Retry-After": str(err.details["retry_after"])} if "retry_after" in err.details else None
+        return envelope(err.code, err.message, err.status, err.details, headers)
+
+    @app.errorhandler(HTTPException)
+    def _http(err: HTTPException):
+        status = err.code or 500
+        details: dict = {}
+        data = getattr(err, "data", None)
+        if status == 422 and data and "messages" in data:
+            # Schema validation (webargs) is a malformed request in the SPEC: 400.
+            status = 400
+            details = {"fields": data["messages"]}
+        message = "The request is not valid." if status == 400 else (err.description or err.name)
+        return envelope(_HTTP_CODES.get(status, "HTTP_ERROR"), message, status, details)
+
+    @app.errorhandler(Exception)
+    def _unexpected(err: Exception):
+        log.exception("unhandled error")
+        return envelope("INTERNAL_ERROR", "Something went wrong on our side.", 500)

@@ -1,0 +1,138 @@
+"""Extensions, bound per app in ``create_app`` and kept in ``app.extensions`` (no I/O at import).
+
+Tests build many apps in one process, so nothing here is a module-level connection: each
+accessor finds its object on the current app.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from flask import Flask, current_app, g
+from limits import parse_many
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import Base
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for PostgreSQL or SQLite with the settings this service relies on."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy emit BEGIN itself (pysqlite's own handling defers it), so that
+            # every transaction starts IMMEDIATE: SQLite then serialises writers up front
+            # instead of failing one of two read-then-write transactions with SQLITE_BUSY.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    kwargs.setdefault("pool_size", 10)
+    kwargs.setdefault("max_overflow", 20)
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(url, **kwargs)
+
+
+class Database:
+    """The engine and session factory of the current app."""
+
+    metadata = Base.metadata
+
+    def init_app(self, app: Flask) -> None:
+        engine = make_engine(app.config["DATABASE_URL"])
+        app.extensions["db.engine"] = engine
+        # autobegin=False: a session does nothing outside ``with session.begin():`` — the
+        # service that owns the use case owns its one transaction.
+        app.extensions["db.sessionmaker"] = sessionmaker(engine, expire_on_commit=False, autobegin=False)
+
+    @property
+    def engine(self) -> Engine:
+        return current_app.extensions["db.engine"]
+
+    def new_session(self) -> Session:
+        return current_app.extensions["db.sessionmaker"]()
+
+    def request_session(self) -> Session:
+        """The session of the current request or job (closed at app-context teardown)."""
+        if "db_session" not in g:
+            g.db_session = self.new_session()
+        return g.db_session
+
+    @staticmethod
+    def close_request_session(_exc: BaseException | None = None) -> None:
+        session = g.pop("db_session", None)
+        if session is not None:
+            session.close()
+
+
+db = Database()
+
+
+def redis_client() -> Any | None:
+    """The Redis client, or None in the embedded default (no ``REDIS_URL``)."""
+    return current_app.extensions.get("redis")
+
+
+def init_redis(app: Flask) -> None:
+    url = app.config.get("REDIS_URL")
+    if url:
+        import redis
+
+        app.extensions["redis"] = redis.Redis.from_url(
+            url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
+        )
+
+
+class RateLimiter:
+    """Per-user and per-IP limits on endpoint groups (R19), on the ``limits`` library (the core of
+    Flask-Limiter): Redis storage when configured, memory otherwise."""
+
+    def __init__(self, storage_uri: str, per_user: tuple[int, int] | None, per_ip: tuple[int, int] | None):
+        self.storage = storage_from_string(storage_uri)
+        self.strategy = MovingWindowRateLimiter(self.storage)
+        self.per_user = parse_many(f"{per_user[0]}/{per_user[1]} seconds")[0] if per_user else None
+        self.per_ip = parse_many(f"{per_ip[0]}/{per_ip[1]} seconds")[0] if per_ip else None
+
+    def hit(self, group: str, user_key: str | None, ip: str) -> int | None:
+        """Count one request; return seconds to wait when a limit is exceeded, else None."""
+        checks = []
+        if self.per_user is not None and user_key is not None:
+            checks.append((self.per_user, f"{group}:user:{user_key}"))
+        if self.per_ip is not None:
+            checks.append((self.per_ip, f"{group}:ip:{ip}"))
+        for item, key in checks:
+            if not self.strategy.hit(item, key):
+                reset_at, _remaining = self.strategy.get_window_stats(item, key)
+                return max(1, int(reset_at - time.time()) + 1)
+        return None
+
+
+def init_rate_limiter(app: Flask) -> None:
+    uri = app.config.get("REDIS_URL") or "memory://"
+    app.extensions["ratelimiter"] = RateLimiter(uri, app.config["RATE_PER_USER"], app.config["RATE_PER_IP"])
+
+
+@contextmanager
+def app_session() -> Iterator[Session]:
+    """A fresh session for CLI commands and workers (outside any request)."""
+    session = db.new_session()
+    try:
+        yield session
+    finally:
+        session.close()

@@ -1,0 +1,77 @@
+"""Structured request log: one JSON line per request with request id, route, status, latency.
+
+The route is logged as its URL rule (``/api/v1/vouchers/<code>/qr.png``), never the concrete
+path or query, and every message passes through ``mask_text`` so that an ID number, mobile
+number or similar never reaches a log line (R17).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import sys
+import time
+from typing import Any
+
+from flask import Flask, Response, g, request
+
+from app.security.pii import mask_text
+
+log = logging.getLogger("app.request")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": mask_text(record.getMessage()),
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            payload.update({k: mask_text(v) if isinstance(v, str) else v for k, v in fields.items()})
+        if record.exc_info:
+            payload["exc"] = mask_text(self.formatException(record.exc_info))
+        return json.dumps(payload, ensure_ascii=False)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    root = logging.getLogger()
+    if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def init_app(app: Flask) -> None:
+    configure_logging(app.config.get("LOG_LEVEL", "INFO"))
+
+    @app.before_request
+    def _start() -> None:
+        g.request_started = time.perf_counter()
+        incoming = request.headers.get("X-Request-Id", "")
+        g.request_id = incoming if incoming.isalnum() and len(incoming) <= 64 else secrets.token_hex(8)
+
+    @app.after_request
+    def _log(response: Response) -> Response:
+        started = g.get("request_started")
+        latency_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        log.info(
+            "request",
+            extra={"fields": {
+                "request_id": g.get("request_id"),
+                "method": request.method,
+                "route": request.url_rule.rule if request.url_rule else "<unmatched>",
+                "status": response.status_code,
+                "latency_ms": latency_ms,
+                "actor": g.get("actor_label"),
+                "error_code": g.get("error_code"),
+            }},
+        )
+        return response

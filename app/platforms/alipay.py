@@ -1,0 +1,242 @@
+"""Alipay open gateway over python-alipay-sdk 3.4.0: OAuth code exchange and mini-program messages.
+
+Also home of the one fen ↔ yuan-string conversion (STYLE §8): Alipay speaks yuan strings
+("20.00"), everything else in the service speaks integer fen.
+
+SDK quirks handled here (UPSTREAM §4, §6): the gateway URL is the private ``_gateway`` attribute;
+transport is ``urllib`` (GET, whole request in the query string) with ``AliPayConfig.timeout`` per
+socket operation; ``error_response`` or a missing ``sign`` raises ``AliPayException`` with no
+public code, a bad reply signature raises ``AliPayValidationError``, and signed business failures
+come back as a plain dict whose ``code`` must be checked.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from alipay import AliPay
+from alipay.exceptions import AliPayException, AliPayValidationError
+from alipay.utils import AliPayConfig
+
+from app.errors import LoginCodeInvalid, UpstreamUnavailable
+from app.platforms import PERMANENT, PlatformError, is_loopback_url
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_GATEWAY_URL = "https://openapi.alipay.com/gateway.do"
+SUCCESS = "10000"
+# Alipay reads the common "timestamp" parameter as Beijing time; the official Java SDK formats
+# it in GMT+8 (AlipayConstants.DATE_TIMEZONE), while python-alipay-sdk uses the host's local time.
+_BEIJING = timezone(timedelta(hours=8))
+
+
+# --- money -----------------------------------------------------------------------------------
+
+_YUAN = re.compile(r"(-?)([0-9]+)(?:\.([0-9]{1,2}))?")
+
+
+def fen_to_yuan_str(fen: int) -> str:
+    """Integer fen to Alipay's yuan string: 1230 → "12.30", -5 → "-0.05"."""
+    if isinstance(fen, bool) or not isinstance(fen, int):
+        raise TypeError(f"fen must be an int, not {type(fen).__name__}")
+    sign = "-" if fen < 0 else ""
+    yuan, cents = divmod(abs(fen), 100)
+    return f"{sign}{yuan}.{cents:02d}"
+
+
+def yuan_str_to_fen(text: str) -> int:
+    """Alipay's yuan string to integer fen, exactly: "12.3" → 1230; rejects floats and malformed text."""
+    if not isinstance(text, str):
+        raise TypeError(f"amount must be a str, not {type(text).__name__}")
+    match = _YUAN.fullmatch(text)
+    if not match:
+        raise ValueError(f"not a yuan amount with at most two decimals: {text!r}")
+    sign, yuan, cents = match.groups()
+    fen = int(yuan) * 100 + int((cents or "").ljust(2, "0"))
+    return -fen if sign else fen
+
+
+# --- gateway ---------------------------------------------------------------------------------
+
+
+class _GatewayClient(AliPay):
+    """``AliPay`` pointed at ``gateway_url``, with Beijing timestamps and its own URL opener."""
+
+    def __init__(
+        self,
+        appid: str,
+        app_private_key_pem: str,
+        alipay_public_key_pem: str,
+        gateway_url: str,
+        timeout: float,
+    ):
+        super().__init__(
+            appid,
+            app_private_key_string=app_private_key_pem,
+            alipay_public_key_string=alipay_public_key_pem,
+            sign_type="RSA2",
+            config=AliPayConfig(timeout=timeout),
+        )
+        self._gateway = gateway_url
+        # urllib.request.urlopen honours *_proxy from the environment and bypasses them only for
+        # hosts listed in no_proxy; a loopback gateway (the emulator) must never go through one.
+        handlers = [urllib.request.ProxyHandler({})] if is_loopback_url(gateway_url) else []
+        self._opener = urllib.request.build_opener(*handlers)
+
+    def build_body(self, method, biz_content=None, **kwargs):
+        data = super().build_body(method, biz_content, **kwargs)
+        data["timestamp"] = datetime.now(_BEIJING).strftime("%Y-%m-%d %H:%M:%S")
+        return data
+
+    def verified_sync_response(self, data, response_type):
+        # Same as the SDK's, but through our opener instead of the global urlopen.
+        url = self._gateway + "?" + self.sign_data(data)
+        with self._opener.open(url, timeout=self._config.timeout) as response:
+            raw = response.read().decode()
+        return self._verify_and_return_sync_response(raw, response_type)
+
+
+@dataclass(frozen=True)
+class AlipayIdentity:
+    """The user behind an auth code: ``user_id`` (2088…) or, for OpenID apps, ``open_id``."""
+
+    user_id: str | None
+    open_id: str | None
+    union_id: str | None
+
+
+def _error_payload(exc: AliPayException) -> dict[str, Any]:
+    """The ``error_response``/``*_response`` object of the raw reply an ``AliPayException`` carries."""
+    # The SDK keeps the raw reply only in a name-mangled attribute.
+    raw = getattr(exc, "_AliPayException__message", "") or ""
+    try:
+        reply = json.loads(raw)
+    except (TypeError, ValueError):
+        return {"code": getattr(exc, "_AliPayException__code", None) or "", "msg": str(raw)[:200]}
+    for key, value in reply.items():
+        if key.endswith("_response") and isinstance(value, dict):
+            return value
+    return {"code": "", "msg": str(raw)[:200]}
+
+
+def _transport_error(exc: BaseException) -> PlatformError:
+    if isinstance(exc, urllib.error.HTTPError):
+        code = "http_5xx" if exc.code >= 500 else "http_4xx"
+        return PlatformError("alipay", code, f"HTTP {exc.code}")
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, TimeoutError):
+        return PlatformError("alipay", "timeout", str(reason))
+    return PlatformError("alipay", "network", str(reason))
+
+
+class AlipayGateway:
+    """Login and mini-program template messages for one Alipay app (RSA2 keys, PEM)."""
+
+    def __init__(
+        self,
+        appid: str,
+        app_private_key_pem: str,
+        alipay_public_key_pem: str,
+        gateway_url: str = DEFAULT_GATEWAY_URL,
+        timeout: float = 5.0,
+    ):
+        self.appid = appid
+        self._client = _GatewayClient(appid, app_private_key_pem, alipay_public_key_pem, gateway_url, timeout)
+
+    def _call(self, method: str, biz_content: dict[str, Any] | None = None, **params: str) -> dict[str, Any]:
+        """One gateway call; any failure becomes ``PlatformError`` (``code`` = sub_code when given)."""
+        try:
+            reply = self._client.server_api(method, biz_content, **params)
+        except AliPayValidationError as exc:
+            logger.error(
+                "alipay %s: the reply signature does not verify with ALIPAY_PUBLIC_KEY "
+                "(wrong key configured, or the reply was tampered with)",
+                method,
+            )
+            raise PlatformError(
+                "alipay", "invalid_response_signature", "reply signature invalid", PERMANENT
+            ) from exc
+        except AliPayException as exc:
+            err = _error_payload(exc)
+            raise PlatformError(
+                "alipay", err.get("sub_code") or err.get("code") or "", _describe(err)
+            ) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise _transport_error(exc) from exc
+        except (ValueError, AttributeError, KeyError) as exc:
+            # The SDK trips over replies that are not JSON or lack the expected members.
+            raise PlatformError("alipay", "bad_response", f"unexpected reply: {exc!r}") from exc
+        # Signed business failures are returned, not raised; oauth.token has no code on success.
+        if "code" in reply and reply["code"] != SUCCESS:
+            raise PlatformError("alipay", reply.get("sub_code") or reply["code"], _describe(reply))
+        return reply
+
+    def exchange_auth_code(self, auth_code: str) -> AlipayIdentity:
+        """Exchange a ``my.getAuthCode`` code for the user's ids (alipay.system.oauth.token).
+
+        Raises ``LoginCodeInvalid`` for a bad, used or expired code and ``UpstreamUnavailable``
+        for anything else (network, Alipay errors, a reply whose signature does not verify).
+        """
+        if not auth_code:
+            raise LoginCodeInvalid()
+        try:
+            # grant_type and code are common (top-level) parameters of this API, not biz_content.
+            # https://opendocs.alipay.com/open/02ailc
+            reply = self._call("alipay.system.oauth.token", grant_type="authorization_code", code=auth_code)
+        except PlatformError as err:
+            if _is_code_error(err.code):
+                raise LoginCodeInvalid() from err
+            log = logger.warning if err.transient else logger.error
+            log("alipay oauth.token failed: %s", err)
+            raise UpstreamUnavailable() from err
+        user_id, open_id = reply.get("user_id") or None, reply.get("open_id") or None
+        if not (user_id or open_id):
+            logger.error("alipay oauth.token reply has neither user_id nor open_id: %s", sorted(reply))
+            raise UpstreamUnavailable()
+        return AlipayIdentity(user_id, open_id, reply.get("union_id") or None)
+
+    def send_template_message(
+        self,
+        to_user_id: str | None = None,
+        to_open_id: str | None = None,
+        *,
+        template_id: str,
+        data: dict[str, str],
+        page: str | None = None,
+    ) -> None:
+        """Send a subscription message (alipay.open.app.mini.templatemessage.send); raises ``PlatformError``.
+
+        Give exactly one of ``to_user_id`` (2088…) and ``to_open_id`` (OpenID apps).
+        https://opendocs.alipay.com/mini/02cth2
+        """
+        if (to_user_id is None) == (to_open_id is None):
+            raise ValueError("give exactly one of to_user_id and to_open_id")
+        biz: dict[str, Any] = {
+            "user_template_id": template_id,
+            # data is a JSON string inside biz_content; no form_id for subscription templates.
+            "data": json.dumps({key: {"value": value} for key, value in data.items()}, ensure_ascii=False),
+        }
+        if to_user_id is not None:
+            biz["to_user_id"] = to_user_id
+        else:
+            biz["to_open_id"] = to_open_id
+        if page:
+            biz["page"] = page
+        self._call("alipay.open.app.mini.templatemessage.send", biz)
+
+
+def _describe(err: dict[str, Any]) -> str:
+    return " / ".join(str(err[k]) for k in ("code", "msg", "sub_code", "sub_msg") if err.get(k))
+
+
+def _is_code_error(code: str) -> bool:
+    # isv.code-invalid is documented; other isv.code-* sub_codes (used, expired) are treated alike.
+    return code.startswith("isv.code-") or code == "isv.invalid-code"

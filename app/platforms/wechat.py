@@ -1,0 +1,269 @@
+"""WeChat mini-program server API over wechatpy 1.8.18: login (code2Session) and subscribe messages.
+
+wechatpy needs some help (UPSTREAM §2, §6): every base URL is redirected so the emulator can
+stand in for api.weixin.qq.com, the access token comes from ``/cgi-bin/stable_token`` (JSON POST),
+``auto_retry`` is off because its token retry recurses without bound, and every call has a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from wechatpy import WeChatClient
+from wechatpy.exceptions import WeChatClientException
+from wechatpy.session import SessionStorage
+
+from app.errors import Forbidden, LoginCodeInvalid, RateLimited, UpstreamUnavailable
+from app.platforms import TOKEN, PlatformError, is_loopback_url
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_API_BASE_URL = "https://api.weixin.qq.com/"
+# Tokens are cached a little shorter than WeChat says they live, so a cached token is never
+# used right at its end (clock skew, requests in flight).
+_TOKEN_EARLY_REFRESH = 300
+_SECRET_PARAM = re.compile(r"((?:secret|access_token)=)[^&\s'\"]+")
+
+
+def _redact(text: object) -> str:
+    """``text`` (often a requests error quoting the URL) without AppSecret or access token values."""
+    return _SECRET_PARAM.sub(r"\1***", str(text))
+
+
+class TTLMemoryStorage(SessionStorage):
+    """In-process wechatpy session storage that honours ``ttl`` (``MemoryStorage`` ignores it)."""
+
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self._data: dict[str, tuple[Any, float | None]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            value, expires_at = self._data.get(key, (default, None))
+            if expires_at is not None and self._clock() >= expires_at:
+                del self._data[key]
+                return default
+            return value
+
+    def set(self, key: str, value: Any, ttl: int | None = None) -> None:
+        if value is None:
+            return
+        with self._lock:
+            self._data[key] = (value, None if ttl is None else self._clock() + ttl)
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
+
+class _StableTokenClient(WeChatClient):
+    """``WeChatClient`` whose every URL starts at ``api_base_url`` and whose token is a stable token."""
+
+    def __init__(self, appid: str, secret: str, api_base_url: str, session: SessionStorage, timeout: float):
+        super().__init__(appid, secret, session=session, timeout=timeout, auto_retry=False)
+        self.api_base_url = api_base_url
+        # Relative endpoints of the client and of wxa (whose class attribute wins over the client's).
+        self.API_BASE_URL = api_base_url + "cgi-bin/"
+        self.wxa.API_BASE_URL = api_base_url
+        if is_loopback_url(api_base_url):
+            self._http.trust_env = False
+
+    def fetch_access_token(self, force_refresh: bool = False) -> dict[str, Any]:
+        """Get a token from ``/cgi-bin/stable_token`` and cache it in the session storage.
+
+        https://developers.weixin.qq.com/miniprogram/dev/OpenApiDoc/mp-access-token/getStableAccessToken.html
+        Unlike ``/cgi-bin/token`` it does not invalidate the token other processes hold.
+        """
+        body = {
+            "grant_type": "client_credential",
+            "appid": self.appid,
+            "secret": self.secret,
+            "force_refresh": force_refresh,
+        }
+        res = self._http.post(
+            self.api_base_url + "cgi-bin/stable_token",
+            data=json.dumps(body),
+            headers={"Content-Type": "application/json"},
+            timeout=self.timeout,
+        )
+        try:
+            res.raise_for_status()
+        except requests.RequestException as exc:
+            raise WeChatClientException(
+                None, None, client=self, request=exc.request, response=exc.response
+            ) from exc
+        result = self._decode_result(res)
+        if not isinstance(result, dict):
+            raise ValueError("the stable_token reply is not JSON")
+        if int(result.get("errcode", 0)) != 0:
+            raise WeChatClientException(
+                int(result["errcode"]), result.get("errmsg"), client=self, request=res.request, response=res
+            )
+        if "access_token" not in result:
+            raise ValueError("the stable_token reply has no access_token")
+        expires_in = int(result.get("expires_in", 7200))
+        ttl = max(expires_in - min(_TOKEN_EARLY_REFRESH, expires_in // 10), 1)
+        self.session.set(self.access_token_key, result["access_token"], ttl)
+        self.expires_at = int(time.time()) + ttl
+        return result
+
+
+@dataclass(frozen=True)
+class WeChatSession:
+    """What code2Session returns for a user."""
+
+    openid: str
+    unionid: str | None
+    session_key: str
+
+
+class WeChatGateway:
+    """Login and subscribe messages for one mini-program."""
+
+    def __init__(
+        self,
+        appid: str,
+        secret: str,
+        api_base_url: str = DEFAULT_API_BASE_URL,
+        token_storage: SessionStorage | None = None,
+        timeout: float = 5.0,
+    ):
+        """``token_storage`` is a wechatpy session storage (``RedisStorage`` to share the token)."""
+        self.appid = appid
+        self._base = api_base_url if api_base_url.endswith("/") else api_base_url + "/"
+        self._client = _StableTokenClient(
+            appid, secret, self._base, token_storage or TTLMemoryStorage(), timeout
+        )
+
+    def code_to_session(self, code: str) -> WeChatSession:
+        """Exchange a ``wx.login()`` code for the user's openid, unionid and session key.
+
+        Raises ``LoginCodeInvalid`` for a bad, used or expired code and ``UpstreamUnavailable``
+        when WeChat cannot be reached or fails.
+        """
+        if not code:
+            raise LoginCodeInvalid()
+        try:
+            # "access_token": None keeps wechatpy from fetching a token code2Session does not need,
+            # so a token outage cannot break login (requests drops None params).
+            result = self._client.get(
+                self._base + "sns/jscode2session",
+                params={
+                    "appid": self.appid,
+                    "secret": self._client.secret,
+                    "js_code": code,
+                    "grant_type": "authorization_code",
+                    "access_token": None,
+                },
+            )
+        except WeChatClientException as exc:
+            raise self._login_error(exc) from exc
+        except requests.RequestException as exc:
+            logger.warning("wechat code2Session unreachable: %s", _redact(exc))
+            raise UpstreamUnavailable() from exc
+        if not isinstance(result, dict) or not result.get("openid") or not result.get("session_key"):
+            logger.error("wechat code2Session returned an unexpected reply: %.200r", result)
+            raise UpstreamUnavailable()
+        return WeChatSession(result["openid"], result.get("unionid") or None, result["session_key"])
+
+    @staticmethod
+    def _login_error(exc: WeChatClientException) -> Exception:
+        # https://developers.weixin.qq.com/miniprogram/dev/OpenApiDoc/user-login/code2Session.html
+        if exc.errcode in (40029, 40163):
+            return LoginCodeInvalid()
+        if exc.errcode == 45011:
+            return RateLimited()
+        if exc.errcode == 40226:
+            return Forbidden("This WeChat account is blocked from signing in.")
+        if exc.errcode in (None, -1):
+            logger.warning("wechat code2Session failed: %s", exc)
+        else:
+            # 40013/40125 and the like: our appid or secret is wrong, not the user's fault.
+            logger.error("wechat code2Session rejected our request: %s", exc)
+        return UpstreamUnavailable()
+
+    def send_subscribe_message(
+        self,
+        openid: str,
+        template_id: str,
+        data: dict[str, str],
+        page: str | None = None,
+        miniprogram_state: str = "formal",
+        lang: str = "zh_CN",
+    ) -> str:
+        """Send one subscribe message and return its msgid; raises ``PlatformError``.
+
+        A token error refreshes the token once and retries once; a second token error is raised.
+        """
+        payload: dict[str, Any] = {
+            "touser": openid,
+            "template_id": template_id,
+            "data": {key: {"value": value} for key, value in data.items()},
+            "miniprogram_state": miniprogram_state,
+            "lang": lang,
+        }
+        if page:
+            payload["page"] = page
+        try:
+            return self._send_once(payload)
+        except PlatformError as err:
+            if err.kind != TOKEN:
+                raise
+            logger.info("wechat token rejected (%s); refreshing once", err.code)
+            self._refresh_token()
+            return self._send_once(payload)
+
+    def _send_once(self, payload: dict[str, Any]) -> str:
+        result = self._call(
+            lambda: self._client.post(self._base + "cgi-bin/message/subscribe/send", data=payload)
+        )
+        if not isinstance(result, dict):
+            raise PlatformError("wechat", "bad_response", "the reply is not JSON")
+        return str(result.get("msgid", ""))
+
+    def access_token(self) -> str:
+        """The cached access token, fetched (stable_token) when missing or near its end."""
+        return self._call(lambda: self._client.access_token)
+
+    def invalidate_token(self) -> None:
+        """Forget the cached token, so the next call fetches one."""
+        self._client.session.delete(self._client.access_token_key)
+        self._client.expires_at = None
+
+    def _refresh_token(self) -> None:
+        rejected = self._client.session.get(self._client.access_token_key)
+        self.invalidate_token()
+        self._call(self._client.fetch_access_token)
+        if rejected and self._client.session.get(self._client.access_token_key) == rejected:
+            # Normal mode handed back the token WeChat just refused; only force mode replaces it.
+            self._call(lambda: self._client.fetch_access_token(force_refresh=True))
+
+    @staticmethod
+    def _call(fn):
+        """Run a wechatpy call, turning every failure into ``PlatformError``."""
+        try:
+            return fn()
+        except WeChatClientException as exc:
+            if exc.errcode is not None:
+                raise PlatformError("wechat", str(exc.errcode), str(exc.errmsg or "")) from exc
+            if exc.response is None:
+                raise PlatformError("wechat", "network", _redact(exc)) from exc
+            status = exc.response.status_code
+            raise PlatformError(
+                "wechat", "http_5xx" if status >= 500 else "http_4xx", f"HTTP {status}"
+            ) from exc
+        except requests.Timeout as exc:
+            raise PlatformError("wechat", "timeout", _redact(exc)) from exc
+        except requests.RequestException as exc:
+            raise PlatformError("wechat", "network", _redact(exc)) from exc
+        except ValueError as exc:
+            # A 200 reply to the token fetch without a token.
+            raise PlatformError("wechat", "bad_response", str(exc)) from exc

@@ -1,0 +1,270 @@
+"""``load-registry``: idempotent upsert of the insurance registry, all or nothing.
+
+The whole file is validated first; any bad row stops the load with every problem listed by
+its row number, and nothing is written. Balances are set to the file's values through a
+registry journal (the difference is posted against the ``registry`` account), so the ledger
+keeps explaining every balance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from app import errors
+from app.security.id_number import validate_id_number
+from app.security.pii import PiiCipher
+from app.services import audit
+from app.services.ledger import post_journal, system_account_id
+from models import Account, Household, Institution, Person
+
+RELATIONSHIPS = {"spouse", "parent", "child", "sibling", "grandparent", "grandchild"}
+INSTITUTION_KINDS = {"hospital", "clinic", "pharmacy"}
+BATCH = 2000
+
+
+class RegistryInvalid(Exception):
+    """The file has bad rows; ``problems`` lists them as ``section[row]: field: problem``."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__(f"{len(problems)} problem(s) in the registry file")
+        self.problems = problems
+
+
+@dataclass
+class LoadReport:
+    persons: int = 0
+    persons_new: int = 0
+    accounts: int = 0
+    balance_changes: int = 0
+    households: int = 0
+    institutions: int = 0
+
+
+def _problem(problems: list[str], where: str, message: str) -> None:
+    if len(problems) < 200:
+        problems.append(f"{where}: {message}")
+
+
+def _text(row: Mapping[str, Any], key: str, where: str, problems: list[str], max_len: int = 200) -> str:
+    value = row.get(key)
+    if not isinstance(value, str) or not value.strip() or len(value) > max_len:
+        _problem(problems, where, f"{key}: required text of at most {max_len} characters")
+        return ""
+    return value.strip()
+
+
+def validate(data: Any) -> list[str]:
+    """Every problem in the file, by section and row number (1-based)."""
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        return ["the file must be a JSON object with persons, accounts, households, institutions"]
+    unknown = set(data) - {"persons", "accounts", "households", "institutions"}
+    if unknown:
+        problems.append(f"unknown section(s): {', '.join(sorted(unknown))}")
+    known_ids: set[str] = set()
+    for i, row in enumerate(data.get("persons", []), 1):
+        where = f"persons[{i}]"
+        if not isinstance(row, dict):
+            _problem(problems, where, "must be an object")
+            continue
+        try:
+            number = validate_id_number(str(row.get("id_number", "")))
+        except errors.IdNumberInvalid as exc:
+            _problem(problems, where, f"id_number: {exc.message}")
+            number = ""
+        if number in known_ids:
+            _problem(problems, where, "id_number: appears twice in the file")
+        known_ids.add(number)
+        _text(row, "name", where, problems, 50)
+        _text(row, "social_card_no", where, problems, 32)
+        if row.get("insurance_type") not in ("employee", "resident"):
+            _problem(problems, where, "insurance_type: must be employee or resident")
+        region = row.get("region_code")
+        if not (isinstance(region, str) and len(region) == 6 and region.isdigit()):
+            _problem(problems, where, "region_code: must be 6 digits")
+        if row.get("status", "active") not in ("active", "inactive"):
+            _problem(problems, where, "status: must be active or inactive")
+    for i, row in enumerate(data.get("accounts", []), 1):
+        where = f"accounts[{i}]"
+        balance = row.get("balance_fen") if isinstance(row, dict) else None
+        if not isinstance(row, dict) or not isinstance(balance, int) or isinstance(balance, bool) or balance < 0:
+            _problem(problems, where, "balance_fen: must be a non-negative integer (fen)")
+    for i, row in enumerate(data.get("households", []), 1):
+        where = f"households[{i}]"
+        if not isinstance(row, dict) or row.get("relationship") not in RELATIONSHIPS:
+            _problem(problems, where, f"relationship: must be one of {', '.join(sorted(RELATIONSHIPS))}")
+        elif row.get("a") == row.get("b"):
+            _problem(problems, where, "a and b must be different persons")
+    for i, row in enumerate(data.get("institutions", []), 1):
+        where = f"institutions[{i}]"
+        if not isinstance(row, dict):
+            _problem(problems, where, "must be an object")
+            continue
+        _text(row, "code", where, problems, 32)
+        _text(row, "name", where, problems, 200)
+        secret = _text(row, "api_secret", where, problems, 256)
+        if secret and len(secret) < 16:
+            _problem(problems, where, "api_secret: must be at least 16 characters")
+        if row.get("kind") not in INSTITUTION_KINDS:
+            _problem(problems, where, "kind: must be hospital, clinic or pharmacy")
+        region = row.get("region_code")
+        if not (isinstance(region, str) and len(region) == 6 and region.isdigit()):
+            _problem(problems, where, "region_code: must be 6 digits")
+        if not isinstance(row.get("designated", True), bool):
+            _problem(problems, where, "designated: must be true or false")
+    return problems
+
+
+def _insert(session: Session):
+    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+def load_registry(session: Session, pii: PiiCipher, data: Any, now: datetime) -> LoadReport:
+    """Validate then upsert everything in one transaction (nothing half-loaded)."""
+    problems = validate(data)
+    if problems:
+        raise RegistryInvalid(problems)
+    report = LoadReport()
+    insert = _insert(session)
+    with session.begin():
+        bidx_to_id = _upsert_persons(session, pii, insert, data.get("persons", []), now, report)
+
+        def person_id(raw: Any, where: str) -> int:
+            try:
+                number = validate_id_number(str(raw))
+            except errors.IdNumberInvalid as exc:
+                raise RegistryInvalid([f"{where}: {exc.message}"]) from None
+            found = bidx_to_id.get(pii.blind_index(number, kind="id_number"))
+            if found is None:
+                found = session.scalar(select(Person.id).where(
+                    Person.id_number_bidx == pii.blind_index(number, kind="id_number")))
+            if found is None:
+                raise RegistryInvalid([f"{where}: id_number: no such person in the registry or file"])
+            return found
+
+        _set_balances(session, insert, [
+            (person_id(row["id_number"], f"accounts[{i}]"), row["balance_fen"])
+            for i, row in enumerate(data.get("accounts", []), 1)
+        ], now, report)
+        for i, row in enumerate(data.get("households", []), 1):
+            a = person_id(row["a"], f"households[{i}]")
+            b = person_id(row["b"], f"households[{i}]")
+            session.execute(
+                insert(Household).values(a_person_id=a, b_person_id=b, relationship=row["relationship"],
+                                         created_at=now)
+                .on_conflict_do_update(index_elements=["a_person_id", "b_person_id"],
+                                       set_={"relationship": row["relationship"]})
+            )
+            report.households += 1
+        for row in data.get("institutions", []):
+            _upsert_institution(session, pii, insert, row, now)
+            report.institutions += 1
+        audit.record(session, actor_kind="operator", actor_id=None, action="registry.load", at=now,
+                     details=report.__dict__.copy())
+    return report
+
+
+def _upsert_persons(session: Session, pii: PiiCipher, insert: Any, rows: list[dict], now: datetime,
+                    report: LoadReport) -> dict[str, int]:
+    bidx_to_id: dict[str, int] = {}
+    for start in range(0, len(rows), BATCH):
+        values = []
+        for row in rows[start:start + BATCH]:
+            number = validate_id_number(row["id_number"])
+            values.append({
+                "id_number_bidx": pii.blind_index(number, kind="id_number"),
+                "id_number_enc": pii.encrypt(number, context="person.id_number"),
+                "name_enc": pii.encrypt(row["name"].strip(), context="person.name"),
+                "social_card_no_enc": pii.encrypt(row["social_card_no"].strip(), context="person.social_card_no"),
+                "insurance_type": row["insurance_type"],
+                "region_code": row["region_code"],
+                "status": row.get("status", "active"),
+                "created_at": now,
+                "updated_at": now,
+            })
+        existing = set(session.scalars(select(Person.id_number_bidx).where(
+            Person.id_number_bidx.in_([v["id_number_bidx"] for v in values]))))
+        report.persons_new += len(values) - len(existing)
+        stmt = insert(Person).values(values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["id_number_bidx"],
+            set_={name: stmt.excluded[name] for name in (
+                "id_number_enc", "name_enc", "social_card_no_enc", "insurance_type", "region_code",
+                "status", "updated_at")},
+        ).returning(Person.id, Person.id_number_bidx)
+        for person_id, bidx in session.execute(stmt):
+            bidx_to_id[bidx] = person_id
+        report.persons += len(values)
+    return bidx_to_id
+
+
+def _set_balances(session: Session, insert: Any, wanted: list[tuple[int, int]], now: datetime,
+                  report: LoadReport) -> None:
+    registry_account = system_account_id(session, "registry")
+    entries: list[tuple[int, int]] = []
+    for start in range(0, len(wanted), BATCH):
+        chunk = dict(wanted[start:start + BATCH])
+        session.execute(
+            insert(Account).values([
+                {"kind": "personal", "person_id": pid, "balance_fen": 0, "created_at": now, "updated_at": now}
+                for pid in chunk
+            ]).on_conflict_do_nothing(index_elements=["person_id"])
+        )
+        # Lock the accounts being set, so a settlement running meanwhile is ordered before or after.
+        current = session.execute(
+            select(Account.id, Account.person_id, Account.balance_fen)
+            .where(Account.person_id.in_(list(chunk))).with_for_update()
+        ).all()
+        changes = []
+        for account_id, pid, balance in current:
+            delta = chunk[pid] - balance
+            if delta:
+                changes.append({"b_id": account_id, "balance": chunk[pid]})
+                entries.append((account_id, delta))
+        if changes:
+            accounts = Account.__table__
+            session.connection().execute(
+                update(accounts).where(accounts.c.id == bindparam("b_id"))
+                .values(balance_fen=bindparam("balance"), updated_at=now),
+                changes,
+            )
+        report.accounts += len(chunk)
+    if entries:
+        report.balance_changes = len(entries)
+        entries.append((registry_account, -sum(amount for _, amount in entries)))
+        post_journal(session, "registry", entries, now, memo="balances set by load-registry")
+        session.execute(
+            update(Account).where(Account.id == registry_account)
+            .values(balance_fen=Account.balance_fen + entries[-1][1])
+        )
+
+
+def _upsert_institution(session: Session, pii: PiiCipher, insert: Any, row: dict, now: datetime) -> None:
+    values = {
+        "code": row["code"].strip(),
+        "name": row["name"].strip(),
+        "kind": row["kind"],
+        "region_code": row["region_code"],
+        "designated": row.get("designated", True),
+        "active": row.get("active", True),
+        "api_secret_enc": pii.encrypt(row["api_secret"].strip(), context="institution.api_secret"),
+        "created_at": now,
+        "updated_at": now,
+    }
+    stmt = insert(Institution).values(values)
+    institution_id = session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["code"],
+            set_={k: stmt.excluded[k] for k in ("name", "kind", "region_code", "designated", "active",
+                                                "api_secret_enc", "updated_at")},
+        ).returning(Institution.id)
+    ).scalar_one()
+    system_account_id(session, "institution", institution_id)

@@ -1,0 +1,28 @@
+"""Staff users for the service window (created by the operator CLI)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.services import audit
+from app.services.auth import new_staff_token
+from models import StaffUser
+
+
+def create_staff(session: Session, username: str, role: str, now: datetime) -> str:
+    """Create ``username`` with ``role``, or rotate its token and role; return the new token."""
+    token, hashed = new_staff_token()
+    with session.begin():
+        staff = session.scalar(select(StaffUser).where(StaffUser.username == username).with_for_update())
+        if staff is None:
+            staff = StaffUser(username=username, role=role, token_hash=hashed, created_at=now)
+            session.add(staff)
+        else:
+            staff.role, staff.token_hash, staff.active = role, hashed, True
+        session.flush()
+        audit.record(session, actor_kind="operator", actor_id=None, action="staff.create", at=now,
+                     target_kind="staff", target_id=staff.id, details={"username": username, "role": role})
+    return token

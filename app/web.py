@@ -1,0 +1,108 @@
+"""What blueprints share: the request's session, the authenticated principal, rate limits.
+
+Blueprints stay thin: they take their session and principal from here, call one service,
+and return its result.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from flask import current_app, g, request
+from sqlalchemy.orm import Session
+
+from app import errors
+from app.extensions import db
+from app.services.auth import Principal, authenticate
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def session() -> Session:
+    return db.request_session()
+
+
+def domain() -> Any:
+    """The domain singletons built at start-up (``app.wiring.Domain``)."""
+    return current_app.extensions["domain"]
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def client_ip() -> str:
+    return request.remote_addr or "unknown"
+
+
+def _bearer() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def principal() -> Principal:
+    """The authenticated principal of this request (set by ``user_required``/``staff_required``)."""
+    return g.principal
+
+
+def _authenticate() -> Principal:
+    token = _bearer()
+    if token is None:
+        raise errors.Unauthenticated()
+    found = authenticate(session(), token, now())
+    g.principal = found
+    g.actor_label = f"{found.kind}:{found.id}"
+    return found
+
+
+def user_required(fn: F) -> F:
+    """The caller must be a signed-in mini-program user (staff tokens are refused with 403)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if _authenticate().kind != "user":
+            raise errors.Forbidden("This endpoint is for mini-program users.")
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def staff_required(*roles: str) -> Callable[[F], F]:
+    """The caller must be staff with one of ``roles`` (a user token gets 403)."""
+
+    def decorator(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            found = _authenticate()
+            if found.kind != "staff":
+                raise errors.Forbidden("This endpoint is for service-window staff.")
+            if roles and found.role not in roles:
+                raise errors.Forbidden(f"This needs the role {' or '.join(roles)}.")
+            return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorator
+
+
+def rate_limited(group: str) -> Callable[[F], F]:
+    """Per-user and per-IP limits for an endpoint group (R19). Put it under the auth decorator
+    so the user is known; on anonymous endpoints only the IP counts."""
+
+    def decorator(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            limiter = current_app.extensions["ratelimiter"]
+            found = g.get("principal")
+            wait = limiter.hit(group, f"{found.kind}:{found.id}" if found else None, client_ip())
+            if wait is not None:
+                raise errors.RateLimited(details={"retry_after": wait, "group": group})
+            return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorator

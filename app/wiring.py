@@ -1,0 +1,81 @@
+"""Build the domain singletons once at start-up, from config, into ``app.extensions["domain"]``.
+
+Everything that is the same for every request — keys, the region policy, the platform
+clients — is made here, so no request pays for it and a bad setting fails the start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from app.config import ConfigError
+from app.policy import PolicyError, RegionPolicy, load_region_policy
+from app.security.pii import PiiCipher
+from app.security.pledge_signing import PledgeSigner
+from app.services.auth import TokenSettings
+
+
+@dataclass
+class Domain:
+    pii: PiiCipher
+    policy: RegionPolicy
+    pledge_signer: PledgeSigner
+    token_settings: TokenSettings
+    wechat: Any
+    alipay: Any
+    config: dict[str, Any]
+
+
+def _policy(app: Flask) -> RegionPolicy:
+    try:
+        return load_region_policy(Path(app.config["POLICY_DIR"]), app.config["REGION_CODE"])
+    except PolicyError as exc:
+        raise ConfigError(f"region policy: {exc}") from exc
+
+
+def _token_storage(app: Flask) -> Any:
+    redis = app.extensions.get("redis")
+    if redis is not None:
+        from wechatpy.session.redisstorage import RedisStorage
+
+        return RedisStorage(redis, prefix="copay:wechatpy")
+    return None
+
+
+def _platforms(app: Flask) -> tuple[Any, Any]:
+    from app.platforms.alipay import AlipayGateway
+    from app.platforms.wechat import WeChatGateway
+
+    cfg = app.config
+    timeout = cfg["PLATFORM_TIMEOUT_SECONDS"]
+    wechat = WeChatGateway(cfg["WECHAT_APPID"], cfg["WECHAT_SECRET"], cfg["WECHAT_API_BASE_URL"],
+                           token_storage=_token_storage(app), timeout=timeout)
+    alipay = None
+    if cfg["ALIPAY_APPID"] and cfg["ALIPAY_APP_PRIVATE_KEY"] and cfg["ALIPAY_PUBLIC_KEY"]:
+        alipay = AlipayGateway(cfg["ALIPAY_APPID"], cfg["ALIPAY_APP_PRIVATE_KEY"], cfg["ALIPAY_PUBLIC_KEY"],
+                               cfg["ALIPAY_GATEWAY_URL"], timeout=timeout)
+    return wechat, alipay
+
+
+def init_domain(app: Flask) -> None:
+    cfg = app.config
+    old_keys = [k.strip() for k in cfg["PII_OLD_KEYS"].split(",") if k.strip()]
+    try:
+        pii = PiiCipher.from_config(cfg["PII_KEY"], old_keys, cfg["PII_INDEX_KEY"])
+        signer = PledgeSigner.from_config(cfg["PLEDGE_SIGNING_KEY"])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    wechat, alipay = _platforms(app)
+    app.extensions["domain"] = Domain(
+        pii=pii,
+        policy=_policy(app),
+        pledge_signer=signer,
+        token_settings=TokenSettings(cfg["ACCESS_TOKEN_TTL_SECONDS"], cfg["REFRESH_TOKEN_TTL_SECONDS"]),
+        wechat=wechat,
+        alipay=alipay,
+        config=dict(cfg),
+    )

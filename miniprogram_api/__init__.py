@@ -1,0 +1,1 @@
+"""Blueprints for the WeChat and Alipay mini-programs: schema in, one service call, schema out."""

@@ -1,0 +1,63 @@
+"""Who signs in: mini-program users (per platform identity), their tokens, and staff."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, CreatedMixin, IdMixin
+
+
+class User(IdMixin, CreatedMixin, Base):
+    """One platform identity (a WeChat openid or an Alipay user). After identity verification
+    it is linked to a registry person; one person may sign in from both platforms."""
+
+    __tablename__ = "users"
+
+    channel: Mapped[str] = mapped_column(String(8))  # wechat | alipay
+    wechat_openid: Mapped[str | None] = mapped_column(String(64), unique=True)
+    wechat_unionid: Mapped[str | None] = mapped_column(String(64), index=True)
+    # The WeChat session_key never leaves the server (it decrypts client data); kept encrypted.
+    wechat_session_key_enc: Mapped[str | None] = mapped_column(Text)
+    alipay_user_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    alipay_open_id: Mapped[str | None] = mapped_column(String(128), unique=True)
+    person_id: Mapped[int | None] = mapped_column(ForeignKey("persons.id"), index=True)
+    verified_at: Mapped[datetime | None]
+    last_login_at: Mapped[datetime | None]
+
+    __table_args__ = (CheckConstraint("channel IN ('wechat', 'alipay')", name="channel"),)
+
+
+class AuthToken(IdMixin, CreatedMixin, Base):
+    """Opaque bearer tokens, stored as SHA-256 hashes. ``chain_id`` ties an access token to the
+    refresh-token chain it came from, so revoking a chain revokes its access tokens too."""
+
+    __tablename__ = "auth_tokens"
+
+    kind: Mapped[str] = mapped_column(String(8))  # access | refresh
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    chain_id: Mapped[str] = mapped_column(String(32))
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]  # refresh tokens: when it was rotated
+    revoked_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint("kind IN ('access', 'refresh')", name="kind"),
+        Index("ix_auth_tokens_chain_id", "chain_id"),
+        Index("ix_auth_tokens_user_id", "user_id"),
+    )
+
+
+class StaffUser(IdMixin, CreatedMixin, Base):
+    __tablename__ = "staff_users"
+
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # window | admin | auditor
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    active: Mapped[bool] = mapped_column(default=True)
+
+    __table_args__ = (CheckConstraint("role IN ('window', 'admin', 'auditor')", name="role"),)
+

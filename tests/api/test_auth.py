@@ -1,0 +1,155 @@
+"""Sign-in from both platforms through the SDKs against the emulator (SPEC §5, issue 2)."""
+
+from __future__ import annotations
+
+from tests.helpers import bearer, random_openid, sign_in_alipay, sign_in_wechat
+
+
+def error_code(response) -> str:
+    return response.get_json()["error"]["code"]
+
+
+def test_a_wechat_login_code_signs_in_and_gives_a_two_hour_access_token(client, sandbox):
+    body = sign_in_wechat(client, sandbox)
+    assert body["expires_in"] == 7200
+    assert body["user"]["channel"] == "wechat"
+    assert body["user"]["verified"] is False
+    assert client.get("/api/v1/me", headers=bearer(body["access_token"])).status_code == 200
+
+
+def test_signing_in_again_with_the_same_openid_gives_the_same_user(client, sandbox):
+    openid = random_openid()
+    first = sign_in_wechat(client, sandbox, openid)
+    second = sign_in_wechat(client, sandbox, openid)
+    assert first["user"]["id"] == second["user"]["id"]
+
+
+def test_the_wechat_session_key_never_leaves_the_server(client, sandbox):
+    response = client.post("/api/v1/auth/wechat", json={"code": sandbox.issue_wechat_login_code(random_openid())})
+    assert "session_key" not in response.get_data(as_text=True)
+
+
+def test_a_bad_wechat_code_is_login_code_invalid(client):
+    response = client.post("/api/v1/auth/wechat", json={"code": "not-a-real-code"})
+    assert response.status_code == 401
+    assert error_code(response) == "LOGIN_CODE_INVALID"
+
+
+def test_a_wechat_code_works_only_once(client, sandbox):
+    code = sandbox.issue_wechat_login_code(random_openid())
+    assert client.post("/api/v1/auth/wechat", json={"code": code}).status_code == 200
+    again = client.post("/api/v1/auth/wechat", json={"code": code})
+    assert again.status_code == 401
+    assert error_code(again) == "LOGIN_CODE_INVALID"
+
+
+def test_an_expired_wechat_code_is_refused(client, sandbox):
+    code = sandbox.issue_wechat_login_code(random_openid())
+    sandbox.advance_clock(301)
+    response = client.post("/api/v1/auth/wechat", json={"code": code})
+    assert response.status_code == 401
+    assert error_code(response) == "LOGIN_CODE_INVALID"
+
+
+def test_an_unreachable_wechat_is_upstream_unavailable_not_a_500(app, make_app, sandbox):
+    offline = make_app(WECHAT_API_BASE_URL="http://127.0.0.1:9/")
+    response = offline.test_client().post("/api/v1/auth/wechat", json={"code": "any"})
+    assert response.status_code == 503
+    assert error_code(response) == "UPSTREAM_UNAVAILABLE"
+
+
+def test_an_alipay_auth_code_signs_in(client, sandbox):
+    body = sign_in_alipay(client, sandbox)
+    assert body["user"]["channel"] == "alipay"
+    assert client.get("/api/v1/me", headers=bearer(body["access_token"])).status_code == 200
+
+
+def test_a_bad_alipay_code_is_login_code_invalid(client):
+    response = client.post("/api/v1/auth/alipay", json={"auth_code": "bogus"})
+    assert response.status_code == 401
+    assert error_code(response) == "LOGIN_CODE_INVALID"
+
+
+def test_an_alipay_request_signed_with_the_wrong_key_is_refused_by_the_platform(make_app, sandbox):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from tests.conftest import _pem_private
+
+    wrong = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    app = make_app(ALIPAY_APP_PRIVATE_KEY=_pem_private(wrong))
+    code = sandbox.issue_alipay_auth_code(user_id="2088000000000042")
+    response = app.test_client().post("/api/v1/auth/alipay", json={"auth_code": code})
+    assert response.status_code in (401, 503)
+    assert response.status_code != 200
+
+
+def test_an_alipay_response_with_a_bad_signature_is_not_trusted(make_app, sandbox):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from tests.conftest import _pem_public
+
+    impostor = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    app = make_app(ALIPAY_PUBLIC_KEY=_pem_public(impostor))
+    code = sandbox.issue_alipay_auth_code(user_id="2088000000000043")
+    response = app.test_client().post("/api/v1/auth/alipay", json={"auth_code": code})
+    assert response.status_code == 503
+    assert error_code(response) == "UPSTREAM_UNAVAILABLE"
+
+
+def test_refresh_rotates_and_the_old_refresh_token_cannot_be_used_again(client, sandbox):
+    first = sign_in_wechat(client, sandbox)
+    rotated = client.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert rotated.status_code == 200
+    new = rotated.get_json()
+    assert new["refresh_token"] != first["refresh_token"]
+    assert client.get("/api/v1/me", headers=bearer(new["access_token"])).status_code == 200
+
+
+def test_reusing_a_rotated_refresh_token_revokes_the_whole_chain(client, sandbox):
+    first = sign_in_wechat(client, sandbox)
+    new = client.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]}).get_json()
+    reuse = client.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert reuse.status_code == 401
+    # The thief's (or the owner's) newer tokens are dead too.
+    assert client.get("/api/v1/me", headers=bearer(new["access_token"])).status_code == 401
+    assert client.post("/api/v1/auth/refresh", json={"refresh_token": new["refresh_token"]}).status_code == 401
+
+
+def test_logout_revokes_the_access_token_and_its_refresh_chain(client, sandbox):
+    tokens = sign_in_wechat(client, sandbox)
+    assert client.post("/api/v1/auth/logout", headers=bearer(tokens["access_token"])).status_code == 204
+    assert client.get("/api/v1/me", headers=bearer(tokens["access_token"])).status_code == 401
+    assert client.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}).status_code == 401
+
+
+def test_an_expired_access_token_is_unauthenticated(make_app, sandbox):
+    app = make_app(ACCESS_TOKEN_TTL_SECONDS=-1)
+    client = app.test_client()
+    tokens = sign_in_wechat(client, sandbox)
+    response = client.get("/api/v1/me", headers=bearer(tokens["access_token"]))
+    assert response.status_code == 401
+    assert error_code(response) == "UNAUTHENTICATED"
+
+
+def test_no_token_is_unauthenticated(client):
+    response = client.get("/api/v1/me")
+    assert response.status_code == 401
+    assert error_code(response) == "UNAUTHENTICATED"
+
+
+def test_a_staff_token_on_a_user_endpoint_is_forbidden(client, demo):
+    response = client.get("/api/v1/me", headers=bearer(demo.tokens["window1"]))
+    assert response.status_code == 403
+    assert error_code(response) == "FORBIDDEN"
+
+
+def test_login_is_rate_limited_per_ip_with_retry_after(make_app, sandbox):
+    """R19: past the limit, 429 RATE_LIMITED with Retry-After."""
+    app = make_app(RATE_LIMIT_PER_IP="3/60")
+    client = app.test_client()
+    statuses = [client.post("/api/v1/auth/wechat", json={"code": f"bad-{i}"}).status_code for i in range(3)]
+    assert statuses == [401, 401, 401]
+    limited = client.post("/api/v1/auth/wechat", json={"code": "bad"})
+    assert limited.status_code == 429
+    assert error_code(limited) == "RATE_LIMITED"
+    assert int(limited.headers["Retry-After"]) >= 1
