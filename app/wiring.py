@@ -17,6 +17,7 @@ from app.policy import PolicyError, RegionPolicy, load_region_policy
 from app.security.pii import PiiCipher
 from app.security.pledge_signing import PledgeSigner
 from app.services.auth import TokenSettings
+from notify.dispatch import build_notifier
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Domain:
     token_settings: TokenSettings
     wechat: Any
     alipay: Any
+    notifier: Any
     config: dict[str, Any]
 
 
@@ -77,5 +79,6 @@ def init_domain(app: Flask) -> None:
         token_settings=TokenSettings(cfg["ACCESS_TOKEN_TTL_SECONDS"], cfg["REFRESH_TOKEN_TTL_SECONDS"]),
         wechat=wechat,
         alipay=alipay,
+        notifier=build_notifier(app),
         config=dict(cfg),
     )

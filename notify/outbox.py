@@ -1,0 +1,129 @@
+"""The transactional outbox (R15): notices are written in the same transaction as the money.
+
+A settlement or refund calls ``add_money_notices`` before it commits: one notice per person
+whose account moved (deduction or refund credit), a receipt for the beneficiary when co-pay
+funds were used, and one pending delivery per channel the recipient can be reached on. The
+unique keys (movement, person, kind) and (notice, channel) make a second notice or a second
+delivery for the same movement impossible. Delivery happens after commit (``notify.dispatch``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from models import Delivery, Notice, User
+
+
+@dataclass(frozen=True)
+class AccountMovement:
+    """One account's part of a settlement (``amount_fen`` taken) or refund (given back)."""
+
+    owner_person_id: int
+    kind: str  # own | copay
+    amount_fen: int
+    balance_after_fen: int
+
+
+@dataclass(frozen=True)
+class MoneyEvent:
+    """What every notice of one settlement or refund says (values already masked, R17)."""
+
+    settlement_id: int
+    settlement_no: str
+    beneficiary_person_id: int
+    beneficiary_masked_name: str
+    institution_name: str
+    at: datetime
+    refund_id: int | None = None
+    # Relationship of the beneficiary to each co-pay owner, e.g. {owner_person_id: "child"}.
+    relationships: dict[int, str] | None = None
+
+
+def _reachable_users(session: Session, person_ids: Collection[int]) -> dict[int, dict[str, int]]:
+    """Per person, the most recently signed-in user on each channel."""
+    rows = session.execute(
+        select(User.id, User.person_id, User.channel)
+        .where(User.person_id.in_(list(person_ids)))
+        .order_by(User.last_login_at.asc().nulls_first(), User.id)
+    )
+    found: dict[int, dict[str, int]] = {}
+    for user_id, person_id, channel in rows:
+        found.setdefault(person_id, {})[channel] = user_id  # later rows (newer logins) win
+    return found
+
+
+def add_money_notices(
+    session: Session,
+    event: MoneyEvent,
+    movements: Sequence[AccountMovement],
+    *,
+    receipt_channels: Collection[str] = (),
+) -> list[int]:
+    """Write the notices and pending deliveries of one money movement; return the delivery ids."""
+    refund = event.refund_id is not None
+    movement_key = f"r{event.refund_id}" if refund else f"s{event.settlement_id}"
+    per_owner: dict[int, list[AccountMovement]] = {}
+    for movement in movements:
+        if movement.amount_fen > 0:
+            per_owner.setdefault(movement.owner_person_id, []).append(movement)
+    copay_total = sum(m.amount_fen for m in movements if m.kind == "copay")
+    recipients = set(per_owner) | ({event.beneficiary_person_id} if copay_total else set())
+    users = _reachable_users(session, recipients)
+    relationships = event.relationships or {}
+
+    notices: list[tuple[dict[str, Any], Collection[str]]] = []
+    for owner_id, parts in per_owner.items():
+        amount = sum(p.amount_fen for p in parts)
+        balance_after = parts[-1].balance_after_fen
+        notices.append(({
+            "kind": "refund" if refund else "deduction",
+            "person_id": owner_id,
+            "amount_fen": amount,
+            "balance_after_fen": balance_after,
+            "content": _content(event, amount, balance_after,
+                                "self" if owner_id == event.beneficiary_person_id else relationships.get(owner_id)),
+        }, ("wechat", "alipay")))
+    if copay_total and not refund:
+        notices.append(({
+            "kind": "receipt",
+            "person_id": event.beneficiary_person_id,
+            "amount_fen": copay_total,
+            "balance_after_fen": None,
+            "content": _content(event, copay_total, None, None),
+        }, tuple(receipt_channels)))
+
+    delivery_ids: list[int] = []
+    for values, channels in notices:
+        notice_id = session.execute(
+            insert(Notice).values(
+                settlement_id=event.settlement_id, refund_id=event.refund_id, movement_key=movement_key,
+                settlement_no=event.settlement_no, created_at=event.at, **values,
+            ).returning(Notice.id)
+        ).scalar_one()
+        for channel, user_id in users.get(values["person_id"], {}).items():
+            if channel in channels:
+                delivery_ids.append(session.execute(
+                    insert(Delivery).values(notice_id=notice_id, channel=channel, user_id=user_id, state="pending",
+                                            attempts=0, next_attempt_at=event.at, created_at=event.at,
+                                            updated_at=event.at).returning(Delivery.id)
+                ).scalar_one())
+    return delivery_ids
+
+
+def _content(event: MoneyEvent, amount_fen: int, balance_after_fen: int | None,
+             relationship: str | None) -> dict[str, Any]:
+    return {
+        "beneficiary": event.beneficiary_masked_name,
+        "relationship": relationship,
+        "institution": event.institution_name,
+        "amount_fen": amount_fen,
+        "balance_after_fen": balance_after_fen,
+        "time": event.at.isoformat(),
+        "settlement_no": event.settlement_no,
+    }
