@@ -24,6 +24,8 @@ class Person(IdMixin, CreatedMixin, Base):
     insurance_type: Mapped[str] = mapped_column(String(16))  # employee | resident
     region_code: Mapped[str] = mapped_column(String(6))
     status: Mapped[str] = mapped_column(String(16))  # active | inactive
+    # Keyed digest of the registry row as last loaded: an unchanged row is not rewritten.
+    source_digest: Mapped[str | None] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     __table_args__ = (

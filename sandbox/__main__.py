@@ -112,6 +112,7 @@ def build_sandbox(options: dict[str, Any]) -> Sandbox:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Start the emulator and serve until SIGINT/SIGTERM."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sandbox = build_sandbox(load_options(args))
@@ -129,7 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        stop.wait()
+        # A timed wait: the signal may be delivered to a server thread, so poll the flag.
+        while not stop.wait(0.5):
+            pass
     except KeyboardInterrupt:
         pass
     finally:

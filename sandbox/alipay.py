@@ -128,9 +128,17 @@ class AlipayEmulator:
 
     def __init__(self, state: SandboxState, private_key_pem: str | None = None):
         self.state = state
-        self._private_key_pem = private_key_pem or generate_private_key_pem()
-        self._private_key = serialization.load_pem_private_key(self._private_key_pem.encode(), password=None)
-        self.public_key_pem = public_key_pem(self._private_key_pem)
+        # The emulator's own key is trusted input; OpenSSL's full RSA check costs ~80 ms per Sandbox.
+        self._private_key = serialization.load_pem_private_key(
+            (private_key_pem or generate_private_key_pem()).encode(),
+            password=None,
+            unsafe_skip_rsa_key_validation=True,
+        )
+        self.public_key_pem = (
+            self._private_key.public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode()
+        )
         self._apps: dict[str, _App] = {}
         self._codes: dict[str, _AuthCode] = {}
         self._refresh_tokens: dict[str, _AuthCode] = {}
@@ -158,6 +166,7 @@ class AlipayEmulator:
         return next(iter(self._apps))
 
     def appids(self) -> list[str]:
+        """Ids of the registered apps."""
         with self.state.lock:
             return sorted(self._apps)
 
@@ -195,10 +204,19 @@ class AlipayEmulator:
             return consent.to_dict()
 
     def revoke_consent(self, user: str, template_id: str) -> None:
+        """The user turns ``template_id`` off; consent of both kinds is gone."""
         with self.state.lock:
             self._consents.pop((user, template_id), None)
 
+    def reset(self) -> None:
+        """Forget auth codes, refresh tokens and consent; registered apps stay."""
+        with self.state.lock:
+            self._codes.clear()
+            self._refresh_tokens.clear()
+            self._consents.clear()
+
     def consent(self, user: str, template_id: str) -> dict[str, Any]:
+        """``{"one_time_credits": n, "long_term": bool}`` for this user and template."""
         with self.state.lock:
             return self._consents.get((user, template_id), _Consent()).to_dict()
 

@@ -56,6 +56,7 @@ class PushRequest:
 
     @property
     def headers(self) -> dict[str, str]:
+        """The Content-Type header to send with ``body``."""
         return {"Content-Type": self.content_type} if self.content_type else {}
 
 
@@ -291,6 +292,7 @@ class PushDispatcher:
         return done.wait(timeout)
 
     def close(self) -> None:
+        """Deliver what is queued, then stop the thread."""
         self._queue.put(None)
         self._thread.join(timeout=self.timeout + 1)
         self._http.close()

@@ -164,12 +164,28 @@ class Sandbox:
         return self.alipay.grant_consent(user, template_id, mode, count)
 
     def revoke_alipay_consent(self, user: str, template_id: str) -> None:
+        """The user turns the template off: later sends get the no-consent error."""
         self.alipay.revoke_consent(user, template_id)
 
     def alipay_consent(self, user: str, template_id: str) -> dict[str, Any]:
+        """``{"one_time_credits": n, "long_term": bool}`` for this user and template."""
         return self.alipay.consent(user, template_id)
 
     # --- records, faults, clock ---------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Back to a clean world between tests: no users, codes, consent, messages, faults or pushes.
+
+        Registered apps, issued access tokens, the push target and the clock (which only moves
+        forward) are kept.
+        """
+        self.wechat.reset()
+        self.alipay.reset()
+        self.state.clear_faults()
+        self.state.clear_sent()
+        if self.wechat.push is not None:
+            self.wechat.push.flush()
+            self.wechat.push.deliveries.clear()
 
     def sent_messages(
         self, platform: str | None = None, to: str | None = None, template_id: str | None = None
@@ -178,6 +194,7 @@ class Sandbox:
         return self.state.sent_messages(platform, to, template_id)
 
     def clear_sent_messages(self) -> None:
+        """Forget the messages recorded so far."""
         self.state.clear_sent()
 
     def inject_fault(
@@ -217,6 +234,7 @@ class Sandbox:
         return self.state.clock.advance(seconds)
 
     def now(self) -> float:
+        """The emulated platforms' current time (epoch seconds)."""
         return self.state.clock.now()
 
     # --- message push -------------------------------------------------------------------------
@@ -292,10 +310,12 @@ def create_app(sandbox: Sandbox) -> Flask:
 
     @app.get("/_sandbox/state")
     def state():
+        """Registered apps, counts and the emulated time."""
         return jsonify(sandbox.summary())
 
     @app.post("/_sandbox/wechat/apps")
     def wechat_app():
+        """Register a mini-program {appid, secret, templates?, pages?}."""
         data = body()
         appid, secret = required(data, "appid", "secret")
         sandbox.register_wechat_app(appid, secret, data.get("templates", []), data.get("pages"))
@@ -303,12 +323,14 @@ def create_app(sandbox: Sandbox) -> Flask:
 
     @app.post("/_sandbox/wechat/login-code")
     def wechat_login_code():
+        """Issue a wx.login() code {openid, unionid?, appid?} → {code}."""
         data = body()
         (openid,) = required(data, "openid")
         return jsonify(code=sandbox.issue_wechat_login_code(openid, data.get("unionid"), data.get("appid")))
 
     @app.post("/_sandbox/wechat/consent")
     def wechat_consent():
+        """Grant consent {openid, template_id, mode?, count?} → the consent now held."""
         data = body()
         openid, template_id = required(data, "openid", "template_id")
         return jsonify(
@@ -319,12 +341,14 @@ def create_app(sandbox: Sandbox) -> Flask:
 
     @app.post("/_sandbox/wechat/consent/revoke")
     def wechat_consent_revoke():
+        """Revoke consent {openid, template_id} (pushes a change event)."""
         openid, template_id = required(body(), "openid", "template_id")
         sandbox.revoke_wechat_consent(openid, template_id)
         return jsonify(sandbox.wechat_consent(openid, template_id))
 
     @app.post("/_sandbox/wechat/push-target")
     def wechat_push_target():
+        """Push events to {url, token, encoding_aes_key?, format?, appid?, wrapped?}."""
         data = body()
         url, token = required(data, "url", "token")
         sandbox.configure_wechat_push(
@@ -340,6 +364,7 @@ def create_app(sandbox: Sandbox) -> Flask:
 
     @app.post("/_sandbox/alipay/apps")
     def alipay_app():
+        """Register an Alipay app {appid, app_public_key_pem, templates?}."""
         data = body()
         appid, pem = required(data, "appid", "app_public_key_pem")
         sandbox.register_alipay_app(appid, pem, data.get("templates", []))
@@ -347,10 +372,12 @@ def create_app(sandbox: Sandbox) -> Flask:
 
     @app.get("/_sandbox/alipay/public-key")
     def alipay_public_key():
+        """The emulator's public key, to configure as ALIPAY_PUBLIC_KEY."""
         return jsonify(public_key_pem=sandbox.alipay_public_key_pem)
 
     @app.post("/_sandbox/alipay/auth-code")
     def alipay_auth_code():
+        """Issue a my.getAuthCode code {user_id?, open_id?, union_id?, appid?} → {code}."""
         data = body()
         code = sandbox.issue_alipay_auth_code(
             data.get("user_id"), data.get("open_id"), data.get("union_id"), data.get("appid")
@@ -359,6 +386,7 @@ def create_app(sandbox: Sandbox) -> Flask:
 
     @app.post("/_sandbox/alipay/consent")
     def alipay_consent():
+        """Grant consent {user, template_id, mode?, count?} → the consent now held."""
         data = body()
         user, template_id = required(data, "user", "template_id")
         return jsonify(
@@ -369,12 +397,14 @@ def create_app(sandbox: Sandbox) -> Flask:
 
     @app.post("/_sandbox/alipay/consent/revoke")
     def alipay_consent_revoke():
+        """Revoke consent {user, template_id}."""
         user, template_id = required(body(), "user", "template_id")
         sandbox.revoke_alipay_consent(user, template_id)
         return jsonify(sandbox.alipay_consent(user, template_id))
 
     @app.get("/_sandbox/messages")
     def messages():
+        """Messages delivered so far, filtered by ?platform=&to=&template_id=."""
         found = sandbox.sent_messages(
             request.args.get("platform"), request.args.get("to"), request.args.get("template_id")
         )
@@ -382,11 +412,13 @@ def create_app(sandbox: Sandbox) -> Flask:
 
     @app.delete("/_sandbox/messages")
     def clear_messages():
+        """Forget delivered messages."""
         sandbox.clear_sent_messages()
         return "", 204
 
     @app.post("/_sandbox/faults")
     def faults():
+        """Queue a fault {api, errcode?, errmsg?, sub_code?, http_status?, delay?, times?}."""
         data = body()
         (api,) = required(data, "api")
         sandbox.inject_fault(
@@ -400,13 +432,21 @@ def create_app(sandbox: Sandbox) -> Flask:
         )
         return jsonify(api=api), 201
 
+    @app.post("/_sandbox/reset")
+    def reset():
+        """Forget users, codes, consent, messages, faults and push results."""
+        sandbox.reset()
+        return "", 204
+
     @app.delete("/_sandbox/faults")
     def clear_faults():
+        """Drop queued faults and bring both platforms up."""
         sandbox.clear_faults()
         return "", 204
 
     @app.post("/_sandbox/down")
     def down():
+        """Take a platform down or up {platform, down?}."""
         data = body()
         (platform,) = required(data, "platform")
         sandbox.set_down(platform, bool(data.get("down", True)))
@@ -414,11 +454,13 @@ def create_app(sandbox: Sandbox) -> Flask:
 
     @app.post("/_sandbox/clock/advance")
     def advance_clock():
+        """Move the emulated time forward {seconds} → {now}."""
         (seconds,) = required(body(), "seconds")
         return jsonify(now=sandbox.advance_clock(float(seconds)))
 
     @app.get("/_sandbox/pushes")
     def pushes():
+        """Outcomes of the WeChat pushes made so far."""
         sandbox.flush_pushes(timeout=2.0)
         return jsonify(deliveries=[vars(d) for d in sandbox.push_deliveries()])
 

@@ -71,6 +71,7 @@ class SentMessage:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as plain JSON-able data."""
         return asdict(self)
 
 
@@ -91,16 +92,20 @@ class SandboxState:
     # --- faults -------------------------------------------------------------------------------
 
     def inject_fault(self, fault: Fault) -> None:
+        """Queue ``fault`` for the next calls of its API (after any fault already queued for it)."""
         if fault.api not in WECHAT_APIS | ALIPAY_APIS:
             raise ValueError(f"unknown api {fault.api!r}; known: {sorted(WECHAT_APIS | ALIPAY_APIS)}")
         if fault.times < 1:
             raise ValueError("times must be at least 1")
         if fault.errcode is None and fault.http_status is None and not fault.delay:
             raise ValueError("a fault needs errcode, http_status or delay")
+        if fault.api in WECHAT_APIS and fault.errcode is not None:
+            fault.errcode = int(fault.errcode)  # WeChat errcodes are integers; fail here, not mid-request
         with self.lock:
             self._faults.append(fault)
 
     def clear_faults(self) -> None:
+        """Drop all queued faults and bring every platform back up."""
         with self.lock:
             self._faults.clear()
             self._down.clear()
@@ -118,20 +123,24 @@ class SandboxState:
         return None
 
     def set_down(self, platform: str, down: bool = True) -> None:
+        """Switch ``platform`` ('wechat'|'alipay') to answering every call with HTTP 502, or back."""
         if platform not in PLATFORMS:
             raise ValueError(f"platform must be one of {PLATFORMS}")
         with self.lock:
             (self._down.add if down else self._down.discard)(platform)
 
     def is_down(self, platform: str) -> bool:
+        """Whether ``platform`` is switched to "down"."""
         with self.lock:
             return platform in self._down
 
     def call_count(self, api: str) -> int:
+        """Calls of ``api`` that reached the emulator (calls refused while "down" are not counted)."""
         with self.lock:
             return self._calls[api]
 
     def call_counts(self) -> dict[str, int]:
+        """``call_count`` of every API called so far."""
         with self.lock:
             return dict(self._calls)
 
@@ -142,17 +151,20 @@ class SandboxState:
     # --- records ------------------------------------------------------------------------------
 
     def new_msgid(self) -> str:
+        """A new unique 64-bit message id, as a decimal string."""
         with self.lock:
             self._next_msgid += 1
             return str(self._next_msgid)
 
     def record(self, message: SentMessage) -> None:
+        """Keep ``message`` as delivered."""
         with self.lock:
             self._sent.append(message)
 
     def sent_messages(
         self, platform: str | None = None, to: str | None = None, template_id: str | None = None
     ) -> list[SentMessage]:
+        """Delivered messages, oldest first, filtered by whichever arguments are given."""
         with self.lock:
             return [
                 m
@@ -163,5 +175,6 @@ class SandboxState:
             ]
 
     def clear_sent(self) -> None:
+        """Forget the delivered messages."""
         with self.lock:
             self._sent.clear()

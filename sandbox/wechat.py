@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,6 +218,7 @@ class WeChatEmulator:
             return self._default_app(appid).appid
 
     def appids(self) -> list[str]:
+        """Ids of the registered mini-programs."""
         with self.state.lock:
             return sorted(self._apps)
 
@@ -268,7 +270,15 @@ class WeChatEmulator:
             self._consents.pop((openid, template_id), None)
         self._emit(change_event(openid, [template_id]))
 
+    def reset(self) -> None:
+        """Forget users, login codes and consent; registered apps and issued tokens stay."""
+        with self.state.lock:
+            self._codes.clear()
+            self._users.clear()
+            self._consents.clear()
+
     def consent(self, openid: str, template_id: str) -> dict[str, Any]:
+        """``{"one_time_credits": n, "long_term": bool}`` for this user and template."""
         with self.state.lock:
             return self._consents.get((openid, template_id), _Consent()).to_dict()
 
@@ -439,7 +449,7 @@ def create_blueprint(emulator: WeChatEmulator) -> Blueprint:
             return Response("Bad Gateway", status=502)
         return None
 
-    def answer(api: str, handler) -> Response:
+    def answer(api: str, handler: Callable[[], dict[str, Any]]) -> Response:
         fault = state.take_fault(api)
         if fault is not None:
             if fault.delay:

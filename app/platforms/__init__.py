@@ -50,6 +50,7 @@ class PlatformError(Exception):
 
     @property
     def transient(self) -> bool:
+        """Whether retrying later may succeed."""
         return self.kind == TRANSIENT
 
     def __repr__(self) -> str:

@@ -129,6 +129,7 @@ def _error_payload(exc: AliPayException) -> dict[str, Any]:
 
 def _transport_error(exc: BaseException) -> PlatformError:
     if isinstance(exc, urllib.error.HTTPError):
+        exc.close()  # it holds the open response
         code = "http_5xx" if exc.code >= 500 else "http_4xx"
         return PlatformError("alipay", code, f"HTTP {exc.code}")
     reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc

@@ -8,12 +8,14 @@ keeps explaining every balance.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import BigInteger, String, any_, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -137,7 +139,11 @@ def load_registry(session: Session, pii: PiiCipher, data: Any, now: datetime) ->
     with session.begin():
         bidx_to_id = _upsert_persons(session, pii, insert, data.get("persons", []), now, report)
 
+        resolved: dict[str, int] = {}
+
         def person_id(raw: Any, where: str) -> int:
+            if raw in resolved:
+                return resolved[raw]
             try:
                 number = validate_id_number(str(raw))
             except errors.IdNumberInvalid as exc:
@@ -148,22 +154,27 @@ def load_registry(session: Session, pii: PiiCipher, data: Any, now: datetime) ->
                     Person.id_number_bidx == pii.blind_index(number, kind="id_number")))
             if found is None:
                 raise RegistryInvalid([f"{where}: id_number: no such person in the registry or file"])
+            resolved[raw] = found
             return found
 
         _set_balances(session, insert, [
             (person_id(row["id_number"], f"accounts[{i}]"), row["balance_fen"])
             for i, row in enumerate(data.get("accounts", []), 1)
         ], now, report)
-        for i, row in enumerate(data.get("households", []), 1):
-            a = person_id(row["a"], f"households[{i}]")
-            b = person_id(row["b"], f"households[{i}]")
-            session.execute(
-                insert(Household).values(a_person_id=a, b_person_id=b, relationship=row["relationship"],
-                                         created_at=now)
-                .on_conflict_do_update(index_elements=["a_person_id", "b_person_id"],
-                                       set_={"relationship": row["relationship"]})
+        household_rows = [
+            {"a_person_id": person_id(row["a"], f"households[{i}]"),
+             "b_person_id": person_id(row["b"], f"households[{i}]"),
+             "relationship": row["relationship"], "created_at": now}
+            for i, row in enumerate(data.get("households", []), 1)
+        ]
+        if household_rows:
+            households = insert(Household.__table__)
+            _bulk(session).execute(
+                households.on_conflict_do_update(index_elements=["a_person_id", "b_person_id"],
+                                                 set_={"relationship": households.excluded.relationship}),
+                household_rows,
             )
-            report.households += 1
+        report.households = len(household_rows)
         for row in data.get("institutions", []):
             _upsert_institution(session, pii, insert, row, now)
             report.institutions += 1
@@ -174,68 +185,82 @@ def load_registry(session: Session, pii: PiiCipher, data: Any, now: datetime) ->
 
 def _upsert_persons(session: Session, pii: PiiCipher, insert: Any, rows: list[dict], now: datetime,
                     report: LoadReport) -> dict[str, int]:
+    """Insert new persons and rewrite changed ones; unchanged rows (same source digest) are skipped,
+    so reloading the same file re-encrypts and rewrites nothing."""
     bidx_to_id: dict[str, int] = {}
+    upsert = _person_upsert(insert)
     for start in range(0, len(rows), BATCH):
-        values = []
+        plain = []
         for row in rows[start:start + BATCH]:
             number = validate_id_number(row["id_number"])
+            fields = (number, row["name"].strip(), row["social_card_no"].strip(), row["insurance_type"],
+                      row["region_code"], row.get("status", "active"))
+            plain.append((pii.blind_index(number, kind="id_number"),
+                          pii.blind_index(json.dumps(fields, ensure_ascii=False), kind="registry_row"), fields))
+        existing = {bidx: (person_id, digest) for bidx, person_id, digest in session.execute(
+            select(Person.id_number_bidx, Person.id, Person.source_digest)
+            .where(_among(session, Person.id_number_bidx, [bidx for bidx, _, _ in plain], String)))}
+        report.persons_new += len(plain) - len(existing)
+        values = []
+        for bidx, digest, (number, name, card, kind, region, status) in plain:
+            if bidx in existing and existing[bidx][1] == digest:
+                bidx_to_id[bidx] = existing[bidx][0]
+                continue
             values.append({
-                "id_number_bidx": pii.blind_index(number, kind="id_number"),
+                "id_number_bidx": bidx, "source_digest": digest,
                 "id_number_enc": pii.encrypt(number, context="person.id_number"),
-                "name_enc": pii.encrypt(row["name"].strip(), context="person.name"),
-                "social_card_no_enc": pii.encrypt(row["social_card_no"].strip(), context="person.social_card_no"),
-                "insurance_type": row["insurance_type"],
-                "region_code": row["region_code"],
-                "status": row.get("status", "active"),
-                "created_at": now,
-                "updated_at": now,
+                "name_enc": pii.encrypt(name, context="person.name"),
+                "social_card_no_enc": pii.encrypt(card, context="person.social_card_no"),
+                "insurance_type": kind, "region_code": region, "status": status,
+                "created_at": now, "updated_at": now,
             })
-        existing = set(session.scalars(select(Person.id_number_bidx).where(
-            Person.id_number_bidx.in_([v["id_number_bidx"] for v in values]))))
-        report.persons_new += len(values) - len(existing)
-        stmt = insert(Person).values(values)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["id_number_bidx"],
-            set_={name: stmt.excluded[name] for name in (
-                "id_number_enc", "name_enc", "social_card_no_enc", "insurance_type", "region_code",
-                "status", "updated_at")},
-        ).returning(Person.id, Person.id_number_bidx)
-        for person_id, bidx in session.execute(stmt):
-            bidx_to_id[bidx] = person_id
-        report.persons += len(values)
+        if values:
+            # executemany (insertmanyvalues): compiled once, sent in pages, RETURNING in order.
+            for person_id, bidx in _bulk(session).execute(upsert, values):
+                bidx_to_id[bidx] = person_id
+        report.persons += len(plain)
     return bidx_to_id
+
+
+def _person_upsert(insert: Any) -> Any:
+    persons = Person.__table__
+    stmt = insert(persons)
+    return stmt.on_conflict_do_update(
+        index_elements=["id_number_bidx"],
+        set_={name: stmt.excluded[name] for name in (
+            "id_number_enc", "name_enc", "social_card_no_enc", "insurance_type", "region_code", "status",
+            "source_digest", "updated_at")},
+    ).returning(persons.c.id, persons.c.id_number_bidx)
 
 
 def _set_balances(session: Session, insert: Any, wanted: list[tuple[int, int]], now: datetime,
                   report: LoadReport) -> None:
     registry_account = system_account_id(session, "registry")
+    accounts = Account.__table__
     entries: list[tuple[int, int]] = []
     for start in range(0, len(wanted), BATCH):
         chunk = dict(wanted[start:start + BATCH])
-        session.execute(
-            insert(Account).values([
-                {"kind": "personal", "person_id": pid, "balance_fen": 0, "created_at": now, "updated_at": now}
-                for pid in chunk
-            ]).on_conflict_do_nothing(index_elements=["person_id"])
-        )
         # Lock the accounts being set, so a settlement running meanwhile is ordered before or after.
-        current = session.execute(
+        current = {pid: (account_id, balance) for account_id, pid, balance in session.execute(
             select(Account.id, Account.person_id, Account.balance_fen)
-            .where(Account.person_id.in_(list(chunk))).with_for_update()
-        ).all()
-        changes = []
-        for account_id, pid, balance in current:
-            delta = chunk[pid] - balance
-            if delta:
-                changes.append({"b_id": account_id, "balance": chunk[pid]})
-                entries.append((account_id, delta))
-        if changes:
-            accounts = Account.__table__
-            session.connection().execute(
-                update(accounts).where(accounts.c.id == bindparam("b_id"))
-                .values(balance_fen=bindparam("balance"), updated_at=now),
-                changes,
+            .where(_among(session, Account.person_id, list(chunk), BigInteger)).with_for_update()
+        )}
+        missing = [pid for pid in chunk if pid not in current]
+        if missing:
+            created = _bulk(session).execute(
+                insert(accounts).returning(accounts.c.id, accounts.c.person_id),
+                [{"kind": "personal", "person_id": pid, "balance_fen": 0, "created_at": now, "updated_at": now}
+                 for pid in missing],
             )
+            current.update({pid: (account_id, 0) for account_id, pid in created})
+        changes = []
+        for pid, wanted_fen in chunk.items():
+            account_id, balance = current[pid]
+            if wanted_fen != balance:
+                changes.append((account_id, wanted_fen))
+                entries.append((account_id, wanted_fen - balance))
+        if changes:
+            _set_account_balances(session, changes, now)
         report.accounts += len(chunk)
     if entries:
         report.balance_changes = len(entries)
@@ -245,6 +270,39 @@ def _set_balances(session: Session, insert: Any, wanted: list[tuple[int, int]], 
             update(Account).where(Account.id == registry_account)
             .values(balance_fen=Account.balance_fen + entries[-1][1])
         )
+
+
+def _set_account_balances(session: Session, changes: list[tuple[int, int]], now: datetime) -> None:
+    """Set many balances: one UPDATE … FROM (VALUES …) on PostgreSQL, executemany elsewhere."""
+    accounts = Account.__table__
+    if session.get_bind().dialect.name == "postgresql":
+        ids, balances = zip(*changes, strict=True)
+        wanted = func.unnest(bindparam("ids", list(ids), ARRAY(BigInteger)),
+                             bindparam("balances", list(balances), ARRAY(BigInteger))
+                             ).table_valued("id", "balance").render_derived(name="wanted")
+        session.execute(
+            update(accounts).where(accounts.c.id == wanted.c.id)
+            .values(balance_fen=wanted.c.balance, updated_at=now)
+        )
+    else:
+        _bulk(session).execute(
+            update(accounts).where(accounts.c.id == bindparam("b_id"))
+            .values(balance_fen=bindparam("balance"), updated_at=now),
+            [{"b_id": account_id, "balance": balance} for account_id, balance in changes],
+        )
+
+
+def _among(session: Session, col: Any, items: list[Any], item_type: Any) -> Any:
+    """``col IN items``; on PostgreSQL as ``= ANY(array)``, one parameter instead of thousands."""
+    if session.get_bind().dialect.name == "postgresql":
+        return col == any_(bindparam(None, items, ARRAY(item_type)))
+    return col.in_(items)
+
+
+def _bulk(session: Session) -> Any:
+    # Small insertmanyvalues pages keep each statement short enough for psycopg's query cache,
+    # which otherwise re-parses a very long statement for every page.
+    return session.connection().execution_options(insertmanyvalues_page_size=40)
 
 
 def _upsert_institution(session: Session, pii: PiiCipher, insert: Any, row: dict, now: datetime) -> None:
