@@ -59,6 +59,17 @@ def _authenticate() -> Principal:
     return found
 
 
+def signed_in(fn: F) -> F:
+    """Any signed-in caller, user or staff (what each may do is decided by the service)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _authenticate()
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def user_required(fn: F) -> F:
     """The caller must be a signed-in mini-program user (staff tokens are refused with 403)."""
 

@@ -77,6 +77,12 @@ class Document(IdMixin, CreatedMixin, Base):
     uploader_person_id: Mapped[int | None] = mapped_column(ForeignKey("persons.id"))
     uploader_staff_id: Mapped[int | None] = mapped_column(ForeignKey("staff_users.id"))
 
+    __table_args__ = (
+        # One row per (uploader, file): an upload of the same bytes returns the first row.
+        Index("uq_documents_person_sha256", "uploader_person_id", "sha256", unique=True),
+        Index("uq_documents_staff_sha256", "uploader_staff_id", "sha256", unique=True),
+    )
+
 
 class BindingDocument(Base):
     __tablename__ = "binding_documents"
@@ -90,14 +96,18 @@ class AuthorizationEvent(IdMixin, Base):
 
     __tablename__ = "authorization_events"
 
-    binding_id: Mapped[int] = mapped_column(ForeignKey("bindings.id"), index=True)
+    binding_id: Mapped[int] = mapped_column(ForeignKey("bindings.id"))
     event: Mapped[str] = mapped_column(String(32))
-    actor_kind: Mapped[str] = mapped_column(String(16))  # user | staff | system
+    # owner | beneficiary (actor_id: their user id) | staff (staff id) | system
+    actor_kind: Mapped[str] = mapped_column(String(16))
     actor_id: Mapped[int | None] = mapped_column(BigInteger)
-    channel: Mapped[str] = mapped_column(String(8))
+    channel: Mapped[str] = mapped_column(String(8))  # wechat | alipay | window | system
     reason: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     at: Mapped[datetime]
+
+    # Records are read newest first per binding (keyset on id).
+    __table_args__ = (Index("ix_authorization_events_binding", "binding_id", "id"),)
 
 
 class Suspension(IdMixin, CreatedMixin, Base):

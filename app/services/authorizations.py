@@ -1,0 +1,110 @@
+"""Authorization records (共济授权记录, R16) for users and staff, and the staff audit log.
+
+Both lists are newest first with keyset pagination (``{items, next_cursor}``, app.pagination).
+A user sees the records of bindings they are party to, as owner or beneficiary, and nothing else.
+The actor of a record is ``{"kind": "owner" | "beneficiary" | "system"}`` for users' own side
+(no internal user ids are shown) and ``{"kind": "staff", "id": <staff id>}`` for window staff, so a
+user can quote the staff number when asking about a change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from app import errors
+from app.pagination import clamp_limit, decode_cursor, page
+from app.services.auth import Principal
+from app.services.bindings import require_person
+from models import AuditEvent, AuthorizationEvent, Binding
+
+
+def _actor(event: AuthorizationEvent, *, for_staff: bool) -> dict[str, Any]:
+    if event.actor_kind == "staff" or for_staff:
+        return {"kind": event.actor_kind, "id": event.actor_id}
+    return {"kind": event.actor_kind}
+
+
+def record_view(event: AuthorizationEvent, *, for_staff: bool = False, role: str | None = None) -> dict[str, Any]:
+    """The SPEC §5 authorization record; ``role`` is the caller's part in the binding (users)."""
+    view: dict[str, Any] = {
+        "id": event.id,
+        "binding_id": event.binding_id,
+        "event": event.event,
+        "actor": _actor(event, for_staff=for_staff),
+        "channel": event.channel,
+        "reason": event.reason,
+        "at": event.at,
+        "details": event.details or {},
+    }
+    if role is not None:
+        view["role"] = role
+    return view
+
+
+def list_authorization_records(session: Session, *, caller: Principal, binding_id: int | None = None,
+                               cursor: str | None = None, limit: int | None = None) -> dict[str, Any]:
+    """R16: the authorization records of every binding the user is party to (or of one of them)."""
+    person_id = require_person(caller)
+    limit = clamp_limit(limit)
+    last_id = decode_cursor(cursor)
+    query = (select(AuthorizationEvent, Binding.owner_person_id)
+             .join(Binding, Binding.id == AuthorizationEvent.binding_id)
+             .where(or_(Binding.owner_person_id == person_id, Binding.beneficiary_person_id == person_id)))
+    if binding_id is not None:
+        query = query.where(AuthorizationEvent.binding_id == binding_id)
+    if last_id is not None:
+        query = query.where(AuthorizationEvent.id < last_id)
+    with session.begin():
+        rows = session.execute(query.order_by(AuthorizationEvent.id.desc()).limit(limit + 1)).all()
+    return page(rows, limit, lambda row: row[0].id,
+                lambda row: record_view(row[0], role="owner" if row[1] == person_id else "beneficiary"))
+
+
+def list_binding_records_for_staff(session: Session, *, binding_id: int, cursor: str | None = None,
+                                   limit: int | None = None) -> dict[str, Any]:
+    """Staff look-up: one binding's authorization records, with actor ids."""
+    limit = clamp_limit(limit)
+    last_id = decode_cursor(cursor)
+    query = select(AuthorizationEvent).where(AuthorizationEvent.binding_id == binding_id)
+    if last_id is not None:
+        query = query.where(AuthorizationEvent.id < last_id)
+    with session.begin():
+        if session.get(Binding, binding_id) is None:
+            raise errors.NotFound("No such binding.")
+        rows = list(session.scalars(query.order_by(AuthorizationEvent.id.desc()).limit(limit + 1)))
+    return page(rows, limit, lambda event: event.id, lambda event: record_view(event, for_staff=True))
+
+
+def audit_view(event: AuditEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "at": event.created_at,
+        "actor": {"kind": event.actor_kind, "id": event.actor_id},
+        "action": event.action,
+        "target": {"kind": event.target_kind, "id": event.target_id} if event.target_kind else None,
+        "details": event.details or {},
+        "ip": event.ip,
+        "request_id": event.request_id,
+    }
+
+
+def list_audit_log(session: Session, *, action: str | None = None, actor_kind: str | None = None,
+                   actor_id: int | None = None, target_kind: str | None = None, target_id: int | None = None,
+                   cursor: str | None = None, limit: int | None = None) -> dict[str, Any]:
+    """The audit log, newest first, optionally narrowed by action, actor or target."""
+    limit = clamp_limit(limit)
+    last_id = decode_cursor(cursor)
+    query = select(AuditEvent)
+    for column, value in ((AuditEvent.action, action), (AuditEvent.actor_kind, actor_kind),
+                          (AuditEvent.actor_id, actor_id), (AuditEvent.target_kind, target_kind),
+                          (AuditEvent.target_id, target_id)):
+        if value is not None:
+            query = query.where(column == value)
+    if last_id is not None:
+        query = query.where(AuditEvent.id < last_id)
+    with session.begin():
+        rows = list(session.scalars(query.order_by(AuditEvent.id.desc()).limit(limit + 1)))
+    return page(rows, limit, lambda event: event.id, audit_view)
