@@ -68,7 +68,7 @@ class Payment(IdMixin, Base):
     sequence: Mapped[int] = mapped_column(Integer)
     kind: Mapped[str] = mapped_column(String(8))  # own | copay
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
-    owner_person_id: Mapped[int] = mapped_column(ForeignKey("persons.id"), index=True)
+    owner_person_id: Mapped[int] = mapped_column(ForeignKey("persons.id"))
     binding_id: Mapped[int | None] = mapped_column(ForeignKey("bindings.id"), index=True)
     amount_fen: Mapped[int] = mapped_column(BigInteger)
     refunded_fen: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -76,6 +76,8 @@ class Payment(IdMixin, Base):
 
     __table_args__ = (
         UniqueConstraint("settlement_id", "sequence"),
+        # An owner's deduction records are read newest first (keyset on id).
+        Index("ix_payments_owner", "owner_person_id", "id"),
         CheckConstraint("amount_fen > 0", name="positive"),
         CheckConstraint("refunded_fen >= 0 AND refunded_fen <= amount_fen", name="refund_bounded"),
     )
@@ -84,6 +86,7 @@ class Payment(IdMixin, Base):
 class Refund(IdMixin, CreatedMixin, Base):
     __tablename__ = "refunds"
 
+    refund_no: Mapped[str] = mapped_column(String(32), unique=True)  # ours, like settlement_no
     settlement_id: Mapped[int] = mapped_column(ForeignKey("settlements.id"), index=True)
     institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"))
     out_refund_no: Mapped[str] = mapped_column(String(64))

@@ -94,5 +94,8 @@ def _secret_bytes(secret: bytes | str) -> bytes:
     return raw
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _has_control_character(text: str) -> bool:
-    return any(ord(char) < 0x20 or ord(char) == 0x7F for char in text)
+    return _CONTROL.search(text) is not None

@@ -10,6 +10,10 @@ from sqlalchemy.orm import Session
 
 from models import Account, Journal, LedgerEntry
 
+# Built once: Core statements on the tables, not per-call ORM statements (the settlement hot path).
+_INSERT_JOURNAL = insert(Journal.__table__).returning(Journal.__table__.c.id)
+_INSERT_ENTRY = insert(LedgerEntry.__table__)
+
 
 class UnbalancedJournal(AssertionError):
     """A programming error: a journal's entries must sum to zero."""
@@ -34,12 +38,12 @@ def post_journal(
     if sum(amount for _, amount in rows) != 0:
         raise UnbalancedJournal(f"{kind} journal does not balance: {rows}")
     journal_id = session.execute(
-        insert(Journal).values(kind=kind, settlement_id=settlement_id, refund_id=refund_id, memo=memo,
-                               created_at=at).returning(Journal.id)
+        _INSERT_JOURNAL,
+        {"kind": kind, "settlement_id": settlement_id, "refund_id": refund_id, "memo": memo, "created_at": at},
     ).scalar_one()
     if rows:
         session.execute(
-            insert(LedgerEntry),
+            _INSERT_ENTRY,
             [{"journal_id": journal_id, "account_id": a, "amount_fen": amount} for a, amount in rows],
         )
     return journal_id

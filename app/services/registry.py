@@ -240,10 +240,12 @@ def _set_balances(session: Session, insert: Any, wanted: list[tuple[int, int]], 
     entries: list[tuple[int, int]] = []
     for start in range(0, len(wanted), BATCH):
         chunk = dict(wanted[start:start + BATCH])
-        # Lock the accounts being set, so a settlement running meanwhile is ordered before or after.
+        # Lock the accounts being set, in id order as settlements do (no deadlock), so a settlement
+        # running meanwhile is ordered before or after.
         current = {pid: (account_id, balance) for account_id, pid, balance in session.execute(
             select(Account.id, Account.person_id, Account.balance_fen)
-            .where(_among(session, Account.person_id, list(chunk), BigInteger)).with_for_update()
+            .where(_among(session, Account.person_id, list(chunk), BigInteger))
+            .order_by(Account.id).with_for_update()
         )}
         missing = [pid for pid in chunk if pid not in current]
         if missing:

@@ -1,0 +1,624 @@
+"""Settling a bill against a scanned e-voucher (R6–R13): one transaction that applies the pure plan.
+
+The path reads straight through (ARCHITECTURE, "One settlement, end to end"):
+
+1. the voucher by its hash, locked (R12), with the person it names, their own account and their
+   suspension (R11). If the request cannot go on (used voucher, …) it may be a replay: the
+   idempotency look-up by (institution, out_settlement_no) answers it (R13). A new request needs
+   no look-up: the unique (institution, out_settlement_no) catches a number used before;
+2. the beneficiary's bindings (share-locked: an unbinding waits for this settlement, or happened
+   before it) with their owners' suspensions, off-site filings and chronic certifications;
+3. the beneficiary's cap row for the service year, then every candidate account in id order,
+   locked (R7, R8);
+4. ``settlement_plan.compute_plan`` — pure;
+5. the settlement, its payments, one balanced journal, the balances (each with a
+   ``balance_fen >= x`` guard as a second line of defence), cap and binding usage, the voucher's
+   use and the notices (R15, outbox); commit; then the deliveries go to the notifier.
+
+Lock order — the same in refunds, so that no two money transactions deadlock: the voucher (or, in
+a refund, the settlement) → the cap_usage row → personal accounts in ascending id → binding_usage
+→ the institution's clearing account, always last because it is the hottest row (every settlement
+at that institution updates it), so it is held for the shortest time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import and_, bindparam, exists, insert, literal, or_, select, union_all, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app import errors
+from app.institution_auth import InstitutionIdentity
+from app.policy import SHANGHAI, RegionPolicy, shanghai_date
+from app.security.pii import PiiCipher, mask_id_number, mask_name
+from app.services.ledger import post_journal, system_account_id
+from app.services.vouchers import VoucherCodec, check_usable, well_formed
+from app.settlement_plan import (
+    AccountFacts,
+    BeneficiaryFacts,
+    CapState,
+    ChronicCertification,
+    CopaySource,
+    InstitutionFacts,
+    LineItem,
+    OffsiteFiling,
+    Plan,
+    PlanPolicy,
+    PlanRequest,
+    compute_plan,
+)
+from app.timefmt import iso
+from models import (
+    Account,
+    Binding,
+    BindingUsage,
+    CapUsage,
+    Payment,
+    Person,
+    Refund,
+    Settlement,
+    Suspension,
+    Voucher,
+)
+from models import ChronicCertification as ChronicCertificationRow
+from models import OffsiteFiling as OffsiteFilingRow
+from models.base import UTCDateTime
+from notify.outbox import AccountMovement, MoneyEvent, add_money_notices, receipt_channels
+
+# R20: an institution's clock may run a little ahead of ours; a service time further ahead is refused.
+SERVICE_TIME_SKEW = timedelta(seconds=60)
+# Bindings that can still explain a payment or its absence: live ones, and those ended after the
+# service (R6: "an unbinding stops all later deductions" is then reported, not silently skipped).
+_CANDIDATE_STATES = ("pending_review", "pending_consent", "active", "suspended")
+
+accounts_t = Account.__table__
+payments_t = Payment.__table__
+cap_usage_t = CapUsage.__table__
+binding_usage_t = BindingUsage.__table__
+
+
+class LedgerInvariantBroken(RuntimeError):
+    """A programming error: a balance moved under our row lock. The transaction is rolled back."""
+
+
+@dataclass(frozen=True)
+class MoneyDeps:
+    """What settlements and refunds need beyond the session; built once at start-up."""
+
+    pii: PiiCipher
+    plan_policy: PlanPolicy
+    vouchers: VoucherCodec
+    notifier: Any
+    receipt_channels: tuple[str, ...]
+
+
+def build_money_deps(config: dict[str, Any], pii: PiiCipher, policy: RegionPolicy, notifier: Any) -> MoneyDeps:
+    """From config: the voucher key and TTL, the region's payment rules, the receipt channels (R15)."""
+    return MoneyDeps(pii=pii, plan_policy=plan_policy_of(policy),
+                     vouchers=VoucherCodec.from_config(config["VOUCHER_KEY"], config["VOUCHER_TTL_SECONDS"]),
+                     notifier=notifier, receipt_channels=receipt_channels(config))
+
+
+@lru_cache(maxsize=8)
+def plan_policy_of(policy: RegionPolicy) -> PlanPolicy:
+    return PlanPolicy(annual_cap_fen=policy.annual_cap_fen, chronic_extra_fen=policy.chronic_extra_fen,
+                      copay_order=policy.copay_order,  # type: ignore[arg-type]
+                      own_account_first=policy.own_account_first)
+
+
+@dataclass(frozen=True)
+class SettlementRequest:
+    """A parsed ``POST /institution/settlements`` body; ``request_hash`` identifies it for R13."""
+
+    out_settlement_no: str
+    voucher_code: str
+    items: tuple[LineItem, ...]
+    service_time: datetime | None
+    dry_run: bool
+    request_hash: str
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], parsed_json: Any) -> SettlementRequest:
+        """From the schema-loaded body; the hash is over the JSON exactly as parsed (R13)."""
+        return cls(
+            out_settlement_no=body["out_settlement_no"],
+            voucher_code=body["voucher_code"],
+            items=tuple(LineItem(code=i["code"], name=i["name"], category=i["category"],
+                                 in_catalogue=i["in_catalogue"], amount_fen=i["amount_fen"]) for i in body["items"]),
+            service_time=body.get("service_time"),
+            dry_run=body.get("dry_run", False),
+            request_hash=request_hash(parsed_json),
+        )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """An HTTP status and JSON body, stored as they were sent so that a replay repeats them (R13)."""
+
+    status: int
+    body: dict[str, Any]
+
+
+def request_hash(parsed_body: Any) -> str:
+    """SHA-256 of the canonical JSON of a parsed body: key order and spacing do not matter."""
+    canonical = json.dumps(parsed_body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def settle(session: Session, deps: MoneyDeps, institution: InstitutionIdentity, request: SettlementRequest,
+           now: datetime) -> Outcome:
+    """Settle (or, with ``dry_run``, only compute) one bill in one transaction (R6–R13).
+
+    A replay of a settled request returns the original 201 body; the same ``out_settlement_no``
+    with another body is ``IDEMPOTENCY_CONFLICT``. A dry run takes no locks, writes nothing and is
+    not stored.
+    """
+    service_time = _service_time(request.service_time, now)
+    if not well_formed(request.voucher_code):
+        raise errors.VoucherInvalid()
+    code_hash = deps.vouchers.code_hash(request.voucher_code)
+    write = not request.dry_run
+    try:
+        with session.begin():
+            voucher = _voucher(session, code_hash, service_time, now, lock=write)
+            try:
+                _check_can_settle(institution, voucher, now)
+            except errors.DomainError:
+                # A request that cannot go on may be a replay (its voucher is used by then): R13 first.
+                if write and (replay := _replay(session, institution.id, request)) is not None:
+                    return replay
+                raise
+            facts = _load_facts(session, deps, institution, request, voucher, service_time, now, lock=write)
+            plan = compute_plan(facts.plan_request)
+            settlement_no = new_number("S", now) if write else None
+            body = _response_body(deps.pii, settlement_no, request, plan, facts, service_time, now)
+            if not write:
+                return Outcome(200, body)
+            delivery_ids = _apply(session, deps, institution, request, voucher, facts, plan, body, service_time, now)
+    except IntegrityError:
+        # Our out_settlement_no is taken (unique per institution): by an earlier request with
+        # another body, or by a concurrent duplicate that won. Answer as R13 says.
+        with session.begin():
+            replay = _replay(session, institution.id, request)
+        if replay is None:
+            raise
+        return replay
+    deps.notifier.committed(delivery_ids)
+    return Outcome(201, body)
+
+
+def get_settlement(session: Session, institution: InstitutionIdentity, settlement_no: str) -> dict[str, Any]:
+    """A settlement as the institution that made it sees it now, with its refunds (others: 404)."""
+    with session.begin():
+        row = session.execute(
+            select(Settlement.id, Settlement.response, Settlement.status, Settlement.refunded_fen)
+            .where(Settlement.settlement_no == settlement_no, Settlement.institution_id == institution.id)
+        ).first()
+        if row is None:
+            raise errors.NotFound("No such settlement.")
+        refunds = session.execute(
+            select(Refund.refund_no, Refund.out_refund_no, Refund.amount_fen, Refund.created_at)
+            .where(Refund.settlement_id == row.id).order_by(Refund.id)
+        ).all()
+    return {
+        **row.response,
+        "status": row.status,
+        "refunded_fen": row.refunded_fen,
+        "refundable_fen": row.response["total_fen"] - row.refunded_fen,
+        "refunds": [{"refund_no": r.refund_no, "out_refund_no": r.out_refund_no, "amount_fen": r.amount_fen,
+                     "created_at": iso(r.created_at)} for r in refunds],
+    }
+
+
+# --------------------------------------------------------------------------- reading the facts
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A candidate binding as loaded, with what the response and notices need about its owner."""
+
+    binding_id: int
+    owner_person_id: int
+    relationship: str
+    account_id: int
+    name_enc: str
+    id_number_enc: str
+
+
+@dataclass(frozen=True)
+class _Facts:
+    plan_request: PlanRequest
+    year: int
+    sources: dict[int, _Source]
+    accounts: dict[int, int]  # account id → balance, as locked
+    beneficiary_enc: tuple[str, str]  # name and ID number, encrypted, for the masked view
+
+
+def _service_time(given: datetime | None, now: datetime) -> datetime:
+    """R20 + R6: the service time (default now), at most a small clock skew ahead of ours."""
+    if given is None:
+        return now
+    if given.tzinfo is None or given.utcoffset() is None:
+        raise errors.ValidationFailed("service_time needs an offset.", details={"field": "service_time"})
+    if given > now + SERVICE_TIME_SKEW:
+        raise errors.ValidationFailed("The service time is in the future.",
+                                      details={"field": "service_time", "why": "in_future"})
+    return min(given, now)
+
+
+def _check_can_settle(institution: InstitutionIdentity, voucher: Any, now: datetime) -> None:
+    """R9: a designated, active institution; R12: a known, unused, unexpired voucher; an active person."""
+    if not (institution.designated and institution.active):
+        raise errors.InstitutionNotDesignated(details={"institution": institution.code})
+    if voucher is None:
+        raise errors.VoucherInvalid()
+    check_usable(voucher.expires_at, voucher.used_at, now)
+    if voucher.status != "active":
+        raise errors.BeneficiaryNotEligible(details={"reason": "inactive"})
+
+
+def _replay(session: Session, institution_id: int, request: SettlementRequest) -> Outcome | None:
+    row = session.execute(_REPLAY, {"institution_id": institution_id,
+                                    "out_settlement_no": request.out_settlement_no}).first()
+    if row is None:
+        return None
+    if row.request_hash != request.request_hash:
+        raise errors.IdempotencyConflict(details={"out_settlement_no": request.out_settlement_no})
+    return Outcome(201, row.response)
+
+
+def _voucher(session: Session, code_hash: str, service_time: datetime, now: datetime, *, lock: bool) -> Any:
+    """The voucher, the person it names (with their own account) and whether they are suspended (R11)."""
+    return session.execute(_VOUCHER_LOCKED if lock else _VOUCHER,
+                           {"code_hash": code_hash, "service_time": service_time, "now": now}).first()
+
+
+def _load_facts(session: Session, deps: MoneyDeps, institution: InstitutionIdentity, request: SettlementRequest,
+                voucher: Any, service_time: datetime, now: datetime, *, lock: bool) -> _Facts:
+    beneficiary_id = voucher.person_id
+    service_date = shanghai_date(service_time)
+    year = service_date.year
+    bindings = session.execute(_BINDINGS_SHARED if lock else _BINDINGS,
+                               {"beneficiary_id": beneficiary_id, "service_time": service_time, "now": now}).all()
+    filings, certifications = _filings_and_certifications(session, beneficiary_id, service_date)
+
+    if lock:
+        used_fen = lock_cap_row(session, beneficiary_id, year)
+    else:
+        used_fen = session.scalar(_CAP_USED, {"beneficiary_id": beneficiary_id, "year": year}) or 0
+    account_ids = {b.account_id for b in bindings} | ({voucher.own_account_id} if voucher.own_account_id else set())
+    balances = lock_accounts(session, account_ids) if lock else _balances(session, account_ids)
+    limited = [b.id for b in bindings if b.yearly_limit_fen is not None]
+    paid_by_binding = dict(session.execute(_BINDING_USAGE, {"ids": limited, "year": year}).all()) if limited else {}
+
+    sources = []
+    for b in bindings:
+        sources.append(CopaySource(
+            binding_id=str(b.id),
+            owner_person_id=str(b.owner_person_id),
+            account=AccountFacts(str(b.account_id), str(b.owner_person_id), balances[b.account_id]),
+            effective_at=b.effective_at,
+            ended_at=b.ended_at,
+            status_now="suspended" if b.status == "active" and b.binding_suspended_now else b.status,
+            suspended_at_service_time=b.suspended_at_service,
+            owner_suspended=b.owner_suspended_now,
+            yearly_limit_fen=b.yearly_limit_fen,
+            paid_this_year_by_this_binding_fen=paid_by_binding.get(b.id, 0),
+        ))
+    own = voucher.own_account_id
+    plan_request = PlanRequest(
+        items=request.items,
+        institution=InstitutionFacts(code=institution.code, kind=institution.kind,  # type: ignore[arg-type]
+                                     region_code=institution.region_code, designated=institution.designated,
+                                     active=institution.active),
+        beneficiary=BeneficiaryFacts(
+            person_id=str(beneficiary_id), region_code=voucher.region_code,
+            own_account=AccountFacts(str(own), str(beneficiary_id), balances[own]) if own else None,
+            suspended=voucher.beneficiary_suspended,
+        ),
+        sources=tuple(sources),
+        cap=CapState(used_fen=used_fen, chronic_certifications=tuple(certifications)),
+        filings=tuple(filings),
+        policy=deps.plan_policy,
+        service_time=service_time,
+        service_date=service_date,
+        settle_time=now,
+    )
+    return _Facts(
+        plan_request=plan_request, year=year, accounts=balances,
+        beneficiary_enc=(voucher.name_enc, voucher.id_number_enc),
+        sources={b.id: _Source(b.id, b.owner_person_id, b.relationship, b.account_id, b.name_enc, b.id_number_enc)
+                 for b in bindings},
+    )
+
+
+def _filings_and_certifications(session: Session, person_id: int, service_date: date
+                                ) -> tuple[list[OffsiteFiling], list[ChronicCertification]]:
+    """R10 filings and R8 certifications valid on the service date, in one round trip."""
+    filings, certifications = [], []
+    for row in session.execute(_FILINGS_AND_CERTIFICATIONS, {"person_id": person_id, "on": service_date}):
+        if row.what == "filing":
+            filings.append(OffsiteFiling(row.value, row.valid_from, row.valid_to))
+        else:
+            certifications.append(ChronicCertification(row.valid_from, row.valid_to))
+    return filings, certifications
+
+
+def lock_cap_row(session: Session, beneficiary_id: int, year: int) -> int:
+    """Create the (beneficiary, year) cap row if needed and lock it; return its ``used_fen`` (R8).
+
+    One statement: ``ON CONFLICT DO UPDATE`` takes the row lock (waiting for a concurrent settlement
+    of the same beneficiary to commit) and ``RETURNING`` reads the value that one left.
+    """
+    stmt = _CAP_LOCK[session.get_bind().dialect.name]
+    return session.execute(stmt, {"beneficiary_person_id": beneficiary_id, "year": year, "used_fen": 0}).scalar_one()
+
+
+def lock_accounts(session: Session, account_ids: Iterable[int]) -> dict[int, int]:
+    """Lock accounts in ascending id order (the one order every money transaction uses); id → balance."""
+    ids = sorted(set(account_ids))
+    return dict(session.execute(_LOCK_ACCOUNTS, {"ids": ids}).all()) if ids else {}
+
+
+def _balances(session: Session, account_ids: Iterable[int]) -> dict[int, int]:
+    ids = list(set(account_ids))
+    return dict(session.execute(_BALANCES, {"ids": ids}).all()) if ids else {}
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _apply(session: Session, deps: MoneyDeps, institution: InstitutionIdentity, request: SettlementRequest,
+           voucher: Any, facts: _Facts, plan: Plan, body: dict[str, Any], service_time: datetime,
+           now: datetime) -> list[int]:
+    """Write everything the plan decided; return the delivery ids of the notices (R15)."""
+    settlement_id = session.execute(_INSERT_SETTLEMENT, {
+        "settlement_no": body["settlement_no"], "institution_id": institution.id,
+        "out_settlement_no": request.out_settlement_no, "request_hash": request.request_hash,
+        "voucher_id": voucher.id, "beneficiary_person_id": voucher.person_id, "service_time": service_time,
+        "status": "settled", "total_fen": plan.total_fen, "eligible_fen": plan.eligible_fen,
+        "own_account_fen": plan.own_account_fen, "copay_fen": plan.copay_fen, "cash_fen": plan.cash_fen,
+        "refunded_fen": 0, "items": [_item_json(item) for item in request.items], "reasons": body["reasons"],
+        "response": body, "created_at": now,
+    }).scalar_one()
+    session.execute(_USE_VOUCHER, {"voucher_id": voucher.id, "at": now})
+    if not plan.payments:
+        return []  # all cash: no money moves through the ledger, nobody's account is touched
+
+    payments = [(int(p.account_id), int(p.owner_person_id), int(p.binding_id) if p.binding_id else None, p)
+                for p in plan.payments]
+    rows = [{"settlement_id": settlement_id, "sequence": p.sequence, "kind": p.kind, "account_id": account_id,
+             "owner_person_id": owner_id, "binding_id": binding_id, "amount_fen": p.amount_fen, "refunded_fen": 0,
+             "balance_after_fen": p.balance_after_fen} for account_id, owner_id, binding_id, p in payments]
+    session.execute(_INSERT_PAYMENT, rows[0] if len(rows) == 1 else rows)  # one payment is the common case
+    debits: dict[int, int] = {}
+    for account_id, _, _, p in payments:
+        debits[account_id] = debits.get(account_id, 0) + p.amount_fen
+    for account_id, amount_fen in debits.items():
+        move_balance(session, account_id, -amount_fen, now, expected_after=facts.accounts[account_id] - amount_fen)
+    paid_fen = plan.own_account_fen + plan.copay_fen
+    clearing_id = institution.clearing_account_id or system_account_id(session, "institution", institution.id)
+    post_journal(session, "settlement", [*((a, -x) for a, x in debits.items()), (clearing_id, paid_fen)], now,
+                 settlement_id=settlement_id, memo=body["settlement_no"])
+
+    if plan.copay_fen:
+        session.execute(_ADD_CAP_USAGE, {"beneficiary_id": voucher.person_id, "in_year": facts.year,
+                                         "delta": plan.copay_fen})
+        for binding_id, amount_fen in _per_binding(payments).items():
+            _add_binding_usage(session, binding_id, facts.year, amount_fen)
+
+    delivery_ids = add_money_notices(
+        session,
+        MoneyEvent(settlement_id=settlement_id, settlement_no=body["settlement_no"],
+                   beneficiary_person_id=voucher.person_id, beneficiary_masked_name=body["beneficiary"]["name"],
+                   institution_name=institution.name, at=now,
+                   relationships={facts.sources[b].owner_person_id: facts.sources[b].relationship
+                                  for _, _, b, _ in payments if b is not None}),
+        [AccountMovement(owner_id, p.kind, p.amount_fen, p.balance_after_fen) for _, owner_id, _, p in payments],
+        receipt_channels=deps.receipt_channels,
+    )
+    move_balance(session, clearing_id, paid_fen, now)  # last: the institution's row is the hottest
+    return delivery_ids
+
+
+def move_balance(session: Session, account_id: int, delta_fen: int, now: datetime,
+                 expected_after: int | None = None) -> int:
+    """Add ``delta_fen`` to a locked account and return the new balance.
+
+    A debit only applies while the balance covers it: a second line of defence behind the row lock
+    and the plan, which already made sure of it (the CHECK constraint on personal accounts is the third).
+    """
+    if delta_fen < 0:
+        after = session.scalar(_DEBIT, {"account_id": account_id, "amount": -delta_fen, "at": now})
+    else:
+        after = session.scalar(_CREDIT, {"account_id": account_id, "amount": delta_fen, "at": now})
+    if after is None or (expected_after is not None and after != expected_after):
+        raise LedgerInvariantBroken(f"account {account_id}: balance moved under the lock")
+    return after
+
+
+def _add_binding_usage(session: Session, binding_id: int, year: int, delta_fen: int) -> None:
+    """What the binding's owner paid for its beneficiary this year (R8 owner limits), by ``delta_fen``."""
+    session.execute(_ADD_BINDING_USAGE[session.get_bind().dialect.name],
+                    {"binding_id": binding_id, "year": year, "paid_fen": delta_fen})
+
+
+def _per_binding(payments: Iterable[tuple[int, int, int | None, Any]]) -> dict[int, int]:
+    totals: dict[int, int] = {}
+    for _, _, binding_id, p in payments:
+        if p.kind == "copay" and binding_id is not None:
+            totals[binding_id] = totals.get(binding_id, 0) + p.amount_fen
+    return totals
+
+
+# --------------------------------------------------------------------------- the response
+
+
+def masked_person(pii: PiiCipher, person_id: int, name_enc: str, id_number_enc: str) -> dict[str, Any]:
+    """A person as institutions and users see them (R17: masked)."""
+    return {
+        "person_id": person_id,
+        "name": mask_name(pii.decrypt(name_enc, context="person.name")),
+        "id_number": mask_id_number(pii.decrypt(id_number_enc, context="person.id_number")),
+    }
+
+
+def _response_body(pii: PiiCipher, settlement_no: str | None, request: SettlementRequest, plan: Plan,
+                   facts: _Facts, service_time: datetime, now: datetime) -> dict[str, Any]:
+    beneficiary_id = int(facts.plan_request.beneficiary.person_id)
+    beneficiary = masked_person(pii, beneficiary_id, *facts.beneficiary_enc)
+    payers: dict[int, dict[str, Any]] = {beneficiary_id: beneficiary}
+    for source in facts.sources.values():
+        if any(p.owner_person_id == str(source.owner_person_id) for p in plan.payments):
+            payers.setdefault(source.owner_person_id,
+                              masked_person(pii, source.owner_person_id, source.name_enc, source.id_number_enc))
+    return {
+        "settlement_no": settlement_no,
+        "out_settlement_no": request.out_settlement_no,
+        "status": "settled" if settlement_no else "dry_run",
+        "total_fen": plan.total_fen,
+        "eligible_fen": plan.eligible_fen,
+        "own_account_fen": plan.own_account_fen,
+        "copay_fen": plan.copay_fen,
+        "cash_fen": plan.cash_fen,
+        "payments": [{"payer": payers[int(p.owner_person_id)], "kind": p.kind, "amount_fen": p.amount_fen}
+                     for p in plan.payments],
+        "beneficiary": beneficiary,
+        "reasons": [_reason_json(reason) for reason in plan.reasons],
+        "year": facts.year,
+        "cap_fen": plan.cap_fen,
+        "cap_used_fen": plan.cap_used_after_fen,
+        "service_time": iso(service_time),
+        "settled_at": iso(now) if settlement_no else None,
+    }
+
+
+def _reason_json(reason: dict[str, Any]) -> dict[str, Any]:
+    """Plan reasons carry ids as text (the pure module's convention); the API shows them as numbers."""
+    return {key: int(value) if key in ("binding_id", "owner_person_id") and value is not None else value
+            for key, value in reason.items()}
+
+
+def _item_json(item: LineItem) -> dict[str, Any]:
+    return {"code": item.code, "name": item.name, "category": item.category, "in_catalogue": item.in_catalogue,
+            "amount_fen": item.amount_fen}
+
+
+def new_number(prefix: str, now: datetime) -> str:
+    """``S20250301`` + 12 random digits: unique by constraint, unguessable, dated in Shanghai time."""
+    return f"{prefix}{now.astimezone(SHANGHAI):%Y%m%d}{secrets.randbelow(10**12):012d}"
+
+
+# --------------------------------------------------------------------------- statements, built once
+# Core SQL over the mapped tables, compiled once per process: the hot path only binds values.
+
+vouchers_t, persons_t, bindings_t = Voucher.__table__, Person.__table__, Binding.__table__
+suspensions_t, settlements_t = Suspension.__table__, Settlement.__table__
+filings_t, certifications_t = OffsiteFilingRow.__table__, ChronicCertificationRow.__table__
+_owners = persons_t.alias("owners")
+
+
+
+def _suspended(scope: str, target: Any, *moments: Any) -> Any:
+    """R11 in SQL: a ``scope`` suspension of ``target`` in force at any of ``moments``
+    (from ``starts_at``, until ``lifted_at`` if lifted)."""
+    key = suspensions_t.c.binding_id if scope == "binding" else suspensions_t.c.person_id
+    return exists().where(
+        suspensions_t.c.scope == scope, key == target,
+        or_(*(and_(suspensions_t.c.starts_at <= at,
+                   or_(suspensions_t.c.lifted_at.is_(None), suspensions_t.c.lifted_at > at)) for at in moments)),
+    )
+
+
+_SERVICE, _NOW = bindparam("service_time", type_=UTCDateTime()), bindparam("now", type_=UTCDateTime())
+
+_REPLAY = select(settlements_t.c.request_hash, settlements_t.c.response).where(
+    settlements_t.c.institution_id == bindparam("institution_id"),
+    settlements_t.c.out_settlement_no == bindparam("out_settlement_no"))
+
+_VOUCHER = (
+    select(vouchers_t.c.id, vouchers_t.c.person_id, vouchers_t.c.expires_at, vouchers_t.c.used_at,
+           persons_t.c.region_code, persons_t.c.status, persons_t.c.name_enc, persons_t.c.id_number_enc,
+           accounts_t.c.id.label("own_account_id"),
+           _suspended("beneficiary", vouchers_t.c.person_id, _SERVICE, _NOW).label("beneficiary_suspended"))
+    .join(persons_t, persons_t.c.id == vouchers_t.c.person_id)
+    .outerjoin(accounts_t, accounts_t.c.person_id == vouchers_t.c.person_id)
+    .where(vouchers_t.c.code_hash == bindparam("code_hash"))
+)
+_VOUCHER_LOCKED = _VOUCHER.with_for_update(of=vouchers_t)
+
+_BINDINGS = (
+    select(bindings_t.c.id, bindings_t.c.owner_person_id, bindings_t.c.relationship, bindings_t.c.status,
+           bindings_t.c.effective_at, bindings_t.c.ended_at, bindings_t.c.yearly_limit_fen,
+           accounts_t.c.id.label("account_id"), _owners.c.name_enc, _owners.c.id_number_enc,
+           or_(_suspended("binding", bindings_t.c.id, _SERVICE),
+               _suspended("owner", bindings_t.c.owner_person_id, _SERVICE)).label("suspended_at_service"),
+           _suspended("binding", bindings_t.c.id, _NOW).label("binding_suspended_now"),
+           _suspended("owner", bindings_t.c.owner_person_id, _NOW).label("owner_suspended_now"))
+    .join(_owners, _owners.c.id == bindings_t.c.owner_person_id)
+    .join(accounts_t, accounts_t.c.person_id == bindings_t.c.owner_person_id)
+    .where(bindings_t.c.beneficiary_person_id == bindparam("beneficiary_id"),
+           or_(bindings_t.c.status.in_(_CANDIDATE_STATES),
+               and_(bindings_t.c.status == "unbound", bindings_t.c.ended_at > _SERVICE)))
+    .order_by(bindings_t.c.id)
+)
+# Share-locked: an unbinding or a limit change waits for this settlement (or happened before it).
+_BINDINGS_SHARED = _BINDINGS.with_for_update(read=True, of=bindings_t)
+
+_FILINGS_AND_CERTIFICATIONS = union_all(*(
+    select(literal(what).label("what"), value.label("value"), table.c.valid_from, table.c.valid_to)
+    .where(table.c.person_id == bindparam("person_id"), table.c.revoked_at.is_(None),
+           table.c.valid_from <= bindparam("on"), table.c.valid_to >= bindparam("on"))
+    for what, table, value in (("filing", filings_t, filings_t.c.region_prefix),
+                               ("chronic", certifications_t, certifications_t.c.disease_code))
+))
+
+_CAP_USED = select(cap_usage_t.c.used_fen).where(
+    cap_usage_t.c.beneficiary_person_id == bindparam("beneficiary_id"), cap_usage_t.c.year == bindparam("year"))
+_CAP_LOCK = {
+    name: (lambda stmt: stmt.on_conflict_do_update(
+        index_elements=[cap_usage_t.c.beneficiary_person_id, cap_usage_t.c.year],
+        set_={"used_fen": cap_usage_t.c.used_fen},
+    ).returning(cap_usage_t.c.used_fen))(dialect_insert(cap_usage_t))
+    for name, dialect_insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+}
+_ADD_CAP_USAGE = update(cap_usage_t).where(
+    cap_usage_t.c.beneficiary_person_id == bindparam("beneficiary_id"), cap_usage_t.c.year == bindparam("in_year"),
+).values(used_fen=cap_usage_t.c.used_fen + bindparam("delta"))
+_BINDING_USAGE = select(binding_usage_t.c.binding_id, binding_usage_t.c.paid_fen).where(
+    binding_usage_t.c.binding_id.in_(bindparam("ids", expanding=True)), binding_usage_t.c.year == bindparam("year"))
+_ADD_BINDING_USAGE = {
+    name: (lambda stmt: stmt.on_conflict_do_update(
+        index_elements=[binding_usage_t.c.binding_id, binding_usage_t.c.year],
+        set_={"paid_fen": binding_usage_t.c.paid_fen + stmt.excluded.paid_fen},
+    ))(dialect_insert(binding_usage_t))
+    for name, dialect_insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+}
+
+_LOCK_ACCOUNTS = (select(accounts_t.c.id, accounts_t.c.balance_fen)
+                  .where(accounts_t.c.id.in_(bindparam("ids", expanding=True)))
+                  .order_by(accounts_t.c.id).with_for_update())
+_BALANCES = select(accounts_t.c.id, accounts_t.c.balance_fen).where(
+    accounts_t.c.id.in_(bindparam("ids", expanding=True)))
+_DEBIT = (update(accounts_t)
+          .where(accounts_t.c.id == bindparam("account_id"), accounts_t.c.balance_fen >= bindparam("amount"))
+          .values(balance_fen=accounts_t.c.balance_fen - bindparam("amount"), updated_at=bindparam("at"))
+          .returning(accounts_t.c.balance_fen))
+_CREDIT = (update(accounts_t).where(accounts_t.c.id == bindparam("account_id"))
+           .values(balance_fen=accounts_t.c.balance_fen + bindparam("amount"), updated_at=bindparam("at"))
+           .returning(accounts_t.c.balance_fen))
+
+_INSERT_SETTLEMENT = insert(settlements_t).returning(settlements_t.c.id)
+_INSERT_PAYMENT = insert(payments_t)
+_USE_VOUCHER = update(vouchers_t).where(vouchers_t.c.id == bindparam("voucher_id")).values(used_at=bindparam("at"))

@@ -1,0 +1,160 @@
+"""QR e-vouchers (R12): issue one for yourself or for a family member bound to you (亲情码), render
+it as PNG or SVG, and decode it when an institution scans it.
+
+The codes have the shape of the national 医保电子凭证 (28 digits: ``424`` + random digits + the
+named person's 2-digit insured province + ``0000``), but they are this service's own: a stand-in
+until the service is connected to the national platform, which issues and decodes the real ones.
+Only a keyed hash of a code is stored; a code is decoded by looking its hash up, so a database
+leak reveals no usable code. A code expires after ``VOUCHER_TTL_SECONDS`` and is accepted once
+(the settlement that uses it records the use; ``settlements.voucher_id`` is unique).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import segno
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from app import errors
+from app.security.id_number import PROVINCE_CODES
+from app.security.pii import PiiCipher, decode_config_key
+from app.services import audit
+from app.services.identity import person_view
+from app.timefmt import iso
+from models import Binding, Person, Voucher
+
+CODE_LENGTH = 28
+_RANDOM_DIGITS = 19  # 424 + 19 random + 2 province + 0000 = 28; 10**19 codes, about 63 bits
+_CODE = re.compile(r"424[0-9]{19}([0-9]{2})0000")
+IMAGE_KINDS = {"png": "image/png", "svg": "image/svg+xml"}
+
+
+@dataclass(frozen=True)
+class VoucherCodec:
+    """Makes codes and their stored hashes; built once at start-up from ``VOUCHER_KEY``."""
+
+    key: bytes
+    ttl_seconds: int
+
+    @classmethod
+    def from_config(cls, key_b64: str, ttl_seconds: int) -> VoucherCodec:
+        return cls(decode_config_key(key_b64, name="VOUCHER_KEY"), ttl_seconds)
+
+    def new_code(self, province: str) -> str:
+        return f"424{secrets.randbelow(10**_RANDOM_DIGITS):0{_RANDOM_DIGITS}d}{province}0000"
+
+    def code_hash(self, code: str) -> str:
+        """HMAC-SHA256 of the code under VOUCHER_KEY: what the database stores and looks up."""
+        return hmac.new(self.key, code.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def well_formed(code: object) -> bool:
+    """R12: 28 digits, ``424`` first, a known province, ``0000`` last. Checked before any look-up."""
+    if not isinstance(code, str) or len(code) != CODE_LENGTH:
+        return False
+    match = _CODE.fullmatch(code)
+    return match is not None and match.group(1) in PROVINCE_CODES
+
+
+def check_usable(expires_at: datetime, used_at: datetime | None, now: datetime) -> None:
+    """R12: a voucher is accepted once and only before it expires (a used one says so first)."""
+    if used_at is not None:
+        raise errors.VoucherUsed()
+    if now >= expires_at:
+        raise errors.VoucherExpired()
+
+
+def issue_voucher(
+    session: Session,
+    pii: PiiCipher,
+    codec: VoucherCodec,
+    user_id: int,
+    holder_person_id: int | None,
+    person_id: int | None,
+    now: datetime,
+    ip: str | None = None,
+) -> dict[str, Any]:
+    """Issue a voucher naming the holder, or a beneficiary of the holder's active binding (亲情码).
+
+    A person the holder has no binding with at all is ``NOT_FOUND`` (R16: the answer is the same
+    whether that person exists or not); a binding that exists but is not active (pending,
+    suspended, unbound) is ``BINDING_NOT_ACTIVE``. A suspended *beneficiary* still gets a voucher:
+    their own account and cash still work (R11, R12).
+    """
+    if holder_person_id is None:
+        raise errors.Forbidden("Verify your identity first.", details={"reason": "identity_not_verified"})
+    target_id = person_id if person_id is not None else holder_person_id
+    with session.begin():
+        binding_id = None
+        if target_id != holder_person_id:
+            binding_id = _active_binding_id(session, holder_person_id, target_id)
+        person = session.get(Person, target_id)
+        if person is None:
+            raise errors.NotFound()
+        if person.status != "active":
+            raise errors.BeneficiaryNotEligible(
+                "The person named on the voucher is not an active insured person.", details={"reason": "inactive"})
+        code = codec.new_code(person.region_code[:2])
+        expires_at = now + timedelta(seconds=codec.ttl_seconds)
+        voucher_id = session.execute(
+            insert(Voucher).values(
+                code_hash=codec.code_hash(code), person_id=target_id, holder_person_id=holder_person_id,
+                holder_user_id=user_id, binding_id=binding_id, expires_at=expires_at, created_at=now,
+            ).returning(Voucher.id)
+        ).scalar_one()
+        audit.record(session, actor_kind="user", actor_id=user_id, action="voucher.issue", at=now, ip=ip,
+                     target_kind="voucher", target_id=voucher_id,
+                     details={"person_id": target_id, "binding_id": binding_id})
+        shown = person_view(pii, person)
+    return {"code": code, "person": shown, "expires_at": iso(expires_at), "ttl_seconds": codec.ttl_seconds}
+
+
+def _active_binding_id(session: Session, owner_id: int, beneficiary_id: int) -> int:
+    row = session.execute(
+        select(Binding.id, Binding.status)
+        .where(Binding.owner_person_id == owner_id, Binding.beneficiary_person_id == beneficiary_id)
+        .order_by((Binding.status == "active").desc(), Binding.id.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        raise errors.NotFound("You have no binding with this person.")
+    if row.status != "active":
+        raise errors.BindingNotActive(details={"binding_id": row.id, "status": row.status})
+    return row.id
+
+
+def voucher_image(session: Session, codec: VoucherCodec, user_id: int, code: str, kind: str, now: datetime) -> bytes:
+    """The QR image of a voucher, for the user who issued it only (anyone else: ``NOT_FOUND``)."""
+    if kind not in IMAGE_KINDS:
+        raise errors.NotFound()
+    if not well_formed(code):
+        raise errors.NotFound()
+    with session.begin():
+        row = session.execute(
+            select(Voucher.expires_at, Voucher.used_at)
+            .where(Voucher.code_hash == codec.code_hash(code), Voucher.holder_user_id == user_id)
+        ).first()
+    if row is None:
+        raise errors.NotFound()
+    check_usable(row.expires_at, row.used_at, now)
+    return render_qr(code, kind)
+
+
+def render_qr(code: str, kind: str) -> bytes:
+    """A QR code of the digits (segno picks numeric mode: the smallest symbol), medium error correction."""
+    qr = segno.make(code, error="m", micro=False)
+    out = io.BytesIO()
+    if kind == "png":
+        qr.save(out, kind="png", scale=8, border=4)
+    else:
+        qr.save(out, kind="svg", scale=8, border=4, xmldecl=False, title="e-voucher")
+    return out.getvalue()

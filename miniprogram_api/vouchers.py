@@ -1,0 +1,56 @@
+"""QR e-vouchers (R12): issue one for yourself or a bound family member (亲情码), and show it."""
+
+from __future__ import annotations
+
+from flask import Response
+from flask_smorest import Blueprint
+from marshmallow import fields, validate
+
+from app.services import vouchers
+from app.web import client_ip, domain, now, principal, rate_limited, session, user_required
+from miniprogram_api.schemas import MaskedPersonSchema, StrictSchema
+
+bp = Blueprint("vouchers", __name__, description="QR e-vouchers (this service's stand-in for 医保电子凭证)")
+
+
+class VoucherRequestSchema(StrictSchema):
+    person_id = fields.Integer(strict=True, allow_none=True, load_default=None, validate=validate.Range(min=1),
+                               metadata={"description": "a bound family member; omit for yourself"})
+
+
+class VoucherSchema(StrictSchema):
+    code = fields.String(metadata={"description": "28 digits, shown as a QR code; accepted once"})
+    person = fields.Nested(MaskedPersonSchema)
+    expires_at = fields.String()
+    ttl_seconds = fields.Integer()
+
+
+@bp.post("")
+@user_required
+@rate_limited("voucher")
+@bp.arguments(VoucherRequestSchema)
+@bp.response(201, VoucherSchema)
+def issue_voucher(body):
+    """Issue an e-voucher naming you, or a family member actively bound to you (亲情码)."""
+    caller = principal()
+    return vouchers.issue_voucher(session(), domain().pii, domain().money.vouchers, caller.id, caller.person_id,
+                                  body["person_id"], now(), client_ip())
+
+
+@bp.get("/<code>/qr.png")
+@user_required
+def voucher_png(code):
+    """The voucher as a PNG QR code (only for the user who issued it)."""
+    return _image(code, "png")
+
+
+@bp.get("/<code>/qr.svg")
+@user_required
+def voucher_svg(code):
+    """The voucher as an SVG QR code (only for the user who issued it)."""
+    return _image(code, "svg")
+
+
+def _image(code: str, kind: str) -> Response:
+    data = vouchers.voucher_image(session(), domain().money.vouchers, principal().id, code, kind, now())
+    return Response(data, mimetype=vouchers.IMAGE_KINDS[kind], headers={"Cache-Control": "no-store"})

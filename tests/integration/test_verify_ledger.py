@@ -1,0 +1,84 @@
+"""``flask verify-ledger`` recomputes every running total from the ledger and names each difference."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import insert, select, update
+
+from app.extensions import app_session
+from models import Account, BindingUsage, CapUsage, Journal, LedgerEntry, Payment
+from tests.money_helpers import (
+    CHILD,
+    OWNER,
+    drug,
+    fresh,
+    issue,
+    make_binding,
+    person_id,
+    refund,
+    settle,
+    sign_in,
+    verify_ledger,
+)
+
+
+@pytest.fixture
+def money_moved(app, demo, client, sandbox):
+    """One settlement for the child paid by 张伟, partly refunded."""
+    fresh(app)
+    make_binding(app, OWNER, CHILD, "child")
+    token = sign_in(client, sandbox, OWNER)
+    response = settle(client, issue(client, token, person_id(app, CHILD)), [drug(9_000)])
+    assert response.status_code == 201, response.get_json()
+    assert refund(client, response.get_json()["settlement_no"], 2_000).status_code == 201
+    return response.get_json()
+
+
+def test_the_ledger_of_a_settlement_and_a_refund_is_clean(app, money_moved):
+    result = verify_ledger(app)
+    assert result.exit_code == 0, result.output
+    assert "clean" in result.output and "1 settlements" in result.output
+
+
+def test_a_balance_changed_behind_the_ledger_fails_the_check(app, money_moved):
+    owner_account = _owner_account(app)
+    with app_session() as s, s.begin():
+        s.execute(update(Account).where(Account.id == owner_account).values(balance_fen=Account.balance_fen + 1))
+    result = verify_ledger(app)
+    assert result.exit_code == 1
+    expected = 350_000 - 9_000 + 2_000
+    assert f"account {owner_account} (personal): balance_fen {expected + 1} != sum of ledger entries {expected}" \
+        in result.output
+
+
+def test_an_unbalanced_journal_fails_the_check(app, money_moved):
+    owner_account = _owner_account(app)
+    with app_session() as s, s.begin():
+        journal = s.scalar(select(Journal.id).where(Journal.kind == "settlement"))
+        s.execute(insert(LedgerEntry).values(journal_id=journal, account_id=owner_account, amount_fen=-5))
+    result = verify_ledger(app)
+    assert result.exit_code == 1
+    assert f"journal {journal}: entries sum to -5, not 0" in result.output
+
+
+def test_cap_and_binding_usage_that_disagree_with_the_payments_fail_the_check(app, money_moved):
+    with app_session() as s, s.begin():
+        s.execute(update(CapUsage).values(used_fen=CapUsage.used_fen + 100))
+        s.execute(update(BindingUsage).values(paid_fen=0))
+    result = verify_ledger(app)
+    assert result.exit_code == 1
+    assert f"cap_usage person {person_id(app, CHILD)}" in result.output and "used_fen 7100 != " in result.output
+    assert "binding_usage binding" in result.output and "paid_fen 0 != co-pay paid less refunded 7000" in result.output
+
+
+def test_a_payment_whose_refunds_do_not_add_up_fails_the_check(app, money_moved):
+    with app_session() as s, s.begin():
+        s.execute(update(Payment).values(refunded_fen=0))
+    result = verify_ledger(app)
+    assert result.exit_code == 1
+    assert "refunded_fen 0 != refund parts 2000" in result.output
+
+
+def _owner_account(app):
+    with app_session() as s, s.begin():
+        return s.scalar(select(Account.id).where(Account.person_id == person_id(app, OWNER)))
