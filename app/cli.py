@@ -66,8 +66,27 @@ def seed_demo_command() -> None:
         click.echo(f"  {username}: {token}")
 
 
+@click.command("verify-ledger")
+def verify_ledger_command() -> None:
+    """Recompute balances, journals, settlements, cap and binding usage from the ledger; exit 1 on any difference."""
+    from app.services.ledger_check import verify_ledger
+
+    with app_session() as session:
+        report = verify_ledger(session)
+    for difference in report.differences:
+        click.echo(f"DIFFERENCE {difference}", err=True)
+    click.echo(f"checked {report.accounts} accounts, {report.journals} journals, {report.settlements} settlements, "
+               f"{report.cap_rows} cap rows, {report.binding_rows} binding usage rows: "
+               + ("clean" if report.clean else f"{len(report.differences)} difference(s)"))
+    if not report.clean:
+        raise SystemExit(1)
+
+
 def register_cli(app: Flask) -> None:
-    for command in (load_registry_command, create_staff_command, seed_demo_command):
+    from notify.worker import notify_worker_command
+
+    for command in (load_registry_command, create_staff_command, seed_demo_command, notify_worker_command,
+                    verify_ledger_command):
         app.cli.add_command(command)
 
 

@@ -58,4 +58,45 @@ def register_blueprints(app: Flask) -> None:
 
     api.register_blueprint(auth_bp, url_prefix="/api/v1/auth")
     api.register_blueprint(me_bp, url_prefix="/api/v1/me")
+
+    # Issue 3: bindings, pledges, proof documents, authorization records; the staff side.
+    from miniprogram_api.authorizations import bp as authorization_records_bp
+    from miniprogram_api.bindings import bp as binding_bp
+    from miniprogram_api.documents import bp as documents_bp
+    from miniprogram_api.pledges import bp as pledges_bp
+    from staff_api.audit import bp as staff_audit_bp
+    from staff_api.bindings import bp as staff_bindings_bp
+    from staff_api.suspensions import bp as staff_suspensions_bp
+
+    api.register_blueprint(binding_bp, url_prefix="/api/v1/bindings")
+    api.register_blueprint(documents_bp, url_prefix="/api/v1/documents")
+    api.register_blueprint(pledges_bp, url_prefix="/api/v1/pledges")
+    api.register_blueprint(authorization_records_bp, url_prefix="/api/v1/records")
+    api.register_blueprint(staff_bindings_bp, url_prefix="/api/v1/staff/bindings")
+    api.register_blueprint(staff_suspensions_bp, url_prefix="/api/v1/staff/suspensions")
+    api.register_blueprint(staff_audit_bp, url_prefix="/api/v1/staff/audit-log")
+
+    # Issue 5: notices (R15): consent, the inbox, WeChat's message push, the staff push log.
+    from miniprogram_api.notifications import bp as notifications_bp
+    from miniprogram_api.subscriptions import bp as subscriptions_bp
+    from notify.callbacks import bp as wechat_callbacks_bp
+    from staff_api.notices import bp as staff_notices_bp
+
+    api.register_blueprint(subscriptions_bp, url_prefix="/api/v1/subscriptions")
+    api.register_blueprint(notifications_bp, url_prefix="/api/v1/notifications")
+    api.register_blueprint(wechat_callbacks_bp, url_prefix="/api/v1/callbacks/wechat")
+    api.register_blueprint(staff_notices_bp, url_prefix="/api/v1/staff/notices")
+
+    # Issue 4: e-vouchers, the institution API (settle, refund), deduction records and quota, filings.
+    from institution_api.settlements import bp as institution_settlements_bp
+    from miniprogram_api.records import bp as deduction_records_bp
+    from miniprogram_api.records import quota_bp
+    from miniprogram_api.vouchers import bp as vouchers_bp
+    from staff_api.filings import bp as staff_filings_bp
+
+    api.register_blueprint(vouchers_bp, url_prefix="/api/v1/vouchers")
+    api.register_blueprint(deduction_records_bp, url_prefix="/api/v1/records")
+    api.register_blueprint(quota_bp, url_prefix="/api/v1/quota")
+    api.register_blueprint(institution_settlements_bp, url_prefix="/api/v1/institution")
+    api.register_blueprint(staff_filings_bp, url_prefix="/api/v1/staff")
     app.register_blueprint(health)

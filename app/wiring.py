@@ -13,10 +13,13 @@ from typing import Any
 from flask import Flask
 
 from app.config import ConfigError
+from app.institution_auth import build_authenticator
 from app.policy import PolicyError, RegionPolicy, load_region_policy
 from app.security.pii import PiiCipher
 from app.security.pledge_signing import PledgeSigner
 from app.services.auth import TokenSettings
+from app.services.pledges import PledgeBook, PledgeBookError
+from app.services.settlements import build_money_deps
 from notify.dispatch import build_notifier
 
 
@@ -25,11 +28,15 @@ class Domain:
     pii: PiiCipher
     policy: RegionPolicy
     pledge_signer: PledgeSigner
+    pledges: PledgeBook
     token_settings: TokenSettings
     wechat: Any
     alipay: Any
     notifier: Any
     config: dict[str, Any]
+    # Vouchers, settlements, refunds (MoneyDeps) and institution request signing; set in init_domain.
+    money: Any = None
+    institutions: Any = None
 
 
 def _policy(app: Flask) -> RegionPolicy:
@@ -37,6 +44,13 @@ def _policy(app: Flask) -> RegionPolicy:
         return load_region_policy(Path(app.config["POLICY_DIR"]), app.config["REGION_CODE"])
     except PolicyError as exc:
         raise ConfigError(f"region policy: {exc}") from exc
+
+
+def _pledges(app: Flask) -> PledgeBook:
+    try:
+        return PledgeBook.load(app.config["PLEDGE_DIR"])
+    except PledgeBookError as exc:
+        raise ConfigError(f"pledge texts: {exc}") from exc
 
 
 def _token_storage(app: Flask) -> Any:
@@ -76,9 +90,13 @@ def init_domain(app: Flask) -> None:
         pii=pii,
         policy=_policy(app),
         pledge_signer=signer,
+        pledges=_pledges(app),
         token_settings=TokenSettings(cfg["ACCESS_TOKEN_TTL_SECONDS"], cfg["REFRESH_TOKEN_TTL_SECONDS"]),
         wechat=wechat,
         alipay=alipay,
         notifier=build_notifier(app),
         config=dict(cfg),
     )
+    domain = app.extensions["domain"]
+    domain.money = build_money_deps(cfg, pii, domain.policy, domain.notifier)
+    domain.institutions = build_authenticator(app, pii)

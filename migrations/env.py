@@ -17,6 +17,7 @@ def _run(connection) -> None:
         target_metadata=target_metadata,
         compare_type=True,
         render_as_batch=connection.dialect.name == "sqlite",
+        user_module_prefix="models.base.",
     )
     with context.begin_transaction():
         context.run_migrations()

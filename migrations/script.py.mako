@@ -6,7 +6,8 @@ Create Date: ${create_date}
 """
 from alembic import op
 import sqlalchemy as sa
-import models.base
+from sqlalchemy import Text  # noqa: F401 (autogenerate renders JSONB(astext_type=Text()))
+import models.base  # noqa: F401 (UTCDateTime)
 ${imports if imports else ""}
 
 revision = ${repr(up_revision)}

@@ -4,12 +4,14 @@ A settlement or refund calls ``add_money_notices`` before it commits: one notice
 whose account moved (deduction or refund credit), a receipt for the beneficiary when co-pay
 funds were used, and one pending delivery per channel the recipient can be reached on. The
 unique keys (movement, person, kind) and (notice, channel) make a second notice or a second
-delivery for the same movement impossible. Delivery happens after commit (``notify.dispatch``).
+delivery for the same movement impossible. Delivery happens after commit (``notify.dispatch``):
+the caller hands the returned delivery ids to ``domain().notifier.committed(...)``; if that
+hand-over is lost (crash, Redis down) the rows wait, pending, for the sweeper.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,6 +20,9 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from models import Delivery, Notice, User
+from notify.retry import RETRY_WINDOW
+
+CHANNELS = ("wechat", "alipay")
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,12 @@ class MoneyEvent:
     relationships: dict[int, str] | None = None
 
 
+def receipt_channels(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The channels a beneficiary's receipt is pushed on: those with a receipt template configured."""
+    wanted = (("wechat", "WECHAT_TEMPLATE_RECEIPT"), ("alipay", "ALIPAY_TEMPLATE_RECEIPT"))
+    return tuple(channel for channel, key in wanted if config.get(key))
+
+
 def _reachable_users(session: Session, person_ids: Collection[int]) -> dict[int, dict[str, int]]:
     """Per person, the most recently signed-in user on each channel."""
     rows = session.execute(
@@ -65,7 +76,11 @@ def add_money_notices(
     *,
     receipt_channels: Collection[str] = (),
 ) -> list[int]:
-    """Write the notices and pending deliveries of one money movement; return the delivery ids."""
+    """Write the notices and pending deliveries of one money movement; return the delivery ids.
+
+    Three statements whatever the number of owners: find the recipients' users, insert the
+    notices, insert the deliveries.
+    """
     refund = event.refund_id is not None
     movement_key = f"r{event.refund_id}" if refund else f"s{event.settlement_id}"
     per_owner: dict[int, list[AccountMovement]] = {}
@@ -74,6 +89,8 @@ def add_money_notices(
             per_owner.setdefault(movement.owner_person_id, []).append(movement)
     copay_total = sum(m.amount_fen for m in movements if m.kind == "copay")
     recipients = set(per_owner) | ({event.beneficiary_person_id} if copay_total else set())
+    if not recipients:
+        return []
     users = _reachable_users(session, recipients)
     relationships = event.relationships or {}
 
@@ -81,14 +98,14 @@ def add_money_notices(
     for owner_id, parts in per_owner.items():
         amount = sum(p.amount_fen for p in parts)
         balance_after = parts[-1].balance_after_fen
+        relationship = "self" if owner_id == event.beneficiary_person_id else relationships.get(owner_id)
         notices.append(({
             "kind": "refund" if refund else "deduction",
             "person_id": owner_id,
             "amount_fen": amount,
             "balance_after_fen": balance_after,
-            "content": _content(event, amount, balance_after,
-                                "self" if owner_id == event.beneficiary_person_id else relationships.get(owner_id)),
-        }, ("wechat", "alipay")))
+            "content": _content(event, amount, balance_after, relationship),
+        }, CHANNELS))
     if copay_total and not refund:
         notices.append(({
             "kind": "receipt",
@@ -98,22 +115,23 @@ def add_money_notices(
             "content": _content(event, copay_total, None, None),
         }, tuple(receipt_channels)))
 
-    delivery_ids: list[int] = []
-    for values, channels in notices:
-        notice_id = session.execute(
-            insert(Notice).values(
-                settlement_id=event.settlement_id, refund_id=event.refund_id, movement_key=movement_key,
-                settlement_no=event.settlement_no, created_at=event.at, **values,
-            ).returning(Notice.id)
-        ).scalar_one()
-        for channel, user_id in users.get(values["person_id"], {}).items():
-            if channel in channels:
-                delivery_ids.append(session.execute(
-                    insert(Delivery).values(notice_id=notice_id, channel=channel, user_id=user_id, state="pending",
-                                            attempts=0, next_attempt_at=event.at, created_at=event.at,
-                                            updated_at=event.at).returning(Delivery.id)
-                ).scalar_one())
-    return delivery_ids
+    common = {"settlement_id": event.settlement_id, "refund_id": event.refund_id, "movement_key": movement_key,
+              "settlement_no": event.settlement_no, "created_at": event.at}
+    notice_ids = session.scalars(
+        insert(Notice).returning(Notice.id, sort_by_parameter_order=True),
+        [{**common, **values} for values, _channels in notices],
+    ).all()
+    rows = [
+        {"notice_id": notice_id, "channel": channel, "user_id": user_id, "state": "pending", "attempts": 0,
+         "next_attempt_at": event.at, "give_up_at": event.at + RETRY_WINDOW, "created_at": event.at,
+         "updated_at": event.at}
+        for notice_id, (values, channels) in zip(notice_ids, notices, strict=True)
+        for channel, user_id in users.get(values["person_id"], {}).items()
+        if channel in channels
+    ]
+    if not rows:
+        return []
+    return list(session.scalars(insert(Delivery).returning(Delivery.id, sort_by_parameter_order=True), rows))
 
 
 def _content(event: MoneyEvent, amount_fen: int, balance_after_fen: int | None,

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 17:10:42.950454
+Create Date: 2026-11-25 18:34:17.606745
 """
 from alembic import op
 import sqlalchemy as sa
@@ -30,7 +30,9 @@ def upgrade():
     sa.Column('created_at', models.base.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_audit_events'))
     )
-    op.create_index('ix_audit_events_actor', 'audit_events', ['actor_kind', 'actor_id'], unique=False)
+    with op.batch_alter_table('audit_events', schema=None) as batch_op:
+        batch_op.create_index('ix_audit_events_actor', ['actor_kind', 'actor_id'], unique=False)
+
     op.create_table('institutions',
     sa.Column('code', sa.String(length=32), nullable=False),
     sa.Column('name', sa.String(length=200), nullable=False),
@@ -54,6 +56,7 @@ def upgrade():
     sa.Column('insurance_type', sa.String(length=16), nullable=False),
     sa.Column('region_code', sa.String(length=6), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('source_digest', sa.String(length=64), nullable=True),
     sa.Column('updated_at', models.base.UTCDateTime(timezone=True), nullable=False),
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('created_at', models.base.UTCDateTime(timezone=True), nullable=False),
@@ -113,7 +116,9 @@ def upgrade():
     sa.PrimaryKeyConstraint('id', name=op.f('pk_chronic_certifications')),
     sa.UniqueConstraint('person_id', 'disease_code', 'valid_from', name=op.f('uq_chronic_certifications_person_id_disease_code_valid_from'))
     )
-    op.create_index(op.f('ix_chronic_certifications_person_id'), 'chronic_certifications', ['person_id'], unique=False)
+    with op.batch_alter_table('chronic_certifications', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_chronic_certifications_person_id'), ['person_id'], unique=False)
+
     op.create_table('households',
     sa.Column('a_person_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('b_person_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -125,7 +130,9 @@ def upgrade():
     sa.PrimaryKeyConstraint('id', name=op.f('pk_households')),
     sa.UniqueConstraint('a_person_id', 'b_person_id', name=op.f('uq_households_a_person_id_b_person_id'))
     )
-    op.create_index(op.f('ix_households_b_person_id'), 'households', ['b_person_id'], unique=False)
+    with op.batch_alter_table('households', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_households_b_person_id'), ['b_person_id'], unique=False)
+
     op.create_table('institution_nonces',
     sa.Column('institution_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('nonce', sa.String(length=64), nullable=False),
@@ -133,7 +140,9 @@ def upgrade():
     sa.ForeignKeyConstraint(['institution_id'], ['institutions.id'], name=op.f('fk_institution_nonces_institution_id_institutions')),
     sa.PrimaryKeyConstraint('institution_id', 'nonce', name=op.f('pk_institution_nonces'))
     )
-    op.create_index(op.f('ix_institution_nonces_expires_at'), 'institution_nonces', ['expires_at'], unique=False)
+    with op.batch_alter_table('institution_nonces', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_institution_nonces_expires_at'), ['expires_at'], unique=False)
+
     op.create_table('offsite_filings',
     sa.Column('person_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('region_prefix', sa.String(length=6), nullable=False),
@@ -148,7 +157,9 @@ def upgrade():
     sa.ForeignKeyConstraint(['person_id'], ['persons.id'], name=op.f('fk_offsite_filings_person_id_persons')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_offsite_filings'))
     )
-    op.create_index(op.f('ix_offsite_filings_person_id'), 'offsite_filings', ['person_id'], unique=False)
+    with op.batch_alter_table('offsite_filings', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_offsite_filings_person_id'), ['person_id'], unique=False)
+
     op.create_table('users',
     sa.Column('channel', sa.String(length=8), nullable=False),
     sa.Column('wechat_openid', sa.String(length=64), nullable=True),
@@ -168,8 +179,10 @@ def upgrade():
     sa.UniqueConstraint('alipay_user_id', name=op.f('uq_users_alipay_user_id')),
     sa.UniqueConstraint('wechat_openid', name=op.f('uq_users_wechat_openid'))
     )
-    op.create_index(op.f('ix_users_person_id'), 'users', ['person_id'], unique=False)
-    op.create_index(op.f('ix_users_wechat_unionid'), 'users', ['wechat_unionid'], unique=False)
+    with op.batch_alter_table('users', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_users_person_id'), ['person_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_users_wechat_unionid'), ['wechat_unionid'], unique=False)
+
     op.create_table('auth_tokens',
     sa.Column('kind', sa.String(length=8), nullable=False),
     sa.Column('token_hash', sa.String(length=64), nullable=False),
@@ -185,8 +198,10 @@ def upgrade():
     sa.PrimaryKeyConstraint('id', name=op.f('pk_auth_tokens')),
     sa.UniqueConstraint('token_hash', name=op.f('uq_auth_tokens_token_hash'))
     )
-    op.create_index('ix_auth_tokens_chain_id', 'auth_tokens', ['chain_id'], unique=False)
-    op.create_index('ix_auth_tokens_user_id', 'auth_tokens', ['user_id'], unique=False)
+    with op.batch_alter_table('auth_tokens', schema=None) as batch_op:
+        batch_op.create_index('ix_auth_tokens_chain_id', ['chain_id'], unique=False)
+        batch_op.create_index('ix_auth_tokens_user_id', ['user_id'], unique=False)
+
     op.create_table('bindings',
     sa.Column('owner_person_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('beneficiary_person_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -209,9 +224,31 @@ def upgrade():
     sa.ForeignKeyConstraint(['owner_person_id'], ['persons.id'], name=op.f('fk_bindings_owner_person_id_persons')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_bindings'))
     )
-    op.create_index(op.f('ix_bindings_beneficiary_person_id'), 'bindings', ['beneficiary_person_id'], unique=False)
-    op.create_index('ix_bindings_owner_status', 'bindings', ['owner_person_id', 'status'], unique=False)
-    op.create_index('uq_bindings_live_pair', 'bindings', ['owner_person_id', 'beneficiary_person_id'], unique=True, postgresql_where=sa.text("status IN ('pending_review', 'pending_consent', 'active', 'suspended')"), sqlite_where=sa.text("status IN ('pending_review', 'pending_consent', 'active', 'suspended')"))
+    with op.batch_alter_table('bindings', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_bindings_beneficiary_person_id'), ['beneficiary_person_id'], unique=False)
+        batch_op.create_index('ix_bindings_owner_status', ['owner_person_id', 'status'], unique=False)
+        batch_op.create_index('uq_bindings_live_pair', ['owner_person_id', 'beneficiary_person_id'], unique=True, postgresql_where=sa.text("status IN ('pending_review', 'pending_consent', 'active', 'suspended')"), sqlite_where=sa.text("status IN ('pending_review', 'pending_consent', 'active', 'suspended')"))
+
+    op.create_table('consent_reports',
+    sa.Column('user_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('channel', sa.String(length=8), nullable=False),
+    sa.Column('template_id', sa.String(length=128), nullable=False),
+    sa.Column('source', sa.String(length=16), nullable=False),
+    sa.Column('event', sa.String(length=16), nullable=False),
+    sa.Column('result', sa.String(length=8), nullable=False),
+    sa.Column('mode', sa.String(length=16), nullable=True),
+    sa.Column('matched', sa.Boolean(), nullable=False),
+    sa.Column('event_key', sa.String(length=64), nullable=True),
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('created_at', models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.CheckConstraint("source IN ('client', 'wechat_event')", name=op.f('ck_consent_reports_source')),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_consent_reports_user_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_consent_reports')),
+    sa.UniqueConstraint('event_key', name=op.f('uq_consent_reports_event_key'))
+    )
+    with op.batch_alter_table('consent_reports', schema=None) as batch_op:
+        batch_op.create_index('ix_consent_reports_lookup', ['user_id', 'template_id', 'created_at'], unique=False)
+
     op.create_table('consents',
     sa.Column('user_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('channel', sa.String(length=8), nullable=False),
@@ -240,7 +277,11 @@ def upgrade():
     sa.ForeignKeyConstraint(['uploader_user_id'], ['users.id'], name=op.f('fk_documents_uploader_user_id_users')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_documents'))
     )
-    op.create_index(op.f('ix_documents_sha256'), 'documents', ['sha256'], unique=False)
+    with op.batch_alter_table('documents', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_documents_sha256'), ['sha256'], unique=False)
+        batch_op.create_index('uq_documents_person_sha256', ['uploader_person_id', 'sha256'], unique=True)
+        batch_op.create_index('uq_documents_staff_sha256', ['uploader_staff_id', 'sha256'], unique=True)
+
     op.create_table('authorization_events',
     sa.Column('binding_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('event', sa.String(length=32), nullable=False),
@@ -254,7 +295,9 @@ def upgrade():
     sa.ForeignKeyConstraint(['binding_id'], ['bindings.id'], name=op.f('fk_authorization_events_binding_id_bindings')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_authorization_events'))
     )
-    op.create_index(op.f('ix_authorization_events_binding_id'), 'authorization_events', ['binding_id'], unique=False)
+    with op.batch_alter_table('authorization_events', schema=None) as batch_op:
+        batch_op.create_index('ix_authorization_events_binding', ['binding_id', 'id'], unique=False)
+
     op.create_table('binding_documents',
     sa.Column('binding_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('document_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -262,7 +305,9 @@ def upgrade():
     sa.ForeignKeyConstraint(['document_id'], ['documents.id'], name=op.f('fk_binding_documents_document_id_documents')),
     sa.PrimaryKeyConstraint('binding_id', 'document_id', name=op.f('pk_binding_documents'))
     )
-    op.create_index(op.f('ix_binding_documents_document_id'), 'binding_documents', ['document_id'], unique=False)
+    with op.batch_alter_table('binding_documents', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_binding_documents_document_id'), ['document_id'], unique=False)
+
     op.create_table('binding_usage',
     sa.Column('binding_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('year', sa.Integer(), nullable=False),
@@ -303,8 +348,10 @@ def upgrade():
     sa.ForeignKeyConstraint(['person_id'], ['persons.id'], name=op.f('fk_suspensions_person_id_persons')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_suspensions'))
     )
-    op.create_index(op.f('ix_suspensions_binding_id'), 'suspensions', ['binding_id'], unique=False)
-    op.create_index(op.f('ix_suspensions_person_id'), 'suspensions', ['person_id'], unique=False)
+    with op.batch_alter_table('suspensions', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_suspensions_binding_id'), ['binding_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_suspensions_person_id'), ['person_id'], unique=False)
+
     op.create_table('vouchers',
     sa.Column('code_hash', sa.String(length=64), nullable=False),
     sa.Column('person_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -352,7 +399,9 @@ def upgrade():
     sa.UniqueConstraint('settlement_no', name=op.f('uq_settlements_settlement_no')),
     sa.UniqueConstraint('voucher_id', name=op.f('uq_settlements_voucher_id'))
     )
-    op.create_index(op.f('ix_settlements_beneficiary_person_id'), 'settlements', ['beneficiary_person_id'], unique=False)
+    with op.batch_alter_table('settlements', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_settlements_beneficiary_person_id'), ['beneficiary_person_id'], unique=False)
+
     op.create_table('payments',
     sa.Column('settlement_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('sequence', sa.Integer(), nullable=False),
@@ -373,11 +422,14 @@ def upgrade():
     sa.PrimaryKeyConstraint('id', name=op.f('pk_payments')),
     sa.UniqueConstraint('settlement_id', 'sequence', name=op.f('uq_payments_settlement_id_sequence'))
     )
-    op.create_index(op.f('ix_payments_account_id'), 'payments', ['account_id'], unique=False)
-    op.create_index(op.f('ix_payments_binding_id'), 'payments', ['binding_id'], unique=False)
-    op.create_index(op.f('ix_payments_owner_person_id'), 'payments', ['owner_person_id'], unique=False)
-    op.create_index(op.f('ix_payments_settlement_id'), 'payments', ['settlement_id'], unique=False)
+    with op.batch_alter_table('payments', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_payments_account_id'), ['account_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_payments_binding_id'), ['binding_id'], unique=False)
+        batch_op.create_index('ix_payments_owner', ['owner_person_id', 'id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_payments_settlement_id'), ['settlement_id'], unique=False)
+
     op.create_table('refunds',
+    sa.Column('refund_no', sa.String(length=32), nullable=False),
     sa.Column('settlement_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('institution_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('out_refund_no', sa.String(length=64), nullable=False),
@@ -392,9 +444,12 @@ def upgrade():
     sa.ForeignKeyConstraint(['institution_id'], ['institutions.id'], name=op.f('fk_refunds_institution_id_institutions')),
     sa.ForeignKeyConstraint(['settlement_id'], ['settlements.id'], name=op.f('fk_refunds_settlement_id_settlements')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_refunds')),
-    sa.UniqueConstraint('institution_id', 'out_refund_no', name=op.f('uq_refunds_institution_id_out_refund_no'))
+    sa.UniqueConstraint('institution_id', 'out_refund_no', name=op.f('uq_refunds_institution_id_out_refund_no')),
+    sa.UniqueConstraint('refund_no', name=op.f('uq_refunds_refund_no'))
     )
-    op.create_index(op.f('ix_refunds_settlement_id'), 'refunds', ['settlement_id'], unique=False)
+    with op.batch_alter_table('refunds', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_refunds_settlement_id'), ['settlement_id'], unique=False)
+
     op.create_table('journals',
     sa.Column('kind', sa.String(length=16), nullable=False),
     sa.Column('settlement_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
@@ -406,8 +461,10 @@ def upgrade():
     sa.ForeignKeyConstraint(['settlement_id'], ['settlements.id'], name=op.f('fk_journals_settlement_id_settlements')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_journals'))
     )
-    op.create_index(op.f('ix_journals_refund_id'), 'journals', ['refund_id'], unique=False)
-    op.create_index(op.f('ix_journals_settlement_id'), 'journals', ['settlement_id'], unique=False)
+    with op.batch_alter_table('journals', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_journals_refund_id'), ['refund_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_journals_settlement_id'), ['settlement_id'], unique=False)
+
     op.create_table('notices',
     sa.Column('kind', sa.String(length=16), nullable=False),
     sa.Column('person_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -428,8 +485,10 @@ def upgrade():
     sa.PrimaryKeyConstraint('id', name=op.f('pk_notices')),
     sa.UniqueConstraint('movement_key', 'person_id', 'kind', name=op.f('uq_notices_movement_key_person_id_kind'))
     )
-    op.create_index('ix_notices_person', 'notices', ['person_id', 'id'], unique=False)
-    op.create_index(op.f('ix_notices_settlement_id'), 'notices', ['settlement_id'], unique=False)
+    with op.batch_alter_table('notices', schema=None) as batch_op:
+        batch_op.create_index('ix_notices_person', ['person_id', 'id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_notices_settlement_id'), ['settlement_id'], unique=False)
+
     op.create_table('refund_parts',
     sa.Column('refund_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('payment_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -440,8 +499,10 @@ def upgrade():
     sa.ForeignKeyConstraint(['refund_id'], ['refunds.id'], name=op.f('fk_refund_parts_refund_id_refunds')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_refund_parts'))
     )
-    op.create_index(op.f('ix_refund_parts_payment_id'), 'refund_parts', ['payment_id'], unique=False)
-    op.create_index(op.f('ix_refund_parts_refund_id'), 'refund_parts', ['refund_id'], unique=False)
+    with op.batch_alter_table('refund_parts', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_refund_parts_payment_id'), ['payment_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_refund_parts_refund_id'), ['refund_id'], unique=False)
+
     op.create_table('deliveries',
     sa.Column('notice_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('channel', sa.String(length=8), nullable=False),
@@ -449,11 +510,15 @@ def upgrade():
     sa.Column('state', sa.String(length=16), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('next_attempt_at', models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('give_up_at', models.base.UTCDateTime(timezone=True), nullable=True),
     sa.Column('claimed_until', models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('template_id', sa.String(length=128), nullable=True),
+    sa.Column('credit_used', sa.Boolean(), nullable=False),
     sa.Column('last_error_code', sa.String(length=64), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.Column('msgid', sa.String(length=64), nullable=True),
     sa.Column('sent_at', models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('confirmed_at', models.base.UTCDateTime(timezone=True), nullable=True),
     sa.Column('updated_at', models.base.UTCDateTime(timezone=True), nullable=True),
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('created_at', models.base.UTCDateTime(timezone=True), nullable=False),
@@ -463,7 +528,11 @@ def upgrade():
     sa.PrimaryKeyConstraint('id', name=op.f('pk_deliveries')),
     sa.UniqueConstraint('notice_id', 'channel', name=op.f('uq_deliveries_notice_id_channel'))
     )
-    op.create_index('ix_deliveries_due', 'deliveries', ['state', 'next_attempt_at'], unique=False)
+    with op.batch_alter_table('deliveries', schema=None) as batch_op:
+        batch_op.create_index('ix_deliveries_due', ['state', 'next_attempt_at'], unique=False)
+        batch_op.create_index('ix_deliveries_msgid', ['msgid'], unique=False)
+        batch_op.create_index('ix_deliveries_user_state', ['user_id', 'state'], unique=False)
+
     op.create_table('ledger_entries',
     sa.Column('journal_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('account_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -473,72 +542,122 @@ def upgrade():
     sa.ForeignKeyConstraint(['journal_id'], ['journals.id'], name=op.f('fk_ledger_entries_journal_id_journals')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_ledger_entries'))
     )
-    op.create_index('ix_ledger_entries_account', 'ledger_entries', ['account_id', 'id'], unique=False)
-    op.create_index(op.f('ix_ledger_entries_journal_id'), 'ledger_entries', ['journal_id'], unique=False)
+    with op.batch_alter_table('ledger_entries', schema=None) as batch_op:
+        batch_op.create_index('ix_ledger_entries_account', ['account_id', 'id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_ledger_entries_journal_id'), ['journal_id'], unique=False)
+
     # ### end Alembic commands ###
 
 
 def downgrade():
     # ### commands auto generated by Alembic - please adjust! ###
-    op.drop_index(op.f('ix_ledger_entries_journal_id'), table_name='ledger_entries')
-    op.drop_index('ix_ledger_entries_account', table_name='ledger_entries')
+    with op.batch_alter_table('ledger_entries', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_ledger_entries_journal_id'))
+        batch_op.drop_index('ix_ledger_entries_account')
+
     op.drop_table('ledger_entries')
-    op.drop_index('ix_deliveries_due', table_name='deliveries')
+    with op.batch_alter_table('deliveries', schema=None) as batch_op:
+        batch_op.drop_index('ix_deliveries_user_state')
+        batch_op.drop_index('ix_deliveries_msgid')
+        batch_op.drop_index('ix_deliveries_due')
+
     op.drop_table('deliveries')
-    op.drop_index(op.f('ix_refund_parts_refund_id'), table_name='refund_parts')
-    op.drop_index(op.f('ix_refund_parts_payment_id'), table_name='refund_parts')
+    with op.batch_alter_table('refund_parts', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_refund_parts_refund_id'))
+        batch_op.drop_index(batch_op.f('ix_refund_parts_payment_id'))
+
     op.drop_table('refund_parts')
-    op.drop_index(op.f('ix_notices_settlement_id'), table_name='notices')
-    op.drop_index('ix_notices_person', table_name='notices')
+    with op.batch_alter_table('notices', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_notices_settlement_id'))
+        batch_op.drop_index('ix_notices_person')
+
     op.drop_table('notices')
-    op.drop_index(op.f('ix_journals_settlement_id'), table_name='journals')
-    op.drop_index(op.f('ix_journals_refund_id'), table_name='journals')
+    with op.batch_alter_table('journals', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_journals_settlement_id'))
+        batch_op.drop_index(batch_op.f('ix_journals_refund_id'))
+
     op.drop_table('journals')
-    op.drop_index(op.f('ix_refunds_settlement_id'), table_name='refunds')
+    with op.batch_alter_table('refunds', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_refunds_settlement_id'))
+
     op.drop_table('refunds')
-    op.drop_index(op.f('ix_payments_settlement_id'), table_name='payments')
-    op.drop_index(op.f('ix_payments_owner_person_id'), table_name='payments')
-    op.drop_index(op.f('ix_payments_binding_id'), table_name='payments')
-    op.drop_index(op.f('ix_payments_account_id'), table_name='payments')
+    with op.batch_alter_table('payments', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_payments_settlement_id'))
+        batch_op.drop_index('ix_payments_owner')
+        batch_op.drop_index(batch_op.f('ix_payments_binding_id'))
+        batch_op.drop_index(batch_op.f('ix_payments_account_id'))
+
     op.drop_table('payments')
-    op.drop_index(op.f('ix_settlements_beneficiary_person_id'), table_name='settlements')
+    with op.batch_alter_table('settlements', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_settlements_beneficiary_person_id'))
+
     op.drop_table('settlements')
     op.drop_table('vouchers')
-    op.drop_index(op.f('ix_suspensions_person_id'), table_name='suspensions')
-    op.drop_index(op.f('ix_suspensions_binding_id'), table_name='suspensions')
+    with op.batch_alter_table('suspensions', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_suspensions_person_id'))
+        batch_op.drop_index(batch_op.f('ix_suspensions_binding_id'))
+
     op.drop_table('suspensions')
     op.drop_table('pledges')
     op.drop_table('binding_usage')
-    op.drop_index(op.f('ix_binding_documents_document_id'), table_name='binding_documents')
+    with op.batch_alter_table('binding_documents', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_binding_documents_document_id'))
+
     op.drop_table('binding_documents')
-    op.drop_index(op.f('ix_authorization_events_binding_id'), table_name='authorization_events')
+    with op.batch_alter_table('authorization_events', schema=None) as batch_op:
+        batch_op.drop_index('ix_authorization_events_binding')
+
     op.drop_table('authorization_events')
-    op.drop_index(op.f('ix_documents_sha256'), table_name='documents')
+    with op.batch_alter_table('documents', schema=None) as batch_op:
+        batch_op.drop_index('uq_documents_staff_sha256')
+        batch_op.drop_index('uq_documents_person_sha256')
+        batch_op.drop_index(batch_op.f('ix_documents_sha256'))
+
     op.drop_table('documents')
     op.drop_table('consents')
-    op.drop_index('uq_bindings_live_pair', table_name='bindings', postgresql_where=sa.text("status IN ('pending_review', 'pending_consent', 'active', 'suspended')"), sqlite_where=sa.text("status IN ('pending_review', 'pending_consent', 'active', 'suspended')"))
-    op.drop_index('ix_bindings_owner_status', table_name='bindings')
-    op.drop_index(op.f('ix_bindings_beneficiary_person_id'), table_name='bindings')
+    with op.batch_alter_table('consent_reports', schema=None) as batch_op:
+        batch_op.drop_index('ix_consent_reports_lookup')
+
+    op.drop_table('consent_reports')
+    with op.batch_alter_table('bindings', schema=None) as batch_op:
+        batch_op.drop_index('uq_bindings_live_pair', postgresql_where=sa.text("status IN ('pending_review', 'pending_consent', 'active', 'suspended')"), sqlite_where=sa.text("status IN ('pending_review', 'pending_consent', 'active', 'suspended')"))
+        batch_op.drop_index('ix_bindings_owner_status')
+        batch_op.drop_index(batch_op.f('ix_bindings_beneficiary_person_id'))
+
     op.drop_table('bindings')
-    op.drop_index('ix_auth_tokens_user_id', table_name='auth_tokens')
-    op.drop_index('ix_auth_tokens_chain_id', table_name='auth_tokens')
+    with op.batch_alter_table('auth_tokens', schema=None) as batch_op:
+        batch_op.drop_index('ix_auth_tokens_user_id')
+        batch_op.drop_index('ix_auth_tokens_chain_id')
+
     op.drop_table('auth_tokens')
-    op.drop_index(op.f('ix_users_wechat_unionid'), table_name='users')
-    op.drop_index(op.f('ix_users_person_id'), table_name='users')
+    with op.batch_alter_table('users', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_users_wechat_unionid'))
+        batch_op.drop_index(batch_op.f('ix_users_person_id'))
+
     op.drop_table('users')
-    op.drop_index(op.f('ix_offsite_filings_person_id'), table_name='offsite_filings')
+    with op.batch_alter_table('offsite_filings', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_offsite_filings_person_id'))
+
     op.drop_table('offsite_filings')
-    op.drop_index(op.f('ix_institution_nonces_expires_at'), table_name='institution_nonces')
+    with op.batch_alter_table('institution_nonces', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_institution_nonces_expires_at'))
+
     op.drop_table('institution_nonces')
-    op.drop_index(op.f('ix_households_b_person_id'), table_name='households')
+    with op.batch_alter_table('households', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_households_b_person_id'))
+
     op.drop_table('households')
-    op.drop_index(op.f('ix_chronic_certifications_person_id'), table_name='chronic_certifications')
+    with op.batch_alter_table('chronic_certifications', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_chronic_certifications_person_id'))
+
     op.drop_table('chronic_certifications')
     op.drop_table('cap_usage')
     op.drop_table('accounts')
     op.drop_table('staff_users')
     op.drop_table('persons')
     op.drop_table('institutions')
-    op.drop_index('ix_audit_events_actor', table_name='audit_events')
+    with op.batch_alter_table('audit_events', schema=None) as batch_op:
+        batch_op.drop_index('ix_audit_events_actor')
+
     op.drop_table('audit_events')
     # ### end Alembic commands ###
