@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from models import Delivery, Notice, User
@@ -56,13 +56,19 @@ def receipt_channels(config: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(channel for channel, key in wanted if config.get(key))
 
 
+# Built once: Core statements on the tables (this runs inside every settlement and refund).
+_USERS_OF = (
+    select(User.id, User.person_id, User.channel)
+    .where(User.person_id.in_(bindparam("person_ids", expanding=True)))
+    .order_by(User.last_login_at.asc().nulls_first(), User.id)
+)
+_INSERT_NOTICES = insert(Notice.__table__).returning(Notice.__table__.c.id, sort_by_parameter_order=True)
+_INSERT_DELIVERIES = insert(Delivery.__table__).returning(Delivery.__table__.c.id, sort_by_parameter_order=True)
+
+
 def _reachable_users(session: Session, person_ids: Collection[int]) -> dict[int, dict[str, int]]:
     """Per person, the most recently signed-in user on each channel."""
-    rows = session.execute(
-        select(User.id, User.person_id, User.channel)
-        .where(User.person_id.in_(list(person_ids)))
-        .order_by(User.last_login_at.asc().nulls_first(), User.id)
-    )
+    rows = session.execute(_USERS_OF, {"person_ids": list(person_ids)})
     found: dict[int, dict[str, int]] = {}
     for user_id, person_id, channel in rows:
         found.setdefault(person_id, {})[channel] = user_id  # later rows (newer logins) win
@@ -117,10 +123,9 @@ def add_money_notices(
 
     common = {"settlement_id": event.settlement_id, "refund_id": event.refund_id, "movement_key": movement_key,
               "settlement_no": event.settlement_no, "created_at": event.at}
-    notice_ids = session.scalars(
-        insert(Notice).returning(Notice.id, sort_by_parameter_order=True),
-        [{**common, **values} for values, _channels in notices],
-    ).all()
+    connection = session.connection()
+    notice_ids = connection.execute(
+        _INSERT_NOTICES, [{**common, **values} for values, _channels in notices]).scalars().all()
     rows = [
         {"notice_id": notice_id, "channel": channel, "user_id": user_id, "state": "pending", "attempts": 0,
          "next_attempt_at": event.at, "give_up_at": event.at + RETRY_WINDOW, "created_at": event.at,
@@ -131,7 +136,7 @@ def add_money_notices(
     ]
     if not rows:
         return []
-    return list(session.scalars(insert(Delivery).returning(Delivery.id, sort_by_parameter_order=True), rows))
+    return list(connection.execute(_INSERT_DELIVERIES, rows).scalars())
 
 
 def _content(event: MoneyEvent, amount_fen: int, balance_after_fen: int | None,
