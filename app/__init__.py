@@ -16,6 +16,12 @@ def create_app(config: Config | None = None) -> Flask:
     app.config.from_mapping(config.to_flask())
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    if config.TRUSTED_PROXIES > 0:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        # Client IPs (rate limits R19, pledge records R4, audit) come from the trusted proxies only.
+        hops = config.TRUSTED_PROXIES
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
 
     from app import logs
 

@@ -113,6 +113,8 @@ class Config:
     INSTITUTION_SIGNATURE_WINDOW_SECONDS: int = 300
     PLATFORM_TIMEOUT_SECONDS: float = 5.0
     LOG_LEVEL: str = "INFO"
+    # How many reverse proxies in front set X-Forwarded-For/-Proto (0: trust none, use the peer).
+    TRUSTED_PROXIES: int = 0
     # Set by the demo runner: the local emulator stands in for WeChat and Alipay.
     SANDBOX_URL: str | None = None
     TESTING: bool = False

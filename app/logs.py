@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
+from app.request_context import current_request_id
 from app.security.pii import mask_text
 
 log = logging.getLogger("app.request")
@@ -56,12 +57,16 @@ def init_app(app: Flask) -> None:
         g.request_started = time.perf_counter()
         incoming = request.headers.get("X-Request-Id", "")
         g.request_id = incoming if incoming.isalnum() and len(incoming) <= 64 else secrets.token_hex(8)
+        g.request_id_token = current_request_id.set(g.request_id)
 
     @app.after_request
     def _log(response: Response) -> Response:
         started = g.get("request_started")
         latency_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
         response.headers["X-Request-Id"] = g.get("request_id", "")
+        token = g.pop("request_id_token", None)
+        if token is not None:
+            current_request_id.reset(token)
         log.info(
             "request",
             extra={"fields": {

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.request_context import current_request_id
 from models import AuditEvent
 
 
@@ -23,8 +24,10 @@ def record(
     request_id: str | None = None,
     ip: str | None = None,
 ) -> None:
-    """Add one audit event; ``details`` must hold no personal data in clear (R17)."""
+    """Add one audit event; ``details`` must hold no personal data in clear (R17). The request id
+    defaults to the current request's, so an audit row can be matched to its request-log line."""
     session.add(AuditEvent(
         actor_kind=actor_kind, actor_id=actor_id, action=action, target_kind=target_kind,
-        target_id=target_id, details=details or {}, request_id=request_id, ip=ip, created_at=at,
+        target_id=target_id, details=details or {}, request_id=request_id or current_request_id.get(), ip=ip,
+        created_at=at,
     ))

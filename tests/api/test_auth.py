@@ -153,3 +153,22 @@ def test_login_is_rate_limited_per_ip_with_retry_after(make_app, sandbox):
     assert limited.status_code == 429
     assert error_code(limited) == "RATE_LIMITED"
     assert int(limited.headers["Retry-After"]) >= 1
+
+
+def test_behind_a_trusted_proxy_the_per_ip_limit_counts_the_forwarded_client(make_app):
+    """R19 per IP: with TRUSTED_PROXIES=1 the client is the X-Forwarded-For address, not the proxy."""
+    client = make_app(RATE_LIMIT_PER_IP="1/60", TRUSTED_PROXIES=1).test_client()
+
+    def login(ip):
+        return client.post("/api/v1/auth/wechat", json={"code": "bad"}, headers={"X-Forwarded-For": ip}).status_code
+
+    assert login("203.0.113.7") == 401
+    assert login("198.51.100.9") == 401
+    assert login("203.0.113.7") == 429
+
+
+def test_without_trusted_proxies_a_forged_forwarded_header_does_not_dodge_the_limit(make_app):
+    client = make_app(RATE_LIMIT_PER_IP="1/60").test_client()
+    first = client.post("/api/v1/auth/wechat", json={"code": "bad"}, headers={"X-Forwarded-For": "203.0.113.7"})
+    second = client.post("/api/v1/auth/wechat", json={"code": "bad"}, headers={"X-Forwarded-For": "198.51.100.9"})
+    assert (first.status_code, second.status_code) == (401, 429)

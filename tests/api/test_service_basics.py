@@ -57,3 +57,17 @@ def test_the_openapi_document_lists_the_sign_in_endpoints(client):
     assert spec["openapi"].startswith("3.")
     assert "/api/v1/auth/wechat" in spec["paths"]
     assert "/api/v1/me/identity" in spec["paths"]
+
+
+def test_an_audit_row_carries_the_request_id_of_the_request_that_wrote_it(client, sandbox):
+    from sqlalchemy import select
+
+    from app.extensions import app_session
+    from models import AuditEvent
+
+    response = client.post("/api/v1/auth/wechat", json={"code": sandbox.issue_wechat_login_code("o-audit-rid")},
+                           headers={"X-Request-Id": "rid0123456789"})
+    assert response.headers["X-Request-Id"] == "rid0123456789"
+    with app_session() as session, session.begin():
+        rows = session.scalars(select(AuditEvent.request_id).where(AuditEvent.action == "auth.sign_in")).all()
+    assert rows == ["rid0123456789"]
