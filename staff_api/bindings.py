@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask_smorest import Blueprint
 
 from app.services import authorizations, bindings
-from app.web import client_ip, domain, now, principal, session, staff_required
+from app.web import client_ip, domain, now, principal, rate_limited, session, staff_required
 from miniprogram_api.binding_schemas import (
     AuthorizationPageSchema,
     BindingPageSchema,
@@ -27,6 +27,7 @@ READ = ("window", "admin", "auditor")
 
 @bp.post("")
 @staff_required(*WRITE)
+@rate_limited("binding")
 @bp.arguments(WindowBindRequestSchema)
 @bp.response(201, BindingSchema)
 def bind_at_window(body):

@@ -239,3 +239,15 @@ def test_staff_read_any_binding_and_its_authorization_records(client, demo, owne
     assert isinstance(history["items"][0]["actor"]["id"], int)
     assert client.get("/api/v1/staff/bindings/999999", headers=auditor).status_code == 404
     assert client.get("/api/v1/staff/bindings/999999/authorizations", headers=auditor).status_code == 404
+
+
+def test_r19_window_bindings_are_rate_limited_per_staff_member(make_app, demo):
+    """R19: binding creation is limited at the window too (a leaked staff token cannot bind in bulk)."""
+    from tests.binding_helpers import bind_at_window
+
+    client = make_app(RATE_LIMIT_PER_USER="1/60").test_client()
+    token = demo.tokens["window1"]
+    assert bind_at_window(client, token, OWNER, CHILD, "child").status_code == 201
+    limited = bind_at_window(client, token, OWNER, SPOUSE, "spouse")
+    assert limited.status_code == 429
+    assert limited.get_json()["error"]["code"] == "RATE_LIMITED"
