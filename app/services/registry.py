@@ -63,11 +63,13 @@ def _text(row: Mapping[str, Any], key: str, where: str, problems: list[str], max
     return value.strip()
 
 
-def validate(data: Any) -> list[str]:
-    """Every problem in the file, by section and row number (1-based)."""
+def validate(data: Any) -> tuple[list[str], dict[str, str]]:
+    """Every problem in the file, by section and row number (1-based), and each person row's ID
+    number as given → validated (so the load validates each number once)."""
     problems: list[str] = []
+    numbers: dict[str, str] = {}
     if not isinstance(data, dict):
-        return ["the file must be a JSON object with persons, accounts, households, institutions"]
+        return ["the file must be a JSON object with persons, accounts, households, institutions"], numbers
     unknown = set(data) - {"persons", "accounts", "households", "institutions"}
     if unknown:
         problems.append(f"unknown section(s): {', '.join(sorted(unknown))}")
@@ -77,8 +79,10 @@ def validate(data: Any) -> list[str]:
         if not isinstance(row, dict):
             _problem(problems, where, "must be an object")
             continue
+        raw = str(row.get("id_number", ""))
         try:
-            number = validate_id_number(str(row.get("id_number", "")))
+            number = validate_id_number(raw)
+            numbers[raw] = number
         except errors.IdNumberInvalid as exc:
             _problem(problems, where, f"id_number: {exc.message}")
             number = ""
@@ -122,7 +126,7 @@ def validate(data: Any) -> list[str]:
             _problem(problems, where, "region_code: must be 6 digits")
         if not isinstance(row.get("designated", True), bool):
             _problem(problems, where, "designated: must be true or false")
-    return problems
+    return problems, numbers
 
 
 def _insert(session: Session):
@@ -131,27 +135,29 @@ def _insert(session: Session):
 
 def load_registry(session: Session, pii: PiiCipher, data: Any, now: datetime) -> LoadReport:
     """Validate then upsert everything in one transaction (nothing half-loaded)."""
-    problems = validate(data)
+    problems, numbers = validate(data)
     if problems:
         raise RegistryInvalid(problems)
     report = LoadReport()
     insert = _insert(session)
     with session.begin():
-        bidx_to_id = _upsert_persons(session, pii, insert, data.get("persons", []), now, report)
+        bidx_to_id = _upsert_persons(session, pii, insert, data.get("persons", []), numbers, now, report)
 
         resolved: dict[str, int] = {}
 
         def person_id(raw: Any, where: str) -> int:
             if raw in resolved:
                 return resolved[raw]
-            try:
-                number = validate_id_number(str(raw))
-            except errors.IdNumberInvalid as exc:
-                raise RegistryInvalid([f"{where}: {exc.message}"]) from None
-            found = bidx_to_id.get(pii.blind_index(number, kind="id_number"))
+            number = numbers.get(str(raw))
+            if number is None:  # a person already in the registry, not in this file
+                try:
+                    number = validate_id_number(str(raw))
+                except errors.IdNumberInvalid as exc:
+                    raise RegistryInvalid([f"{where}: {exc.message}"]) from None
+            bidx = pii.blind_index(number, kind="id_number")
+            found = bidx_to_id.get(bidx)
             if found is None:
-                found = session.scalar(select(Person.id).where(
-                    Person.id_number_bidx == pii.blind_index(number, kind="id_number")))
+                found = session.scalar(select(Person.id).where(Person.id_number_bidx == bidx))
             if found is None:
                 raise RegistryInvalid([f"{where}: id_number: no such person in the registry or file"])
             resolved[raw] = found
@@ -183,8 +189,8 @@ def load_registry(session: Session, pii: PiiCipher, data: Any, now: datetime) ->
     return report
 
 
-def _upsert_persons(session: Session, pii: PiiCipher, insert: Any, rows: list[dict], now: datetime,
-                    report: LoadReport) -> dict[str, int]:
+def _upsert_persons(session: Session, pii: PiiCipher, insert: Any, rows: list[dict], numbers: dict[str, str],
+                    now: datetime, report: LoadReport) -> dict[str, int]:
     """Insert new persons and rewrite changed ones; unchanged rows (same source digest) are skipped,
     so reloading the same file re-encrypts and rewrites nothing."""
     bidx_to_id: dict[str, int] = {}
@@ -192,7 +198,7 @@ def _upsert_persons(session: Session, pii: PiiCipher, insert: Any, rows: list[di
     for start in range(0, len(rows), BATCH):
         plain = []
         for row in rows[start:start + BATCH]:
-            number = validate_id_number(row["id_number"])
+            number = numbers[str(row["id_number"])]
             fields = (number, row["name"].strip(), row["social_card_no"].strip(), row["insurance_type"],
                       row["region_code"], row.get("status", "active"))
             plain.append((pii.blind_index(number, kind="id_number"),
