@@ -85,6 +85,23 @@ RefundExceedsPaid = _error(
     "RefundExceedsPaid", "REFUND_EXCEEDS_PAID", 422, "The refund is more than what is left to refund."
 )
 LimitAboveCap = _error("LimitAboveCap", "LIMIT_ABOVE_CAP", 422, "The limit is above the region's annual cap.")
+ServiceTimeOutOfRange = _error(
+    "ServiceTimeOutOfRange", "SERVICE_TIME_OUT_OF_RANGE", 422,
+    "The service time is outside the window in which it can be settled.",
+)
+IdentityNotProven = _error(
+    "IdentityNotProven", "IDENTITY_NOT_PROVEN", 422,
+    "A proof of identity is required: a platform real-name check, a proven phone number or the service window.",
+)
+PhoneNotVerified = _error(
+    "PhoneNotVerified", "PHONE_NOT_VERIFIED", 422,
+    "Prove your phone number first; to change the reserved number, visit the service window.",
+)
+PhoneMismatch = _error(
+    "PhoneMismatch", "PHONE_MISMATCH", 422,
+    "Your phone number does not match the number reserved in the registry; update it at the service window.",
+)
+CardInvalid = _error("CardInvalid", "CARD_INVALID", 422, "The social-security card is not valid.")
 InstitutionNotDesignated = _error(
     "InstitutionNotDesignated", "INSTITUTION_NOT_DESIGNATED", 403, "The institution is not designated or not active."
 )
