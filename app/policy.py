@@ -81,6 +81,8 @@ class RegionPolicy:
     max_beneficiaries: int
     beneficiary_consent: str
     consent_min_age: int
+    # R20: settlement is real time at the counter; a bill older than this is refused.
+    max_settlement_delay_hours: int
 
     def summary(self) -> dict[str, Any]:
         """The region's rules as shown to a user by ``GET /me``."""
@@ -263,6 +265,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_beneficiaries": _integer(1),
     "beneficiary_consent": _one_of(CONSENT_MODES),
     "consent_min_age": _integer(0, 150),
+    "max_settlement_delay_hours": _integer(1, 24 * 366),
 }
 
 
@@ -271,14 +274,27 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 
 def check_owner(owner: PersonFacts, policy: RegionPolicy) -> None:
     """R1: the owner is active, employee-insured, has a personal account, insured in the province."""
-    if owner.status != "active":
-        raise OwnerNotEligible(details={"reason": "inactive"})
-    if owner.insurance_type != "employee":
-        raise OwnerNotEligible(details={"reason": "not_employee_insurance"})
-    if not owner.has_account:
-        raise OwnerNotEligible(details={"reason": "no_personal_account"})
-    if owner.province != policy.province:
-        raise OwnerNotEligible(details={"reason": "outside_province"})
+    reason = owner_ineligibility(status=owner.status, insurance_type=owner.insurance_type,
+                                 region_code=owner.region_code, has_account=owner.has_account,
+                                 province=policy.province)
+    if reason is not None:
+        raise OwnerNotEligible(details={"reason": reason})
+
+
+def owner_ineligibility(*, status: str, insurance_type: str, region_code: str, has_account: bool,
+                        province: str) -> str | None:
+    """R1 (and R11: an owner who is no longer eligible pays nothing): why this person cannot be an
+    owner today — ``inactive``, ``not_employee_insurance``, ``no_personal_account``,
+    ``outside_province`` — or None when they can. Used when binding and again at every settlement."""
+    if status != "active":
+        return "inactive"
+    if insurance_type != "employee":
+        return "not_employee_insurance"
+    if not has_account:
+        return "no_personal_account"
+    if region_code[:2] != province:
+        return "outside_province"
+    return None
 
 
 def check_beneficiary(owner: PersonFacts, beneficiary: PersonFacts, policy: RegionPolicy) -> None:

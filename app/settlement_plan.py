@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Literal
 
-from app.errors import InstitutionNotDesignated, RefundExceedsPaid, ValidationFailed
+from app.errors import InstitutionNotDesignated, RefundExceedsPaid, ServiceTimeOutOfRange, ValidationFailed
 
 __all__ = [
     "ELIGIBLE_CATEGORIES",
@@ -40,9 +40,11 @@ __all__ = [
     "PlanRequest",
     "RefundCredit",
     "RefundPlan",
+    "check_service_time",
     "compute_plan",
     "plan_refund",
     "refundable_fen",
+    "year_closed",
 ]
 
 CopayOrder = Literal["balance_desc", "binding_order"]
@@ -63,6 +65,12 @@ MAX_FEN = 2**63 - 1
 # Asia/Shanghai calendar date without depending on a tz database being installed.
 _SHANGHAI = timezone(timedelta(hours=8), "Asia/Shanghai")
 
+# R20: an institution's clock may run a little ahead of ours; a service time further ahead is refused.
+SERVICE_TIME_FUTURE_SKEW = timedelta(minutes=5)
+# R20: the books of calendar year Y close at the end of 15 January of Y + 1 (Asia/Shanghai); after
+# that a bill of year Y cannot draw on Y's annual cap.
+BOOKS_CLOSE_MONTH_DAY = (1, 15)
+
 _COPAY_ORDERS = ("balance_desc", "binding_order")
 _INSTITUTION_KINDS = ("hospital", "clinic", "pharmacy")
 
@@ -78,6 +86,7 @@ class PlanPolicy:
     chronic_extra_fen: int | None
     copay_order: CopayOrder
     own_account_first: bool = True
+    max_settlement_delay_hours: int = 72  # R20
 
     def __post_init__(self) -> None:
         _check_optional_fen(self.annual_cap_fen, "annual_cap_fen")
@@ -85,6 +94,9 @@ class PlanPolicy:
         if self.copay_order not in _COPAY_ORDERS:
             raise ValueError(f"copay_order must be one of {_COPAY_ORDERS}, got {self.copay_order!r}")
         _check_bool(self.own_account_first, "own_account_first")
+        delay = self.max_settlement_delay_hours
+        if isinstance(delay, bool) or not isinstance(delay, int) or delay < 1:
+            raise ValueError(f"max_settlement_delay_hours must be a positive integer, got {delay!r}")
 
 
 @dataclass(frozen=True)
@@ -169,8 +181,13 @@ class CopaySource:
     owner_suspended: bool
     yearly_limit_fen: int | None
     paid_this_year_by_this_binding_fen: int
+    # R1/R11: why the owner is no longer an active eligible owner (registry status, insurance type,
+    # province — ``policy.owner_ineligibility``), or None. Such an owner pays nothing.
+    owner_ineligible: str | None = None
 
     def __post_init__(self) -> None:
+        if self.owner_ineligible is not None and not isinstance(self.owner_ineligible, str):
+            raise TypeError("owner_ineligible must be a reason (text) or None")
         if self.account.owner_person_id != self.owner_person_id:
             raise ValueError(f"binding {self.binding_id}: the account does not belong to the owner")
         if self.effective_at is not None:
@@ -314,6 +331,7 @@ def compute_plan(request: PlanRequest) -> Plan:
             "The service time is after the settlement time.",
             details={"field": "service_time", "why": "after_settlement_time"},
         )
+    check_service_time(request.service_time, request.settle_time, request.policy.max_settlement_delay_hours)
     institution = request.institution
     if not (institution.designated and institution.active):
         raise InstitutionNotDesignated(details={"institution": institution.code})
@@ -349,6 +367,33 @@ def compute_plan(request: PlanRequest) -> Plan:
         # A payer's shortfall only matters when someone after it did not make up for it.
         reasons=tuple(item_reasons + (shortfalls if ledger.remaining_fen else [])),
     )
+
+
+def check_service_time(service_time: datetime, settle_time: datetime, max_delay_hours: int) -> None:
+    """R20: settlement is real time at the counter. A service time more than ``max_delay_hours``
+    before the settlement, or more than ``SERVICE_TIME_FUTURE_SKEW`` after it, is
+    ``SERVICE_TIME_OUT_OF_RANGE`` — so no bill can be backdated into an earlier year's cap."""
+    _check_aware(service_time, "service_time")
+    _check_aware(settle_time, "settle_time")
+    if service_time > settle_time + SERVICE_TIME_FUTURE_SKEW:
+        raise ServiceTimeOutOfRange(
+            "The service time is in the future.",
+            details={"field": "service_time", "why": "in_future",
+                     "max_skew_seconds": int(SERVICE_TIME_FUTURE_SKEW.total_seconds())},
+        )
+    if service_time < settle_time - timedelta(hours=max_delay_hours):
+        raise ServiceTimeOutOfRange(
+            f"The service time is more than {max_delay_hours} hours ago.",
+            details={"field": "service_time", "why": "too_old", "max_settlement_delay_hours": max_delay_hours},
+        )
+
+
+def year_closed(year: int, at: datetime) -> bool:
+    """R20: are the books of calendar ``year`` closed at ``at`` (after 15 January of the next year,
+    Asia/Shanghai)? A closed year's annual cap cannot be drawn on; refunds still give it back."""
+    _check_aware(at, "at")
+    month, day = BOOKS_CLOSE_MONTH_DAY
+    return at.astimezone(_SHANGHAI).date() > date(year + 1, month, day)
 
 
 def _eligible_amount(items: Sequence[LineItem], institution_kind: str) -> tuple[int, list[Reason]]:
@@ -465,6 +510,9 @@ def _pay_from_copay_sources(ledger: _Ledger, request: PlanRequest) -> list[Reaso
         return [{"code": "BENEFICIARY_SUSPENDED"}]
     if not request.sources:
         return [{"code": "NO_ACTIVE_BINDING"}]
+    # R20: a closed year's cap cannot be drawn on any more (own account and cash still work).
+    if year_closed(request.service_date.year, request.settle_time):
+        return [{"code": "YEAR_CLOSED", "year": request.service_date.year}]
 
     usable, reasons = _usable_sources(request)
     for source in _in_copay_order(usable, request.policy.copay_order):
@@ -524,6 +572,14 @@ def _why_source_blocked(source: CopaySource, service_time: datetime) -> Reason |
         return {"code": "BINDING_SUSPENDED", "binding_id": binding_id, "when": "at_settlement"}
     if source.status_now != "active":
         return {"code": "BINDING_NOT_ACTIVE", "binding_id": binding_id, "status": source.status_now}
+    if source.owner_ineligible is not None:
+        # R1 + R11: an owner who left insurance, died, moved out of the province… pays nothing.
+        return {
+            "code": "OWNER_NOT_ELIGIBLE",
+            "binding_id": binding_id,
+            "owner_person_id": source.owner_person_id,
+            "why": source.owner_ineligible,
+        }
     if source.owner_suspended:
         return {
             "code": "OWNER_SUSPENDED",

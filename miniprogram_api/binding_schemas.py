@@ -145,6 +145,10 @@ class BindingSchema(StrictSchema):
     created_at = ShanghaiDateTime()
     relationship_confirmed = fields.Boolean()
     suspended = fields.Boolean(metadata={"description": "R11 stops this binding from paying"})
+    owner_eligible = fields.Boolean(metadata={
+        "description": "R1/R11: false when the owner is no longer an active eligible owner (who pays nothing)"})
+    owner_ineligible_reason = fields.String(allow_none=True, metadata={
+        "description": "inactive | not_employee_insurance | outside_province, or null"})
     role = fields.String(metadata={"description": "the caller's part: owner | beneficiary (users only)"})
     documents = fields.List(fields.Nested(DocumentRefSchema))
 

@@ -40,7 +40,8 @@ def bind(body):
 @bp.response(200, BindingPageSchema)
 def list_bindings(query):
     """The bindings I am party to, as owner and as beneficiary, newest first."""
-    return bindings.list_bindings(session(), pii=domain().pii, caller=principal(), now=now(), **query)
+    return bindings.list_bindings(session(), pii=domain().pii, caller=principal(), now=now(),
+                                  province=domain().policy.province, **query)
 
 
 @bp.get("/<int:binding_id>")
@@ -48,7 +49,8 @@ def list_bindings(query):
 @bp.response(200, BindingSchema)
 def get_binding(binding_id):
     """One binding I am party to, with its proof documents."""
-    return bindings.get_binding(session(), pii=domain().pii, caller=principal(), binding_id=binding_id)
+    return bindings.get_binding(session(), pii=domain().pii, caller=principal(), binding_id=binding_id,
+                                province=domain().policy.province)
 
 
 @bp.patch("/<int:binding_id>")

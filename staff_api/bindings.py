@@ -47,7 +47,8 @@ def bind_at_window(body):
 @bp.response(200, BindingPageSchema)
 def list_bindings(query):
     """All bindings newest first, or those in one status (``status=pending_review``: the review queue)."""
-    return bindings.list_bindings(session(), pii=domain().pii, caller=principal(), now=now(), **query)
+    return bindings.list_bindings(session(), pii=domain().pii, caller=principal(), now=now(),
+                                  province=domain().policy.province, **query)
 
 
 @bp.post("/search")
@@ -57,6 +58,7 @@ def list_bindings(query):
 def search(body):
     """Find bindings by the owner's or the beneficiary's ID number (sent in the body; audit-logged)."""
     return bindings.list_bindings(session(), pii=domain().pii, caller=principal(), now=now(), ip=client_ip(),
+                                  province=domain().policy.province,
                                   **body)
 
 
@@ -65,7 +67,8 @@ def search(body):
 @bp.response(200, BindingSchema)
 def get_binding(binding_id):
     """One binding with its proof documents."""
-    return bindings.get_binding(session(), pii=domain().pii, caller=principal(), binding_id=binding_id)
+    return bindings.get_binding(session(), pii=domain().pii, caller=principal(), binding_id=binding_id,
+                                province=domain().policy.province)
 
 
 @bp.get("/<int:binding_id>/pledge")

@@ -38,6 +38,7 @@ from app.policy import (
     identity_matches,
     initial_status,
     inverse_relationship,
+    owner_ineligibility,
     proof_needed,
     shanghai_date,
     status_after_review,
@@ -140,8 +141,41 @@ def active_person_suspensions(session: Session, person_ids: Iterable[int]) -> se
     return {(scope, person_id) for scope, person_id in rows}
 
 
+def pair_suspension(session: Session, owner_id: int, beneficiary_id: int, *,
+                    excluding: int | None = None) -> Suspension | None:
+    """R11: the oldest unlifted binding-scope suspension of ANY binding between this owner and this
+    beneficiary (``excluding`` one suspension). A suspension holds for the pair, not a binding row:
+    unbinding and binding again does not lift it."""
+    query = (select(Suspension).join(Binding, Binding.id == Suspension.binding_id)
+             .where(Suspension.scope == "binding", Suspension.lifted_at.is_(None),
+                    Binding.owner_person_id == owner_id, Binding.beneficiary_person_id == beneficiary_id))
+    if excluding is not None:
+        query = query.where(Suspension.id != excluding)
+    return session.scalar(query.order_by(Suspension.id).limit(1))
+
+
+def hold_if_suspended(session: Session, binding: Binding, actor: Actor, now: datetime) -> None:
+    """R11 when a binding has just become ``active``: if its pair is under a binding-scope suspension it
+    is ``suspended`` instead (lifting that suspension makes it active), and every suspension that
+    holds it — pair, owner, beneficiary — is written in its authorization record, saying why."""
+    held = pair_suspension(session, binding.owner_person_id, binding.beneficiary_person_id)
+    if held is not None:
+        binding.status = "suspended"
+        add_event(session, binding.id, "suspended", actor, now, held.reason,
+                  details={"suspension_id": held.id, "scope": "binding", "suspended_binding_id": held.binding_id,
+                           "carried_over": True})
+    for suspension in session.scalars(
+            select(Suspension).where(Suspension.lifted_at.is_(None), or_(
+                and_(Suspension.scope == "owner", Suspension.person_id == binding.owner_person_id),
+                and_(Suspension.scope == "beneficiary", Suspension.person_id == binding.beneficiary_person_id),
+            )).order_by(Suspension.id)):
+        add_event(session, binding.id, "suspended", actor, now, suspension.reason,
+                  details={"suspension_id": suspension.id, "scope": suspension.scope, "carried_over": True})
+
+
 def binding_view(pii: PiiCipher, binding: Binding, owner: Person, beneficiary: Person, *,
-                 suspensions: Collection[tuple[str, int]] = frozenset(), role: str | None = None) -> dict[str, Any]:
+                 suspensions: Collection[tuple[str, int]] = frozenset(), role: str | None = None,
+                 province: str | None = None) -> dict[str, Any]:
     """The SPEC §5 binding, names and ID numbers masked (R17).
 
     ``suspended`` is true when R11 stops this binding from paying: the binding itself, its owner's
@@ -163,6 +197,13 @@ def binding_view(pii: PiiCipher, binding: Binding, owner: Person, beneficiary: P
         "suspended": live and (binding.status == "suspended" or ("owner", owner.id) in suspensions
                                or ("beneficiary", beneficiary.id) in suspensions),
     }
+    # R1 + R11: an owner who is no longer an active eligible owner pays nothing; say so. The
+    # province check needs the deployment's ``province`` (passed by callers that have the policy).
+    reason = owner_ineligibility(status=owner.status, insurance_type=owner.insurance_type,
+                                 region_code=owner.region_code, has_account=True,
+                                 province=owner.region_code[:2] if province is None else province)
+    view["owner_eligible"] = reason is None
+    view["owner_ineligible_reason"] = reason
     if role is not None:
         view["role"] = role
     return view
@@ -174,10 +215,11 @@ def _parties(session: Session, binding: Binding) -> tuple[Person, Person]:
     return persons[binding.owner_person_id], persons[binding.beneficiary_person_id]
 
 
-def _render(session: Session, pii: PiiCipher, binding: Binding, role: str | None = None) -> dict[str, Any]:
+def _render(session: Session, pii: PiiCipher, binding: Binding, role: str | None = None,
+            province: str | None = None) -> dict[str, Any]:
     owner, beneficiary = _parties(session, binding)
     suspensions = active_person_suspensions(session, (owner.id, beneficiary.id))
-    return binding_view(pii, binding, owner, beneficiary, suspensions=suspensions, role=role)
+    return binding_view(pii, binding, owner, beneficiary, suspensions=suspensions, role=role, province=province)
 
 
 def _role_of(binding: Binding, person_id: int) -> str | None:
@@ -375,6 +417,9 @@ def _bind(session: Session, *, pii: PiiCipher, policy: RegionPolicy, pledges: Pl
                       details={"pledge_version": text.version, "documents": len(documents),
                                "relationship_confirmed_by_registry": confirmed})
             add_event(session, binding.id, STATUS_EVENTS[status], actor, now)
+            if status == "active":
+                hold_if_suspended(session, binding, actor, now)
+                status = binding.status
             audit.record(session, actor_kind="staff" if actor.kind == "staff" else "user", actor_id=actor.id,
                          action="binding.create", at=now, target_kind="binding", target_id=binding.id, ip=ip,
                          details={"status": status, "channel": channel, "relationship": relationship,
@@ -385,7 +430,7 @@ def _bind(session: Session, *, pii: PiiCipher, policy: RegionPolicy, pledges: Pl
             raise errors.AlreadyBound() from None
         raise
     role = None if actor.kind == "staff" else "owner"
-    return binding_view(pii, binding, owner, member, suspensions=suspensions, role=role)
+    return binding_view(pii, binding, owner, member, suspensions=suspensions, role=role, province=policy.province)
 
 
 # --- state changes --------------------------------------------------------------------------------
@@ -445,8 +490,9 @@ def confirm_binding(session: Session, *, pii: PiiCipher, policy: RegionPolicy, c
         binding.status, binding.effective_at = "active", now
         add_event(session, binding.id, "confirmed", actor, now)
         add_event(session, binding.id, "activated", actor, now)
+        hold_if_suspended(session, binding, actor, now)
         _audit(session, caller, "binding.confirm", binding, now, ip, None)
-        return _render(session, pii, binding, role)
+        return _render(session, pii, binding, role, province=policy.province)
 
 
 def approve_binding(session: Session, *, pii: PiiCipher, policy: RegionPolicy, caller: Principal, binding_id: int,
@@ -464,8 +510,10 @@ def approve_binding(session: Session, *, pii: PiiCipher, policy: RegionPolicy, c
             binding.effective_at = now
         add_event(session, binding.id, "approved", actor, now, reason)
         add_event(session, binding.id, STATUS_EVENTS[status], actor, now)
+        if status == "active":
+            hold_if_suspended(session, binding, actor, now)
         _audit(session, caller, "binding.approve", binding, now, ip, reason)
-        return _render(session, pii, binding)
+        return _render(session, pii, binding, province=policy.province)
 
 
 def reject_binding(session: Session, *, pii: PiiCipher, caller: Principal, binding_id: int, reason: str | None,
@@ -525,7 +573,7 @@ def set_yearly_limit(session: Session, *, pii: PiiCipher, policy: RegionPolicy, 
                       details={"from_fen": previous, "to_fen": yearly_limit_fen})
             _audit(session, caller, "binding.limit", binding, now, ip, None,
                          from_fen=previous, to_fen=yearly_limit_fen)
-        return _render(session, pii, binding, "owner")
+        return _render(session, pii, binding, "owner", province=policy.province)
 
 
 # --- reading --------------------------------------------------------------------------------------
@@ -534,7 +582,7 @@ def set_yearly_limit(session: Session, *, pii: PiiCipher, policy: RegionPolicy, 
 def list_bindings(session: Session, *, pii: PiiCipher, caller: Principal, role: str | None = None,
                   status: str | None = None, owner_id_number: str | None = None,
                   beneficiary_id_number: str | None = None, cursor: str | None = None, limit: int | None = None,
-                  now: datetime, ip: str | None = None) -> dict[str, Any]:
+                  now: datetime, ip: str | None = None, province: str | None = None) -> dict[str, Any]:
     """Bindings newest first, keyset-paginated (``{items, next_cursor}``).
 
     A user sees the bindings they are party to, as owner and as beneficiary (``role`` narrows it).
@@ -579,16 +627,17 @@ def list_bindings(session: Session, *, pii: PiiCipher, caller: Principal, role: 
     def render(row: Any) -> dict[str, Any]:
         binding, owner, member = row
         who = None if caller.kind == "staff" else _role_of(binding, caller.person_id)  # type: ignore[arg-type]
-        return binding_view(pii, binding, owner, member, suspensions=suspensions, role=who)
+        return binding_view(pii, binding, owner, member, suspensions=suspensions, role=who, province=province)
 
     return page(rows, limit, lambda row: row[0].id, render)
 
 
-def get_binding(session: Session, *, pii: PiiCipher, caller: Principal, binding_id: int) -> dict[str, Any]:
+def get_binding(session: Session, *, pii: PiiCipher, caller: Principal, binding_id: int,
+                province: str | None = None) -> dict[str, Any]:
     """One binding with its proof documents, for a party to it or staff (404 for anyone else)."""
     with session.begin():
         binding, role = _visible_binding(session, caller, binding_id)
-        view = _render(session, pii, binding, role)
+        view = _render(session, pii, binding, role, province=province)
         documents = session.execute(
             select(Document.id, Document.sha256, Document.kind)
             .join(BindingDocument, BindingDocument.document_id == Document.id)

@@ -28,7 +28,7 @@ import json
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 
 from app import errors
 from app.institution_auth import InstitutionIdentity
-from app.policy import SHANGHAI, RegionPolicy, shanghai_date
+from app.policy import SHANGHAI, RegionPolicy, owner_ineligibility, shanghai_date
 from app.security.pii import PiiCipher, mask_id_number, mask_name
 from app.services.ledger import post_journal, system_account_id
 from app.services.vouchers import VoucherCodec, check_usable, well_formed
@@ -56,6 +56,7 @@ from app.settlement_plan import (
     Plan,
     PlanPolicy,
     PlanRequest,
+    check_service_time,
     compute_plan,
 )
 from app.timefmt import iso
@@ -76,8 +77,6 @@ from models import OffsiteFiling as OffsiteFilingRow
 from models.base import UTCDateTime
 from notify.outbox import AccountMovement, MoneyEvent, add_money_notices, receipt_channels
 
-# R20: an institution's clock may run a little ahead of ours; a service time further ahead is refused.
-SERVICE_TIME_SKEW = timedelta(seconds=60)
 # Bindings that can still explain a payment or its absence: live ones, and those ended after the
 # service (R6: "an unbinding stops all later deductions" is then reported, not silently skipped).
 _CANDIDATE_STATES = ("pending_review", "pending_consent", "active", "suspended")
@@ -101,20 +100,22 @@ class MoneyDeps:
     vouchers: VoucherCodec
     notifier: Any
     receipt_channels: tuple[str, ...]
+    province: str = ""  # R1: owners must be insured in the deployment's province (policy ``province``)
 
 
 def build_money_deps(config: dict[str, Any], pii: PiiCipher, policy: RegionPolicy, notifier: Any) -> MoneyDeps:
     """From config: the voucher key and TTL, the region's payment rules, the receipt channels (R15)."""
     return MoneyDeps(pii=pii, plan_policy=plan_policy_of(policy),
                      vouchers=VoucherCodec.from_config(config["VOUCHER_KEY"], config["VOUCHER_TTL_SECONDS"]),
-                     notifier=notifier, receipt_channels=receipt_channels(config))
+                     notifier=notifier, receipt_channels=receipt_channels(config), province=policy.province)
 
 
 @lru_cache(maxsize=8)
 def plan_policy_of(policy: RegionPolicy) -> PlanPolicy:
     return PlanPolicy(annual_cap_fen=policy.annual_cap_fen, chronic_extra_fen=policy.chronic_extra_fen,
                       copay_order=policy.copay_order,  # type: ignore[arg-type]
-                      own_account_first=policy.own_account_first)
+                      own_account_first=policy.own_account_first,
+                      max_settlement_delay_hours=policy.max_settlement_delay_hours)
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def settle(session: Session, deps: MoneyDeps, institution: InstitutionIdentity, 
     with another body is ``IDEMPOTENCY_CONFLICT``. A dry run takes no locks, writes nothing and is
     not stored.
     """
-    service_time = _service_time(request.service_time, now)
+    service_time = _service_time(request.service_time, now, deps.plan_policy.max_settlement_delay_hours)
     if not well_formed(request.voucher_code):
         raise errors.VoucherInvalid()
     code_hash = deps.vouchers.code_hash(request.voucher_code)
@@ -245,15 +246,14 @@ class _Facts:
     beneficiary_enc: tuple[str, str]  # name and ID number, encrypted, for the masked view
 
 
-def _service_time(given: datetime | None, now: datetime) -> datetime:
-    """R20 + R6: the service time (default now), at most a small clock skew ahead of ours."""
+def _service_time(given: datetime | None, now: datetime, max_delay_hours: int) -> datetime:
+    """R20 + R6: the service time (default now): at most ``max_delay_hours`` old and at most a small
+    clock skew ahead of ours (``SERVICE_TIME_OUT_OF_RANGE`` otherwise), checked before any lock."""
     if given is None:
         return now
     if given.tzinfo is None or given.utcoffset() is None:
         raise errors.ValidationFailed("service_time needs an offset.", details={"field": "service_time"})
-    if given > now + SERVICE_TIME_SKEW:
-        raise errors.ValidationFailed("The service time is in the future.",
-                                      details={"field": "service_time", "why": "in_future"})
+    check_service_time(given, now, max_delay_hours)
     return min(given, now)
 
 
@@ -315,6 +315,7 @@ def _load_facts(session: Session, deps: MoneyDeps, institution: InstitutionIdent
             owner_suspended=b.owner_suspended_now,
             yearly_limit_fen=b.yearly_limit_fen,
             paid_this_year_by_this_binding_fen=paid_by_binding.get(b.id, 0),
+            owner_ineligible=_owner_ineligible(b, deps.province),
         ))
     own = voucher.own_account_id
     plan_request = PlanRequest(
@@ -341,6 +342,13 @@ def _load_facts(session: Session, deps: MoneyDeps, institution: InstitutionIdent
         sources={b.id: _Source(b.id, b.owner_person_id, b.relationship, b.account_id, b.name_enc, b.id_number_enc)
                  for b in bindings},
     )
+
+
+def _owner_ineligible(binding: Any, province: str) -> str | None:
+    """R1 + R11: why the binding's owner is no longer an active eligible owner (None: they are).
+    The bindings query inner-joins the owner's personal account, so ``has_account`` holds here."""
+    return owner_ineligibility(status=binding.owner_status, insurance_type=binding.owner_insurance_type,
+                               region_code=binding.owner_region_code, has_account=True, province=province)
 
 
 def _filings_and_certifications(session: Session, person_id: int, service_date: date
@@ -530,14 +538,26 @@ _owners = persons_t.alias("owners")
 
 
 
+def _in_force(*moments: Any) -> Any:
+    """A suspension in force at any of ``moments`` (from ``starts_at``, until ``lifted_at`` if lifted)."""
+    return or_(*(and_(suspensions_t.c.starts_at <= at,
+                      or_(suspensions_t.c.lifted_at.is_(None), suspensions_t.c.lifted_at > at)) for at in moments))
+
+
 def _suspended(scope: str, target: Any, *moments: Any) -> Any:
-    """R11 in SQL: a ``scope`` suspension of ``target`` in force at any of ``moments``
-    (from ``starts_at``, until ``lifted_at`` if lifted)."""
-    key = suspensions_t.c.binding_id if scope == "binding" else suspensions_t.c.person_id
+    """R11 in SQL: a ``scope`` suspension of ``target`` (a person) in force at any of ``moments``."""
+    return exists().where(suspensions_t.c.scope == scope, suspensions_t.c.person_id == target, _in_force(*moments))
+
+
+def _pair_suspended(*moments: Any) -> Any:
+    """R11 in SQL: a binding-scope suspension holds for the pair (owner, beneficiary), not one row:
+    a suspension of ANY binding between the two — e.g. one unbound since — stops this binding too."""
+    suspended_binding = bindings_t.alias("suspended_binding")
     return exists().where(
-        suspensions_t.c.scope == scope, key == target,
-        or_(*(and_(suspensions_t.c.starts_at <= at,
-                   or_(suspensions_t.c.lifted_at.is_(None), suspensions_t.c.lifted_at > at)) for at in moments)),
+        suspensions_t.c.scope == "binding", suspended_binding.c.id == suspensions_t.c.binding_id,
+        suspended_binding.c.owner_person_id == bindings_t.c.owner_person_id,
+        suspended_binding.c.beneficiary_person_id == bindings_t.c.beneficiary_person_id,
+        _in_force(*moments),
     )
 
 
@@ -562,9 +582,11 @@ _BINDINGS = (
     select(bindings_t.c.id, bindings_t.c.owner_person_id, bindings_t.c.relationship, bindings_t.c.status,
            bindings_t.c.effective_at, bindings_t.c.ended_at, bindings_t.c.yearly_limit_fen,
            accounts_t.c.id.label("account_id"), _owners.c.name_enc, _owners.c.id_number_enc,
-           or_(_suspended("binding", bindings_t.c.id, _SERVICE),
+           _owners.c.status.label("owner_status"), _owners.c.insurance_type.label("owner_insurance_type"),
+           _owners.c.region_code.label("owner_region_code"),
+           or_(_pair_suspended(_SERVICE),
                _suspended("owner", bindings_t.c.owner_person_id, _SERVICE)).label("suspended_at_service"),
-           _suspended("binding", bindings_t.c.id, _NOW).label("binding_suspended_now"),
+           _pair_suspended(_NOW).label("binding_suspended_now"),
            _suspended("owner", bindings_t.c.owner_person_id, _NOW).label("owner_suspended_now"))
     .join(_owners, _owners.c.id == bindings_t.c.owner_person_id)
     .join(accounts_t, accounts_t.c.person_id == bindings_t.c.owner_person_id)

@@ -21,7 +21,7 @@ from app.security.id_number import validate_id_number
 from app.security.pii import PiiCipher
 from app.services import audit
 from app.services.auth import Principal
-from app.services.bindings import Actor, add_event, clean_reason, lock_binding
+from app.services.bindings import Actor, add_event, clean_reason, lock_binding, pair_suspension
 from app.services.identity import person_view
 from models import LIVE_BINDING_STATES, Binding, Person, Suspension
 
@@ -37,6 +37,18 @@ def _live_bindings_of(session: Session, scope: str, person_id: int) -> list[Bind
     side = Binding.owner_person_id if scope == "owner" else Binding.beneficiary_person_id
     return list(session.scalars(select(Binding).where(side == person_id, Binding.status.in_(LIVE_BINDING_STATES))
                                 .order_by(Binding.id)))
+
+
+def _live_pair_binding(session: Session, suspended_binding_id: int) -> Binding | None:
+    """The live binding (locked) of the pair whose binding ``suspended_binding_id`` was suspended."""
+    pair = session.execute(select(Binding.owner_person_id, Binding.beneficiary_person_id)
+                           .where(Binding.id == suspended_binding_id)).first()
+    if pair is None:
+        return None
+    live_id = session.scalar(select(Binding.id).where(
+        Binding.owner_person_id == pair.owner_person_id, Binding.beneficiary_person_id == pair.beneficiary_person_id,
+        Binding.status.in_(LIVE_BINDING_STATES)))
+    return None if live_id is None else lock_binding(session, live_id)
 
 
 def suspension_view(pii: PiiCipher, suspension: Suspension, person: Person | None,
@@ -125,9 +137,12 @@ def lift_suspension(session: Session, *, pii: PiiCipher, caller: Principal, susp
             raise errors.InvalidState("This suspension was already lifted.")
         suspension.lifted_at, suspension.lifted_by_staff_id = now, caller.id
         if suspension.scope == "binding":
-            binding = lock_binding(session, suspension.binding_id)  # type: ignore[arg-type]
+            # R11: the suspension was of the pair. Its live binding — the suspended row itself, or one
+            # made after an unbind — becomes active again unless another pair suspension still holds.
+            binding = _live_pair_binding(session, suspension.binding_id)  # type: ignore[arg-type]
             affected = []
-            if binding is not None and binding.status == "suspended":
+            if (binding is not None and binding.status == "suspended" and pair_suspension(
+                    session, binding.owner_person_id, binding.beneficiary_person_id, excluding=suspension.id) is None):
                 binding.status = "active"
                 affected = [binding]
         else:

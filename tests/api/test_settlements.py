@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, update
 
 from app.extensions import app_session
 from app.policy import shanghai_date
+from app.settlement_plan import year_closed
 from app.timefmt import iso
 from models import (
     Account,
@@ -211,11 +213,20 @@ def test_r8_the_annual_cap_limits_what_other_peoples_accounts_pay(app, client, f
     assert any(r["code"] == "CAP_REACHED" for r in second["reasons"])
 
 
-def test_r8_a_service_on_new_years_eve_in_shanghai_counts_in_that_year(app, client, family):
+def test_r8_a_service_on_new_years_eve_in_shanghai_counts_in_that_year(app, client, family, make_app, tmp_path):
+    # R20 refuses bills older than 72 h; only a region allowing a year's delay can settle last year's.
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    for source in Path(app.config["POLICY_DIR"]).glob("*.toml"):
+        (policies / source.name).write_text(source.read_text(encoding="utf-8").replace(
+            "max_settlement_delay_hours = 72", "max_settlement_delay_hours = 8784"), encoding="utf-8")
+    patient = make_app(POLICY_DIR=str(policies)).test_client()
     now = datetime.now(UTC)
     eve = datetime(now.year - 1, 12, 31, 23, 30, tzinfo=UTC).astimezone(UTC) - timedelta(hours=8)  # 23:30 +08:00
-    body = created(settle(client, issue(client, family.owner_token, family.child), service_time=iso(eve)))
+    body = created(settle(patient, issue(client, family.owner_token, family.child), service_time=iso(eve)))
     assert body["year"] == now.year - 1
+    if year_closed(now.year - 1, now):  # R20: after 15 January last year's cap cannot be drawn on
+        assert body["copay_fen"] == 0 and {"code": "YEAR_CLOSED", "year": now.year - 1} in body["reasons"]
 
 
 def test_r8_a_chronic_certification_raises_the_cap(app, client, demo, family):
@@ -340,10 +351,32 @@ def test_r20_a_service_time_without_an_offset_is_a_400(app, client, family):
     assert error_code(settle(client, code, service_time="2025-03-01T09:30:00"), 400) == "VALIDATION_ERROR"
 
 
-def test_r20_a_service_time_in_the_future_is_a_400(app, client, family):
+def test_r20_a_service_time_more_than_5_minutes_in_the_future_is_out_of_range(app, client, family):
     code = issue(client, family.owner_token, family.child)
-    later = iso(datetime.now(UTC) + timedelta(hours=1))
-    assert error_code(settle(client, code, service_time=later), 400) == "VALIDATION_ERROR"
+    later = iso(datetime.now(UTC) + timedelta(minutes=6))
+    assert error_code(settle(client, code, service_time=later), 422) == "SERVICE_TIME_OUT_OF_RANGE"
+    # within the 5-minute clock skew it settles, at our time
+    body = created(settle(client, code, service_time=iso(datetime.now(UTC) + timedelta(minutes=4))))
+    assert body["copay_fen"] == 10_000
+
+
+def test_r8_r20_backdated_bills_cannot_pass_the_annual_cap(app, client, family):
+    """Issue 8 hole 2: bills backdated into earlier years each drew a fresh year's cap."""
+    now = datetime.now(UTC)
+    created(settle(client, issue(client, family.owner_token, family.child), [drug(150_000)]))
+    for days in (365, 730, 4):
+        response = settle(client, issue(client, family.owner_token, family.child), [drug(150_000)],
+                          service_time=iso(now - timedelta(days=days)))
+        assert error_code(response, 422) == "SERVICE_TIME_OUT_OF_RANGE"
+        assert response.get_json()["error"]["details"]["max_settlement_delay_hours"] == 72
+    # 71 hours ago is still real time at the counter (and counts against this year's cap, unless
+    # that was last year)
+    body = created(settle(client, issue(client, family.owner_token, family.child), [drug(150_000)],
+                          service_time=iso(now - timedelta(hours=71))))
+    with app_session() as session, session.begin():
+        paid = session.scalar(select(func.sum(Settlement.copay_fen)))
+    assert body["copay_fen"] <= 150_000 and paid <= 200_000 + (150_000 if body["year"] != now.year else 0)
+    assert balance(app, OWNER) + balance(app, SPOUSE) == 350_000 + 120_000 - paid
 
 
 @pytest.mark.parametrize("bad", [

@@ -36,6 +36,7 @@ from app.policy import (
     load_policies,
     load_policy,
     load_region_policy,
+    owner_ineligibility,
     proof_needed,
     shanghai_date,
     status_after_review,
@@ -96,6 +97,7 @@ def test_wenshan_has_the_values_of_spec_section_4() -> None:
         max_beneficiaries=10,
         beneficiary_consent="none",
         consent_min_age=16,
+        max_settlement_delay_hours=72,
     )
 
 
@@ -115,6 +117,21 @@ def test_xishuangbanna_has_the_values_of_spec_section_4() -> None:
     assert (banna.annual_cap_fen, banna.chronic_extra_fen) == (None, None)
     assert (banna.copay_order, banna.binding_channels) == ("binding_order", frozenset({"wechat", "alipay"}))
     assert (banna.own_account_first, banna.max_beneficiaries, banna.beneficiary_consent) == (True, 10, "none")
+
+
+def test_r20_every_region_settles_bills_at_most_72_hours_old() -> None:
+    assert {code: policy.max_settlement_delay_hours for code, policy in POLICIES.items()} == {
+        "370300": 72, "532600": 72, "532800": 72}
+
+
+def test_r1_owner_ineligibility_names_the_first_reason() -> None:
+    ok = {"status": "active", "insurance_type": "employee", "region_code": "532621", "has_account": True,
+          "province": "53"}
+    assert owner_ineligibility(**ok) is None
+    assert owner_ineligibility(**{**ok, "status": "inactive"}) == "inactive"
+    assert owner_ineligibility(**{**ok, "insurance_type": "resident"}) == "not_employee_insurance"
+    assert owner_ineligibility(**{**ok, "has_account": False}) == "no_personal_account"
+    assert owner_ineligibility(**{**ok, "region_code": "370302"}) == "outside_province"
 
 
 def test_the_summary_for_get_me_lists_relationships_in_display_order() -> None:
@@ -182,6 +199,13 @@ RELATIONS = 'relationships = ["spouse", "parent", "child"]'
         ('region_code = "532600"', 'region_code = "532800"', "region_code", "does not match the file name"),
         ('region_code = "532600"', "region_code = 532600", "region_code", "expected a string"),
         ("consent_min_age = 16", "consent_min_age = -1", "consent_min_age", "between 0 and 150"),
+        ("max_settlement_delay_hours = 72", "max_settlement_delay_hours = 0", "max_settlement_delay_hours",
+         "between 1 and 8784"),
+        ("max_settlement_delay_hours = 72", 'max_settlement_delay_hours = "72"', "max_settlement_delay_hours",
+         "expected an integer"),
+        ("max_settlement_delay_hours = 72", "max_settlement_delay_hours = true", "max_settlement_delay_hours",
+         "expected an integer"),
+        ("max_settlement_delay_hours = 72", "", "max_settlement_delay_hours", "missing"),
     ],
 )
 def test_a_bad_policy_file_is_refused_naming_file_field_and_problem(

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from app.errors import InstitutionNotDesignated, RefundExceedsPaid, ValidationFailed
+from app.errors import InstitutionNotDesignated, RefundExceedsPaid, ServiceTimeOutOfRange, ValidationFailed
 from app.settlement_plan import (
     AccountFacts,
     BeneficiaryFacts,
@@ -21,9 +21,11 @@ from app.settlement_plan import (
     Plan,
     PlanPolicy,
     PlanRequest,
+    check_service_time,
     compute_plan,
     plan_refund,
     refundable_fen,
+    year_closed,
 )
 
 SERVICE_TIME = datetime(2025, 3, 1, 1, 30, tzinfo=UTC)  # 2025-03-01 09:30 in Shanghai
@@ -806,3 +808,69 @@ def test_r14_paid_parts_are_checked():
     part = PaidPart("own", "a", "o", None, 1, paid_fen=100)
     with pytest.raises(ValueError):
         plan_refund([part, part], 0, 0, 50)
+
+
+# --------------------------------------------- issue 8: R20 delay, closed years, R1 owners
+
+
+def test_r20_a_service_time_older_than_the_policy_delay_is_out_of_range():
+    """R20: settlement is real time; backdating a bill (into last year's cap) is refused."""
+    settle_time = SERVICE_TIME + timedelta(hours=72, seconds=1)
+    with pytest.raises(ServiceTimeOutOfRange) as caught:
+        compute_plan(make_request(settle_time=settle_time))
+    assert caught.value.status == 422 and caught.value.code == "SERVICE_TIME_OUT_OF_RANGE"
+    assert caught.value.details == {"field": "service_time", "why": "too_old", "max_settlement_delay_hours": 72}
+    # exactly 72 hours is still in range
+    assert compute_plan(make_request(settle_time=SERVICE_TIME + timedelta(hours=72))).copay_fen == 0
+
+
+def test_r20_the_delay_comes_from_the_policy():
+    policy = PlanPolicy(200_000, None, "balance_desc", max_settlement_delay_hours=1)
+    with pytest.raises(ServiceTimeOutOfRange):
+        compute_plan(make_request(policy=policy, settle_time=SERVICE_TIME + timedelta(minutes=61)))
+    compute_plan(make_request(policy=policy, settle_time=SERVICE_TIME + timedelta(minutes=60)))
+
+
+def test_r20_check_service_time_refuses_the_future_beyond_five_minutes():
+    check_service_time(SETTLE_TIME + timedelta(minutes=5), SETTLE_TIME, 72)
+    with pytest.raises(ServiceTimeOutOfRange) as caught:
+        check_service_time(SETTLE_TIME + timedelta(minutes=5, seconds=1), SETTLE_TIME, 72)
+    assert caught.value.details["why"] == "in_future"
+
+
+@pytest.mark.parametrize(("at", "closed"), [
+    (datetime(2026, 1, 15, 15, 59, 59, tzinfo=UTC), False),  # 2026-01-15 23:59:59 in Shanghai
+    (datetime(2026, 1, 15, 16, 0, tzinfo=UTC), True),         # 2026-01-16 00:00 in Shanghai
+    (datetime(2025, 12, 31, 23, 0, tzinfo=UTC), False),
+])
+def test_r20_a_year_closes_after_15_january_of_the_next_year_in_shanghai(at, closed):
+    assert year_closed(2025, at) is closed
+    assert year_closed(2026, at) is False
+
+
+def test_r20_a_closed_year_pays_no_copay_but_the_own_account_still_pays():
+    """R20: with a long delay allowed, a bill of a closed year cannot draw that year's cap."""
+    policy = PlanPolicy(200_000, None, "balance_desc", max_settlement_delay_hours=24 * 366)
+    settle_time = datetime(2026, 1, 16, 2, 0, tzinfo=UTC)
+    plan = compute_plan(make_request((item(amount_fen=30_000),), sources=(source("b1", 100_000),),
+                                     own_balance_fen=10_000, policy=policy, settle_time=settle_time))
+    assert paid_by(plan) == [("own", 10_000)]
+    assert (plan.copay_fen, plan.cash_fen) == (0, 20_000)
+    assert {"code": "YEAR_CLOSED", "year": 2025} in plan.reasons
+    # the same bill settled on 15 January still draws on the cap
+    open_plan = compute_plan(make_request((item(amount_fen=30_000),), sources=(source("b1", 100_000),),
+                                          own_balance_fen=10_000, policy=policy,
+                                          settle_time=datetime(2026, 1, 15, 2, 0, tzinfo=UTC)))
+    assert open_plan.copay_fen == 20_000
+
+
+@pytest.mark.parametrize("why", ["inactive", "not_employee_insurance", "outside_province"])
+def test_r1_r11_an_owner_who_is_no_longer_eligible_pays_nothing_and_the_next_owner_does(why):
+    ineligible = replace(source("b1", 100_000), owner_ineligible=why)
+    plan = compute_plan(make_request(sources=(ineligible, source("b2", 5_000))))
+    assert paid_by(plan) == [("b2", 5_000)]
+    assert {"code": "OWNER_NOT_ELIGIBLE", "binding_id": "b1", "owner_person_id": "owner-b1", "why": why} \
+        in plan.reasons
+    alone = compute_plan(make_request(sources=(ineligible,)))
+    assert (alone.copay_fen, alone.cash_fen) == (0, 10_000)
+    assert codes(alone) == ["OWNER_NOT_ELIGIBLE"]
