@@ -19,26 +19,45 @@ def _now() -> datetime:
 
 @click.command("load-registry")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def load_registry_command(path: Path) -> None:
-    """Load (upsert) the insurance registry from a JSON file, all or nothing."""
-    from app.services.registry import RegistryInvalid, load_registry
+@click.option("--skip-stale", is_flag=True,
+              help="Load everything else and leave the accounts that moved after the file's as_of.")
+def load_registry_command(path: Path, skip_stale: bool) -> None:
+    """Load (upsert) the insurance registry from a JSON file, all or nothing.
 
+    Balances change only by one registry_sync journal (with the file's SHA-256). Accounts that moved
+    here after the file's as_of are listed; then nothing is loaded (exit 1) unless --skip-stale.
+    """
+    import hashlib
+
+    from app.services.registry import RegistryInvalid, RegistryStale, load_registry
+
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise click.ClickException(f"{path}: not valid UTF-8 JSON: {exc}") from None
     started = time.perf_counter()
     try:
         with app_session() as session:
-            report = load_registry(session, current_app.extensions["domain"].pii, data, _now())
+            report = load_registry(session, current_app.extensions["domain"].pii, data, _now(),
+                                   sha256=hashlib.sha256(raw).hexdigest(), skip_stale=skip_stale)
     except RegistryInvalid as exc:
         for problem in exc.problems:
             click.echo(f"error: {problem}", err=True)
         raise click.ClickException(f"{path}: nothing was loaded ({len(exc.problems)} problem(s) shown)") from None
+    except RegistryStale as exc:
+        for stale in exc.report.stale:
+            click.echo(f"stale: {stale.describe()}", err=True)
+        raise click.ClickException(
+            f"{path}: nothing was loaded: {len(exc.report.stale)} account(s) moved after as_of "
+            f"{exc.report.as_of}; load a newer snapshot, or pass --skip-stale to leave them") from None
+    for stale in report.stale:
+        click.echo(f"stale (left): {stale.describe()}", err=True)
     click.echo(
         f"loaded {report.persons} persons ({report.persons_new} new), {report.accounts} accounts "
-        f"({report.balance_changes} balances changed), {report.households} households, "
-        f"{report.institutions} institutions in {time.perf_counter() - started:.1f} s"
+        f"({report.balance_changes} balances changed, {len(report.stale)} stale left), {report.households} "
+        f"households, {report.institutions} institutions in {time.perf_counter() - started:.1f} s; "
+        f"sha256 {report.sha256}" + (f", registry_sync journal {report.journal_id}" if report.journal_id else "")
     )
 
 

@@ -5,7 +5,7 @@ Every person here is invented; ID numbers are generated with valid GB 11643 chec
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -14,6 +14,7 @@ from app.security.id_number import make_id_number
 from app.security.pii import PiiCipher
 from app.services.registry import load_registry
 from app.services.staff_accounts import create_staff
+from app.timefmt import iso
 
 OWNER = make_id_number("532621", date(1980, 1, 1), 123)
 SPOUSE = make_id_number("532621", date(1982, 5, 20), 224)
@@ -26,13 +27,14 @@ RETIRED_INACTIVE = make_id_number("532622", date(1948, 2, 2), 561)
 DEMO_INSTITUTION_SECRET = "demo-secret-H5326001-not-for-production"
 
 
-def demo_registry() -> dict[str, Any]:
-    """The demo registry file, as ``load-registry`` takes it."""
+def demo_registry(as_of: datetime | None = None) -> dict[str, Any]:
+    """The demo registry file, as ``load-registry`` takes it: a snapshot taken at ``as_of`` (default now)."""
     person = lambda number, name, card, kind, region, status="active": {  # noqa: E731
         "id_number": number, "name": name, "social_card_no": card, "insurance_type": kind,
         "region_code": region, "status": status,
     }
     return {
+        "as_of": iso(as_of or datetime.now(UTC)),
         "persons": [
             person(OWNER, "张伟", "M53262100000001", "employee", "532621"),
             person(SPOUSE, "李娜", "M53262100000002", "employee", "532621"),
@@ -68,6 +70,6 @@ def demo_registry() -> dict[str, Any]:
 
 def seed_demo(session: Session, pii: PiiCipher, now: datetime) -> dict[str, str]:
     """Load the demo registry and create one staff user per role; return their new tokens."""
-    load_registry(session, pii, demo_registry(), now)
+    load_registry(session, pii, demo_registry(now), now)
     return {name: create_staff(session, name, role, now)
             for name, role in (("window1", "window"), ("admin1", "admin"), ("auditor1", "auditor"))}

@@ -31,6 +31,7 @@ def make_registry(n: int) -> dict:
     # Sequence numbers repeat every 1000 and birth dates every 25000 days: make numbers unique.
     people = list(dict.fromkeys(people))
     return {
+        "as_of": datetime.now(UTC).isoformat(),
         "persons": [{"id_number": p, "name": f"参保人{i}", "social_card_no": f"M{i:012d}",
                      "insurance_type": "employee" if i % 3 else "resident", "region_code": p[:6],
                      "status": "active"} for i, p in enumerate(people)],
@@ -60,12 +61,18 @@ def main(n: int) -> None:
         data = json.loads(json.dumps(make_registry(n)))
         with app.app_context():
             pii = app.extensions["domain"].pii
-            for label in ("first load", "second load (no changes)"):
+            changed = json.loads(json.dumps(data))
+            changed["as_of"] = datetime.now(UTC).isoformat()
+            for row in changed["accounts"][::10]:
+                row["balance_fen"] += 1  # a newer snapshot: one account in ten moved (registry_sync + stale check)
+            for label, registry in (("first load", data), ("second load (no changes)", data),
+                                    ("third load (10% of balances changed)", changed)):
                 started = time.perf_counter()
                 with app_session() as session:
-                    report = load_registry(session, pii, data, datetime.now(UTC))
+                    report = load_registry(session, pii, registry, datetime.now(UTC))
                 elapsed = time.perf_counter() - started
-                print(f"{label}: {report.persons} persons, {report.accounts} accounts, "
+                print(f"{label}: {report.persons} persons, {report.accounts} accounts "
+                      f"({report.balance_changes} balances synced, {len(report.stale)} stale), "
                       f"{report.households} households in {elapsed:.1f} s")
         app.extensions["db.engine"].dispose()
     finally:

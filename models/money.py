@@ -116,10 +116,13 @@ class Journal(IdMixin, CreatedMixin, Base):
 
     __tablename__ = "journals"
 
-    kind: Mapped[str] = mapped_column(String(16))  # registry | settlement | refund
+    kind: Mapped[str] = mapped_column(String(16))  # registry | registry_sync | settlement | refund
     settlement_id: Mapped[int | None] = mapped_column(ForeignKey("settlements.id"), index=True)
     refund_id: Mapped[int | None] = mapped_column(ForeignKey("refunds.id"), index=True)
     memo: Mapped[str | None] = mapped_column(String(200))
+    # registry_sync journals: the SHA-256 of the registry file and its snapshot time (as_of).
+    source_sha256: Mapped[str | None] = mapped_column(String(64))
+    as_of: Mapped[datetime | None]
 
 
 class LedgerEntry(IdMixin, Base):

@@ -140,6 +140,7 @@ def other_regions_registry() -> dict[str, Any]:
                 "region_code": region, "status": "active"}
 
     return {
+        "as_of": datetime.now(UTC).isoformat(),
         "persons": [
             person(ZIBO_OWNER, "employee", "370302"),
             person(ZIBO_SIBLING, "resident", "370302"),

@@ -48,8 +48,8 @@ def set_balance(app: Any, id_number: str, balance_fen: int) -> None:
     """Set a balance through a registry load (a registry journal keeps the ledger true)."""
     from app.services.registry import load_registry
 
-    data = {"persons": [], "accounts": [{"id_number": id_number, "balance_fen": balance_fen}],
-            "households": [], "institutions": []}
+    data = {"as_of": datetime.now(UTC).isoformat(), "persons": [],
+            "accounts": [{"id_number": id_number, "balance_fen": balance_fen}], "households": [], "institutions": []}
     with app_session() as session:
         load_registry(session, app.extensions["domain"].pii, data, datetime.now(UTC))
 

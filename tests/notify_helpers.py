@@ -84,6 +84,7 @@ class NotifyWorld:
         id_number = make_id_number("532621", date(1960, 1, 1) + timedelta(days=n * 37 % 15000),
                                    secrets.randbelow(1000))
         registry: dict[str, Any] = {
+            "as_of": self.now().isoformat(),
             "persons": [{"id_number": id_number, "name": name, "social_card_no": f"M{n:014d}",
                          "insurance_type": "employee", "region_code": "532621", "status": "active"}],
             "accounts": [{"id_number": id_number, "balance_fen": 500000}],

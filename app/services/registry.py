@@ -1,20 +1,28 @@
 """``load-registry``: idempotent upsert of the insurance registry, all or nothing.
 
 The whole file is validated first; any bad row stops the load with every problem listed by
-its row number, and nothing is written. Balances are set to the file's values through a
-registry journal (the difference is posted against the ``registry`` account), so the ledger
-keeps explaining every balance.
+its row number, and nothing is written.
+
+Balances (R7, ledger): a load never sets a balance. The file's top-level ``as_of`` (ISO 8601 with an
+offset; required when the file has accounts) is when the core insurance system took the snapshot.
+For each account whose balance differs from the file, the load posts the difference in ONE balanced
+``registry_sync`` journal against the ``registry`` contra account, carrying the file's SHA-256 and
+``as_of``. An account that moved here after ``as_of`` — a settlement, a refund, or a ``registry_sync``
+of a newer snapshot — is *stale*: the snapshot does not know that movement, so applying it would
+undo it (give spent money back). Stale accounts are reported; the load then writes nothing
+(``RegistryStale``) unless ``skip_stale`` is given, which loads everything else and leaves them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, String, any_, bindparam, func, select, update
+from sqlalchemy import BigInteger, String, and_, any_, bindparam, func, or_, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -25,11 +33,15 @@ from app.security.id_number import validate_id_number
 from app.security.pii import PiiCipher
 from app.services import audit
 from app.services.ledger import post_journal, system_account_id
-from models import Account, Household, Institution, Person
+from app.timefmt import iso, parse_aware
+from models import Account, Household, Institution, Journal, LedgerEntry, Person
 
 RELATIONSHIPS = {"spouse", "parent", "child", "sibling", "grandparent", "grandchild"}
 INSTITUTION_KINDS = {"hospital", "clinic", "pharmacy"}
 BATCH = 2000
+SYNC_JOURNAL = "registry_sync"
+# A snapshot cannot be taken in the future; allow the core system's clock to run a little ahead.
+AS_OF_SKEW = timedelta(minutes=5)
 
 
 class RegistryInvalid(Exception):
@@ -40,6 +52,29 @@ class RegistryInvalid(Exception):
         self.problems = problems
 
 
+class RegistryStale(Exception):
+    """Accounts moved here after the file's ``as_of``; nothing was loaded (see ``skip_stale``)."""
+
+    def __init__(self, report: LoadReport):
+        super().__init__(f"{len(report.stale)} account(s) moved after as_of")
+        self.report = report
+
+
+@dataclass
+class StaleAccount:
+    """An account the load left alone: it moved after ``as_of`` (the file's balance is out of date)."""
+
+    account_id: int
+    person_id: int
+    balance_fen: int
+    file_balance_fen: int
+    row: int  # 1-based row in the file's accounts
+
+    def describe(self) -> str:
+        return (f"accounts[{self.row}]: account {self.account_id} (person {self.person_id}) moved after as_of; "
+                f"balance {self.balance_fen} fen kept, file says {self.file_balance_fen} fen")
+
+
 @dataclass
 class LoadReport:
     persons: int = 0
@@ -48,6 +83,17 @@ class LoadReport:
     balance_changes: int = 0
     households: int = 0
     institutions: int = 0
+    sha256: str = ""
+    as_of: str | None = None
+    journal_id: int | None = None
+    stale: list[StaleAccount] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """What the audit record keeps (and the CLI prints)."""
+        return {"persons": self.persons, "persons_new": self.persons_new, "accounts": self.accounts,
+                "balance_changes": self.balance_changes, "households": self.households,
+                "institutions": self.institutions, "sha256": self.sha256, "as_of": self.as_of,
+                "journal_id": self.journal_id, "stale_account_ids": [s.account_id for s in self.stale]}
 
 
 def _problem(problems: list[str], where: str, message: str) -> None:
@@ -70,9 +116,15 @@ def validate(data: Any) -> tuple[list[str], dict[str, str]]:
     numbers: dict[str, str] = {}
     if not isinstance(data, dict):
         return ["the file must be a JSON object with persons, accounts, households, institutions"], numbers
-    unknown = set(data) - {"persons", "accounts", "households", "institutions"}
+    unknown = set(data) - {"as_of", "persons", "accounts", "households", "institutions"}
     if unknown:
         problems.append(f"unknown section(s): {', '.join(sorted(unknown))}")
+    if "as_of" in data or data.get("accounts"):
+        try:
+            parse_aware(data.get("as_of"), field="as_of")  # type: ignore[arg-type]
+        except errors.ValidationFailed:
+            problems.append("as_of: required when the file has accounts: the snapshot time, ISO 8601 with an "
+                            "offset (e.g. 2025-03-01T09:30:00+08:00)")
     known_ids: set[str] = set()
     for i, row in enumerate(data.get("persons", []), 1):
         where = f"persons[{i}]"
@@ -133,12 +185,27 @@ def _insert(session: Session):
     return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
-def load_registry(session: Session, pii: PiiCipher, data: Any, now: datetime) -> LoadReport:
-    """Validate then upsert everything in one transaction (nothing half-loaded)."""
+def file_sha256(data: Any) -> str:
+    """The SHA-256 of a registry given as parsed JSON (the CLI hashes the file's bytes instead)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+                          .encode("utf-8")).hexdigest()
+
+
+def load_registry(session: Session, pii: PiiCipher, data: Any, now: datetime, *, sha256: str | None = None,
+                  skip_stale: bool = False) -> LoadReport:
+    """Validate then upsert everything in one transaction (nothing half-loaded).
+
+    Balances move only by one ``registry_sync`` journal; accounts that moved after the file's
+    ``as_of`` are left and listed in ``report.stale``, and then nothing at all is written
+    (``RegistryStale``) unless ``skip_stale``.
+    """
     problems, numbers = validate(data)
     if problems:
         raise RegistryInvalid(problems)
-    report = LoadReport()
+    as_of = parse_aware(data["as_of"], field="as_of") if data.get("as_of") is not None else None
+    if as_of is not None and as_of > now + AS_OF_SKEW:
+        raise RegistryInvalid([f"as_of: {data['as_of']} is in the future"])
+    report = LoadReport(sha256=sha256 or file_sha256(data), as_of=iso(as_of))
     insert = _insert(session)
     with session.begin():
         bidx_to_id = _upsert_persons(session, pii, insert, data.get("persons", []), numbers, now, report)
@@ -164,9 +231,11 @@ def load_registry(session: Session, pii: PiiCipher, data: Any, now: datetime) ->
             return found
 
         _set_balances(session, insert, [
-            (person_id(row["id_number"], f"accounts[{i}]"), row["balance_fen"])
+            (person_id(row["id_number"], f"accounts[{i}]"), row["balance_fen"], i)
             for i, row in enumerate(data.get("accounts", []), 1)
-        ], now, report)
+        ], now, report, as_of)
+        if report.stale and not skip_stale:
+            raise RegistryStale(report)  # leaving the block rolls everything back: all or nothing
         household_rows = [
             {"a_person_id": person_id(row["a"], f"households[{i}]"),
              "b_person_id": person_id(row["b"], f"households[{i}]"),
@@ -185,7 +254,7 @@ def load_registry(session: Session, pii: PiiCipher, data: Any, now: datetime) ->
             _upsert_institution(session, pii, insert, row, now)
             report.institutions += 1
         audit.record(session, actor_kind="operator", actor_id=None, action="registry.load", at=now,
-                     details=report.__dict__.copy())
+                     details=report.summary())
     return report
 
 
@@ -239,13 +308,16 @@ def _person_upsert(insert: Any) -> Any:
     ).returning(persons.c.id, persons.c.id_number_bidx)
 
 
-def _set_balances(session: Session, insert: Any, wanted: list[tuple[int, int]], now: datetime,
-                  report: LoadReport) -> None:
+def _set_balances(session: Session, insert: Any, wanted: list[tuple[int, int, int]], now: datetime,
+                  report: LoadReport, as_of: datetime | None) -> None:
+    """Post the differences between the file's balances and ours as one ``registry_sync`` journal,
+    leaving (and reporting) the accounts that moved after ``as_of``."""
     registry_account = system_account_id(session, "registry")
     accounts = Account.__table__
     entries: list[tuple[int, int]] = []
+    rows = {pid: row for pid, _, row in wanted}
     for start in range(0, len(wanted), BATCH):
-        chunk = dict(wanted[start:start + BATCH])
+        chunk = {pid: fen for pid, fen, _ in wanted[start:start + BATCH]}
         # Lock the accounts being set, in id order as settlements do (no deadlock), so a settlement
         # running meanwhile is ordered before or after.
         current = {pid: (account_id, balance) for account_id, pid, balance in session.execute(
@@ -261,10 +333,15 @@ def _set_balances(session: Session, insert: Any, wanted: list[tuple[int, int]], 
                  for pid in missing],
             )
             current.update({pid: (account_id, 0) for account_id, pid in created})
+        differing = {current[pid][0]: pid for pid, wanted_fen in chunk.items()
+                     if wanted_fen != current[pid][1] and pid not in missing}
+        stale = _moved_after(session, list(differing), as_of) if differing else set()
         changes = []
         for pid, wanted_fen in chunk.items():
             account_id, balance = current[pid]
-            if wanted_fen != balance:
+            if account_id in stale:
+                report.stale.append(StaleAccount(account_id, pid, balance, wanted_fen, rows[pid]))
+            elif wanted_fen != balance:
                 changes.append((account_id, wanted_fen))
                 entries.append((account_id, wanted_fen - balance))
         if changes:
@@ -273,11 +350,29 @@ def _set_balances(session: Session, insert: Any, wanted: list[tuple[int, int]], 
     if entries:
         report.balance_changes = len(entries)
         entries.append((registry_account, -sum(amount for _, amount in entries)))
-        post_journal(session, "registry", entries, now, memo="balances set by load-registry")
+        report.journal_id = post_journal(session, SYNC_JOURNAL, entries, now,
+                                         memo=f"load-registry sha256={report.sha256}")
+        session.execute(update(Journal).where(Journal.id == report.journal_id)
+                        .values(source_sha256=report.sha256, as_of=as_of))
         session.execute(
             update(Account).where(Account.id == registry_account)
             .values(balance_fen=Account.balance_fen + entries[-1][1])
         )
+
+
+def _moved_after(session: Session, account_ids: list[int], as_of: datetime | None) -> set[int]:
+    """The accounts with a ledger movement the snapshot taken at ``as_of`` cannot know: any entry
+    posted after ``as_of`` except registry loads, or a ``registry_sync`` of a newer snapshot.
+    (Without ``as_of`` — a file without accounts — nothing is checked: there is nothing to apply.)"""
+    if as_of is None:
+        return set()
+    journals, entries = Journal.__table__, LedgerEntry.__table__
+    query = (select(entries.c.account_id).distinct()
+             .join(journals, journals.c.id == entries.c.journal_id)
+             .where(_among(session, entries.c.account_id, account_ids, BigInteger),
+                    or_(and_(journals.c.kind.not_in(("registry", SYNC_JOURNAL)), journals.c.created_at > as_of),
+                        and_(journals.c.kind == SYNC_JOURNAL, journals.c.as_of > as_of))))
+    return set(session.scalars(query))
 
 
 def _set_account_balances(session: Session, changes: list[tuple[int, int]], now: datetime) -> None:

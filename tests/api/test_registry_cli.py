@@ -15,6 +15,7 @@ from models import Account, Household, Institution, LedgerEntry, Person
 def registry(n: int = 3, balance: int = 1000) -> dict:
     people = [make_id_number("532621", date(1980, 1, 1 + i), 100 + i) for i in range(n)]
     return {
+        "as_of": "2025-03-01T09:30:00+08:00",
         "persons": [{"id_number": p, "name": f"测试{i}", "social_card_no": f"C{i:08d}", "insurance_type": "employee",
                      "region_code": "532621", "status": "active"} for i, p in enumerate(people)],
         "accounts": [{"id_number": p, "balance_fen": balance} for p in people],
