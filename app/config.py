@@ -49,6 +49,8 @@ _GENERATED = {
 _REQUIRED_IN_PRODUCTION = (
     "DATABASE_URL", "SECRET_KEY", "PII_KEY", "VOUCHER_KEY", "PLEDGE_SIGNING_KEY",
     "WECHAT_APPID", "WECHAT_SECRET", "ALIPAY_APPID", "ALIPAY_APP_PRIVATE_KEY", "ALIPAY_PUBLIC_KEY",
+    # SPEC §6: the blind-index key (never derived from a PII_KEY that rotates), WeChat safe mode, Redis.
+    "PII_INDEX_KEY", "WECHAT_AES_KEY", "REDIS_URL",
 )
 
 
@@ -161,14 +163,17 @@ class Config:
             if not self.DOCUMENT_DIR:
                 self.DOCUMENT_DIR = str(INSTANCE_DIR / "documents")
             missing = [name for name in _GENERATED if not getattr(self, name)]
+            fresh_install = "PII_KEY" in missing and not (INSTANCE_DIR / "dev-secrets.json").exists()
             if missing:
                 stored = _instance_secrets()
                 for name in missing:
                     setattr(self, name, stored[name])
+            if not self.PII_INDEX_KEY:
+                self.PII_INDEX_KEY = _dev_index_key(self.PII_KEY, fresh_install)
             if not self.ALIPAY_APP_PRIVATE_KEY and self.SANDBOX_URL:
                 self.ALIPAY_APP_PRIVATE_KEY = _instance_secrets()["ALIPAY_APP_PRIVATE_KEY"]
         self.DATABASE_URL = normalize_database_url(self.DATABASE_URL)
-        for name in ("PII_KEY", "VOUCHER_KEY", "PLEDGE_SIGNING_KEY"):
+        for name in ("PII_KEY", "VOUCHER_KEY", "PLEDGE_SIGNING_KEY", "PII_INDEX_KEY"):
             _check_b64_32(name, getattr(self, name))
         self.rate_per_user = parse_rate(self.RATE_LIMIT_PER_USER)
         self.rate_per_ip = parse_rate(self.RATE_LIMIT_PER_IP)
@@ -212,3 +217,21 @@ def _instance_secrets() -> dict[str, str]:
         tmp.chmod(0o600)
         tmp.replace(path)
     return stored
+
+
+def _dev_index_key(pii_key: str, fresh_install: bool) -> str:
+    """Development's blind-index key (R17), kept under instance/ apart from PII_KEY, so rotating
+    PII_KEY never changes it. A fresh install gets a random key; an existing one — whose stored
+    indexes were made with the key derived from its current PII_KEY — pins that derived key once."""
+    from app.security.pii import index_key_b64_from
+
+    path = INSTANCE_DIR / "dev-secrets.json"
+    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    if not stored.get("PII_INDEX_KEY"):
+        stored["PII_INDEX_KEY"] = _b64key() if fresh_install else index_key_b64_from(pii_key)
+        INSTANCE_DIR.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(stored, indent=1))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+    return stored["PII_INDEX_KEY"]

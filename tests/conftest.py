@@ -40,6 +40,7 @@ def _b64(seed: int) -> str:
 
 TEST_KEYS = {"SECRET_KEY": "test-secret", "PII_KEY": _b64(1), "VOUCHER_KEY": _b64(2),
              "PLEDGE_SIGNING_KEY": _b64(3)}
+TEST_KEYS["PII_INDEX_KEY"] = _b64(4)  # the blind-index key is never derived from PII_KEY (issue 8)
 
 
 @pytest.fixture(scope="session")

@@ -111,6 +111,10 @@ class PiiCipher:
             old = decode_config_key(old_b64, name=f"PII_OLD_KEYS entry #{number}")
             keys.setdefault(key_id(old), old)
         if index_key_b64 is None or not index_key_b64.strip():
+            if len(keys) > 1:
+                # The derived key would silently change with the rotation and no look-up would match.
+                raise ValueError("PII_INDEX_KEY is required once PII_KEY has been rotated (PII_OLD_KEYS is set): "
+                                 "keep the blind-index key of the old PII_KEY (index_key_b64_from)")
             index_key = derive_index_key(active)
         else:
             index_key = decode_config_key(index_key_b64, name="PII_INDEX_KEY")
