@@ -82,6 +82,17 @@ def confirm(binding_id):
                                     now=now(), ip=client_ip())
 
 
+@bp.post("/<int:binding_id>/decline")
+@user_required
+@bp.arguments(ReasonSchema)
+@bp.response(200, BindingSchema)
+def decline(body, binding_id):
+    """Decline, as the beneficiary, a binding that waits for my consent (R5, R21): it becomes
+    ``rejected``, an authorization record is written and the owner is notified."""
+    return bindings.decline_binding(session(), pii=domain().pii, caller=principal(), binding_id=binding_id,
+                                    reason=body.get("reason"), now=now(), ip=client_ip())
+
+
 @bp.get("/<int:binding_id>/pledge")
 @user_required
 @bp.response(200, PledgeRecordSchema)

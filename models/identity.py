@@ -50,7 +50,8 @@ class IdentityLinkCode(IdMixin, CreatedMixin, Base):
 
     __tablename__ = "identity_link_codes"
 
-    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # Not unique: 8 digits repeat over time; only a live (unused, unexpired) code is ever looked up.
+    code_hash: Mapped[str] = mapped_column(String(64), index=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]

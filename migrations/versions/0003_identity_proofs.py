@@ -37,9 +37,9 @@ def upgrade():
     sa.Column('created_at', models.base.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_identity_link_codes_user_id_users')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_identity_link_codes')),
-    sa.UniqueConstraint('code_hash', name=op.f('uq_identity_link_codes_code_hash'))
     )
     with op.batch_alter_table('identity_link_codes', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_identity_link_codes_code_hash'), ['code_hash'], unique=False)
         batch_op.create_index(batch_op.f('ix_identity_link_codes_user_id'), ['user_id'], unique=False)
 
     op.create_table('phone_proofs',
@@ -126,4 +126,5 @@ def downgrade():
     op.drop_table('phone_proofs')
     with op.batch_alter_table('identity_link_codes', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_identity_link_codes_user_id'))
+        batch_op.drop_index(batch_op.f('ix_identity_link_codes_code_hash'))
     op.drop_table('identity_link_codes')
