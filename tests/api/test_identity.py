@@ -56,7 +56,8 @@ def test_name_and_id_number_from_a_second_account_link_nothing_and_spend_nothing
         assert error(response)["code"] == "IDENTITY_NOT_PROVEN"
         assert error(response)["details"]["accepted_proofs"] == ACCEPTED
     # The attacker's own real-name check does not confirm 张伟.
-    stolen = verify(client, attacker, "张伟", OWNER, {"wechat_realname_code": sandbox.issue_wechat_realname_code(openid)})
+    code = sandbox.issue_wechat_realname_code(openid)
+    stolen = verify(client, attacker, "张伟", OWNER, {"wechat_realname_code": code})
     assert error(stolen)["code"] == "IDENTITY_NOT_PROVEN"
 
     me = client.get("/api/v1/me", headers=bearer(attacker)).get_json()
@@ -134,7 +135,8 @@ def test_alipay_certified_identity_links(client, sandbox, demo):
     user_id = "2088000000009001"
     token = sign_in_alipay(client, sandbox, user_id)["access_token"]
     sandbox.set_alipay_identity(user_id, "张伟", OWNER)
-    response = verify(client, token, "张伟", OWNER, {"alipay_auth_code": sandbox.issue_alipay_auth_code(user_id=user_id)})
+    code = sandbox.issue_alipay_auth_code(user_id=user_id)
+    response = verify(client, token, "张伟", OWNER, {"alipay_auth_code": code})
     assert response.status_code == 200, response.get_json()
     assert response.get_json()["proof"] == "platform_realname"
 
