@@ -110,6 +110,9 @@ class Config:
     ALIPAY_TEMPLATE_RECEIPT: str = ""
     RATE_LIMIT_PER_USER: str = "20/60"
     RATE_LIMIT_PER_IP: str = "300/60"
+    # R12: failed social-security card look-ups per institution before card settlements are
+    # RATE_LIMITED ("COUNT/SECONDS" or "off").
+    CARD_LOOKUP_FAILURES: str = "10/600"
     NOTIFY_RETRY_BASE_SECONDS: int = 30
     ACCESS_TOKEN_TTL_SECONDS: int = 7200
     REFRESH_TOKEN_TTL_SECONDS: int = 30 * 24 * 3600
@@ -175,6 +178,7 @@ class Config:
             _check_b64_32(name, getattr(self, name))
         self.rate_per_user = parse_rate(self.RATE_LIMIT_PER_USER)
         self.rate_per_ip = parse_rate(self.RATE_LIMIT_PER_IP)
+        parse_rate(self.CARD_LOOKUP_FAILURES)
         if self.VOUCHER_TTL_SECONDS < 10:
             raise ConfigError("VOUCHER_TTL_SECONDS must be at least 10")
         if self.ALIPAY_AES_KEY:

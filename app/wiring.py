@@ -39,6 +39,8 @@ class Domain:
     institutions: Any = None
     # R21: the gateways and Alipay keys the proofs of identity and phone need (app.services.identity).
     platforms: Any = None
+    # R12: failed card look-ups per institution (app.services.card_guard).
+    card_guard: Any = None
 
 
 def _policy(app: Flask) -> RegionPolicy:
@@ -103,6 +105,10 @@ def init_domain(app: Flask) -> None:
     domain.money = build_money_deps(cfg, pii, domain.policy, domain.notifier)
     domain.institutions = build_authenticator(app, pii)
     domain.platforms = _identity_platforms(cfg, wechat, alipay)
+    from app.config import parse_rate
+    from app.services.card_guard import CardLookupGuard
+
+    domain.card_guard = CardLookupGuard(app.extensions["ratelimiter"].storage, parse_rate(cfg["CARD_LOOKUP_FAILURES"]))
 
 
 def _identity_platforms(cfg: Any, wechat: Any, alipay: Any) -> Any:
