@@ -25,7 +25,12 @@ bp = Blueprint("bindings", __name__, description="Bind, confirm, unbind family m
 @bp.arguments(BindRequestSchema)
 @bp.response(201, BindingSchema)
 def bind(body):
-    """Bind a family member to my personal account, signing the pledge."""
+    """Bind a family member to my personal account, signing the pledge.
+
+    Where the region's ``phone_check`` is ``required`` (Wenshan), my platform-proven phone
+    (``POST /me/phone``) must equal my reserved number: else 422 PHONE_NOT_VERIFIED or
+    PHONE_MISMATCH (update the reserved number at the service window).
+    """
     d = domain()
     return bindings.bind_member(
         session(), pii=d.pii, policy=d.policy, pledges=d.pledges, signer=d.pledge_signer, caller=principal(),
