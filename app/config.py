@@ -45,6 +45,8 @@ _GENERATED = {
     "PII_KEY": _b64key,
     "VOUCHER_KEY": _b64key,
     "PLEDGE_SIGNING_KEY": _b64key,
+    # R21: Alipay's 接口内容加密 key (AES-128, standard base64) for my.getPhoneNumber.
+    "ALIPAY_AES_KEY": lambda: base64.b64encode(secrets.token_bytes(16)).decode(),
 }
 _REQUIRED_IN_PRODUCTION = (
     "DATABASE_URL", "SECRET_KEY", "PII_KEY", "VOUCHER_KEY", "PLEDGE_SIGNING_KEY",
@@ -104,11 +106,15 @@ class Config:
     ALIPAY_APPID: str = ""
     ALIPAY_APP_PRIVATE_KEY: str = ""
     ALIPAY_PUBLIC_KEY: str = ""
+    ALIPAY_AES_KEY: str = ""
     ALIPAY_GATEWAY_URL: str = "https://openapi.alipay.com/gateway.do"
     ALIPAY_TEMPLATE_DEDUCTION: str = ""
     ALIPAY_TEMPLATE_RECEIPT: str = ""
     RATE_LIMIT_PER_USER: str = "20/60"
     RATE_LIMIT_PER_IP: str = "300/60"
+    # R12: failed social-security card look-ups per institution before card settlements are
+    # RATE_LIMITED ("COUNT/SECONDS" or "off").
+    CARD_LOOKUP_FAILURES: str = "10/600"
     NOTIFY_RETRY_BASE_SECONDS: int = 30
     ACCESS_TOKEN_TTL_SECONDS: int = 7200
     REFRESH_TOKEN_TTL_SECONDS: int = 30 * 24 * 3600
@@ -177,8 +183,16 @@ class Config:
             _check_b64_32(name, getattr(self, name))
         self.rate_per_user = parse_rate(self.RATE_LIMIT_PER_USER)
         self.rate_per_ip = parse_rate(self.RATE_LIMIT_PER_IP)
+        parse_rate(self.CARD_LOOKUP_FAILURES)
         if self.VOUCHER_TTL_SECONDS < 10:
             raise ConfigError("VOUCHER_TTL_SECONDS must be at least 10")
+        if self.ALIPAY_AES_KEY:
+            from app.platforms.alipay import decode_aes_key
+
+            try:
+                decode_aes_key(self.ALIPAY_AES_KEY)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         if self.WECHAT_AES_KEY and len(self.WECHAT_AES_KEY) != 43:
             raise ConfigError("WECHAT_AES_KEY must be WeChat's 43-character EncodingAESKey")
 

@@ -25,14 +25,20 @@ COUSIN_ZIBO = make_id_number("370302", date(1990, 7, 7), 452)
 RETIRED_INACTIVE = make_id_number("532622", date(1948, 2, 2), 561)
 
 DEMO_INSTITUTION_SECRET = "demo-secret-H5326001-not-for-production"
+# Reserved mobile numbers (R21); the child and the inactive person have none on file.
+DEMO_PHONES = {OWNER: "13800001234", SPOUSE: "13800002222", PARENT: "13900003333", NEIGHBOUR: "13700005555",
+               COUSIN_ZIBO: "15000006666"}
 
 
 def demo_registry(as_of: datetime | None = None) -> dict[str, Any]:
     """The demo registry file, as ``load-registry`` takes it: a snapshot taken at ``as_of`` (default now)."""
-    person = lambda number, name, card, kind, region, status="active": {  # noqa: E731
-        "id_number": number, "name": name, "social_card_no": card, "insurance_type": kind,
-        "region_code": region, "status": status,
-    }
+    def person(number: str, name: str, card: str, kind: str, region: str, status: str = "active") -> dict:
+        row = {"id_number": number, "name": name, "social_card_no": card, "insurance_type": kind,
+               "region_code": region, "status": status}
+        if number in DEMO_PHONES:
+            row["phone"] = DEMO_PHONES[number]  # R21: the reserved mobile number (预留手机号)
+        return row
+
     return {
         "as_of": iso(as_of or datetime.now(UTC)),
         "persons": [

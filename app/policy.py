@@ -43,6 +43,10 @@ OFFLINE_CHANNEL = "window"
 BENEFICIARY_SCOPES = ("any", "same_province")
 COPAY_ORDERS = ("balance_desc", "binding_order")
 CONSENT_MODES = ("none", "required")
+# R21: whether an online binding needs the owner's proven phone to equal the reserved number, and
+# which proofs of identity link a user to a registry person.
+PHONE_CHECK_MODES = ("required", "off")
+IDENTITY_PROOFS = ("platform_realname", "phone", "window")
 # TOML has no null: this string stands for SPEC's `null` (no published cap, no chronic extra).
 NO_VALUE = "none"
 
@@ -83,6 +87,9 @@ class RegionPolicy:
     consent_min_age: int
     # R20: settlement is real time at the counter; a bill older than this is refused.
     max_settlement_delay_hours: int
+    # R21 (defaults only for code that builds a policy by hand; every file must state both).
+    phone_check: str = "off"
+    identity_proof: frozenset[str] = frozenset(IDENTITY_PROOFS)
 
     def summary(self) -> dict[str, Any]:
         """The region's rules as shown to a user by ``GET /me``."""
@@ -94,6 +101,8 @@ class RegionPolicy:
             "chronic_extra_fen": self.chronic_extra_fen,
             "max_beneficiaries": self.max_beneficiaries,
             "copay_order": self.copay_order,
+            "phone_check": self.phone_check,
+            "identity_proof": [proof for proof in IDENTITY_PROOFS if proof in self.identity_proof],
         }
 
 
@@ -266,6 +275,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "beneficiary_consent": _one_of(CONSENT_MODES),
     "consent_min_age": _integer(0, 150),
     "max_settlement_delay_hours": _integer(1, 24 * 366),
+    "phone_check": _one_of(PHONE_CHECK_MODES),
+    "identity_proof": _set_of(IDENTITY_PROOFS),
 }
 
 

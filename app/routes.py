@@ -99,4 +99,9 @@ def register_blueprints(app: Flask) -> None:
     api.register_blueprint(quota_bp, url_prefix="/api/v1/quota")
     api.register_blueprint(institution_settlements_bp, url_prefix="/api/v1/institution")
     api.register_blueprint(staff_filings_bp, url_prefix="/api/v1/staff")
+
+    # Issue 9: proof of identity and phones (R21), staff side.
+    from staff_api.identity import bp as staff_identity_bp
+
+    api.register_blueprint(staff_identity_bp, url_prefix="/api/v1/staff")
     app.register_blueprint(health)

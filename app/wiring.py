@@ -37,6 +37,10 @@ class Domain:
     # Vouchers, settlements, refunds (MoneyDeps) and institution request signing; set in init_domain.
     money: Any = None
     institutions: Any = None
+    # R21: the gateways and Alipay keys the proofs of identity and phone need (app.services.identity).
+    platforms: Any = None
+    # R12: failed card look-ups per institution (app.services.card_guard).
+    card_guard: Any = None
 
 
 def _policy(app: Flask) -> RegionPolicy:
@@ -100,3 +104,17 @@ def init_domain(app: Flask) -> None:
     domain = app.extensions["domain"]
     domain.money = build_money_deps(cfg, pii, domain.policy, domain.notifier)
     domain.institutions = build_authenticator(app, pii)
+    domain.platforms = _identity_platforms(cfg, wechat, alipay)
+    from app.config import parse_rate
+    from app.services.card_guard import CardLookupGuard
+
+    domain.card_guard = CardLookupGuard(app.extensions["ratelimiter"].storage, parse_rate(cfg["CARD_LOOKUP_FAILURES"]))
+
+
+def _identity_platforms(cfg: Any, wechat: Any, alipay: Any) -> Any:
+    from app.platforms.alipay import decode_aes_key
+    from app.services.identity import Platforms
+
+    aes_key = decode_aes_key(cfg["ALIPAY_AES_KEY"]) if cfg.get("ALIPAY_AES_KEY") else None
+    return Platforms(wechat=wechat, alipay=alipay, alipay_public_key=cfg.get("ALIPAY_PUBLIC_KEY") or "",
+                     alipay_aes_key=aes_key)

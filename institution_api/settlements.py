@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import jsonify, make_response, request
 from flask_smorest import Blueprint
-from marshmallow import ValidationError, fields, validate
+from marshmallow import ValidationError, fields, validate, validates_schema
 
 from app.institution_auth import institution, institution_signed
 from app.services import refunds, settlements
@@ -41,12 +41,29 @@ class ItemSchema(StrictSchema):
                                 metadata={"description": "personal-burden part after the pooled fund, in fen"})
 
 
+class CardSchema(StrictSchema):
+    social_card_no = fields.String(required=True, validate=validate.Length(min=1, max=32),
+                                   metadata={"description": "read from the social-security card (社保卡)"})
+    id_number = fields.String(required=True, validate=validate.Length(min=1, max=32),
+                              metadata={"description": "the card holder's ID number, read from the card"})
+
+
 class SettlementRequestSchema(StrictSchema):
     out_settlement_no = fields.String(required=True, validate=_REQUEST_NO)
-    voucher_code = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    voucher_code = fields.String(validate=validate.Length(min=1, max=64), metadata={
+        "description": "the scanned e-voucher; exactly one of voucher_code and card"})
+    card = fields.Nested(CardSchema, metadata={
+        "description": "R12: settle with the social-security card (the reader checked card and PIN) instead of a "
+                       "voucher; the card names its holder. 422 CARD_INVALID when it matches no active registry "
+                       "person (no hint which field); failed look-ups per institution are limited (429)"})
     service_time = fields.AwareDateTime(format="iso", metadata={"description": "ISO 8601 with offset; default now"})
     items = fields.List(fields.Nested(ItemSchema), required=True, validate=validate.Length(min=1, max=500))
     dry_run = StrictBoolean(load_default=False)
+
+    @validates_schema
+    def _one_patient(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if ("voucher_code" in data) == ("card" in data):
+            raise ValidationError("Give exactly one of voucher_code and card.", "voucher_code")
 
 
 class PaymentSchema(StrictSchema):
@@ -72,6 +89,7 @@ class SettlementSchema(StrictSchema):
     cap_used_fen = fields.Integer()
     service_time = fields.String()
     settled_at = fields.String(allow_none=True)
+    auth_method = fields.String(metadata={"description": "how the patient was identified: voucher | card (R12)"})
     refunded_fen = fields.Integer(metadata={"description": "GET only"})
     refundable_fen = fields.Integer(metadata={"description": "GET only"})
     refunds = fields.List(fields.Dict(), metadata={"description": "GET only: refund_no, out_refund_no, amount_fen, "
@@ -109,9 +127,11 @@ def _sent(outcome: Outcome) -> Any:
 @bp.response(201, SettlementSchema)
 @bp.alt_response(200, schema=SettlementSchema, description="dry_run: computed only, nothing written")
 def create_settlement(body):
-    """Settle a bill against a scanned e-voucher (``dry_run``: compute only)."""
+    """Settle a bill against a scanned e-voucher or the patient's social-security card (``dry_run``:
+    compute only)."""
     wanted = SettlementRequest.from_body(body, request.get_json())
-    return _sent(settlements.settle(session(), domain().money, institution(), wanted, now()))
+    d = domain()
+    return _sent(settlements.settle(session(), d.money, institution(), wanted, now(), card_guard=d.card_guard))
 
 
 @bp.get("/settlements/<settlement_no>")

@@ -25,7 +25,12 @@ bp = Blueprint("bindings", __name__, description="Bind, confirm, unbind family m
 @bp.arguments(BindRequestSchema)
 @bp.response(201, BindingSchema)
 def bind(body):
-    """Bind a family member to my personal account, signing the pledge."""
+    """Bind a family member to my personal account, signing the pledge.
+
+    Where the region's ``phone_check`` is ``required`` (Wenshan), my platform-proven phone
+    (``POST /me/phone``) must equal my reserved number: else 422 PHONE_NOT_VERIFIED or
+    PHONE_MISMATCH (update the reserved number at the service window).
+    """
     d = domain()
     return bindings.bind_member(
         session(), pii=d.pii, policy=d.policy, pledges=d.pledges, signer=d.pledge_signer, caller=principal(),
@@ -82,6 +87,17 @@ def confirm(binding_id):
     d = domain()
     return bindings.confirm_binding(session(), pii=d.pii, policy=d.policy, caller=principal(), binding_id=binding_id,
                                     now=now(), ip=client_ip())
+
+
+@bp.post("/<int:binding_id>/decline")
+@user_required
+@bp.arguments(ReasonSchema)
+@bp.response(200, BindingSchema)
+def decline(body, binding_id):
+    """Decline, as the beneficiary, a binding that waits for my consent (R5, R21): it becomes
+    ``rejected``, an authorization record is written and the owner is notified."""
+    return bindings.decline_binding(session(), pii=domain().pii, caller=principal(), binding_id=binding_id,
+                                    reason=body.get("reason"), now=now(), ip=client_ip())
 
 
 @bp.get("/<int:binding_id>/pledge")

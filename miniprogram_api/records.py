@@ -45,6 +45,7 @@ class DeductionSchema(StrictSchema):
                                        metadata={"description": "the payer's balance; shown to the payer only"})
     service_time = fields.String()
     created_at = fields.String()
+    auth_method = fields.String(metadata={"description": "how the settlement was authorised: voucher | card (R12)"})
 
 
 class DeductionPageSchema(StrictSchema):

@@ -13,7 +13,7 @@ from models.binding import (
     Pledge,
     Suspension,
 )
-from models.identity import AuthToken, StaffUser, User
+from models.identity import AuthToken, IdentityLinkCode, PhoneProof, StaffUser, User
 from models.money import (
     BindingUsage,
     CapUsage,
@@ -34,5 +34,5 @@ __all__ = [
     "Binding", "BindingDocument", "BindingUsage", "CapUsage", "ChronicCertification", "Consent",
     "Delivery", "Document", "Household", "Institution", "InstitutionNonce", "Journal", "LedgerEntry",
     "Notice", "OffsiteFiling", "Payment", "Person", "Pledge", "Refund", "RefundPart", "Settlement",
-    "StaffUser", "Suspension", "User", "Voucher", "utcnow",
+    "StaffUser", "Suspension", "User", "Voucher", "utcnow", "IdentityLinkCode", "PhoneProof",
 ]

@@ -26,8 +26,47 @@ class User(IdMixin, CreatedMixin, Base):
     person_id: Mapped[int | None] = mapped_column(ForeignKey("persons.id"), index=True)
     verified_at: Mapped[datetime | None]
     last_login_at: Mapped[datetime | None]
+    # R21: how the link to ``person_id`` was proven (platform_realname | phone | window) and when.
+    identity_proof: Mapped[str | None] = mapped_column(String(24))
+    identity_proven_at: Mapped[datetime | None]
+    # Set by migration 0003 on users linked before proofs existed: their link was dropped and they
+    # must prove who they are again (the README tells operators how to handle them).
+    unproven_person_id: Mapped[int | None] = mapped_column(ForeignKey("persons.id"))
+    # R21: the mobile number the platform proved for this user (encrypted, with a blind index),
+    # how (wechat | alipay) and when.
+    phone_enc: Mapped[str | None] = mapped_column(Text)
+    phone_bidx: Mapped[str | None] = mapped_column(String(64))
+    phone_proof: Mapped[str | None] = mapped_column(String(8))
+    phone_proven_at: Mapped[datetime | None]
 
     __table_args__ = (CheckConstraint("channel IN ('wechat', 'alipay')", name="channel"),)
+
+
+class IdentityLinkCode(IdMixin, CreatedMixin, Base):
+    """A short-lived, single-use code a user shows at the service window (R21 ``window`` proof).
+
+    Only its keyed hash is stored; staff enter the code with the ID number after checking the ID card.
+    """
+
+    __tablename__ = "identity_link_codes"
+
+    # Not unique: 8 digits repeat over time; only a live (unused, unexpired) code is ever looked up.
+    code_hash: Mapped[str] = mapped_column(String(64), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(default=0)
+
+
+class PhoneProof(IdMixin, CreatedMixin, Base):
+    """One platform phone proof as received (R21): its digest is unique, so a captured Alipay
+    response or a WeChat code can prove a number once, for one user."""
+
+    __tablename__ = "phone_proofs"
+
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(8))
 
 
 class AuthToken(IdMixin, CreatedMixin, Base):

@@ -37,8 +37,10 @@ class Settlement(IdMixin, CreatedMixin, Base):
     institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"))
     out_settlement_no: Mapped[str] = mapped_column(String(64))
     request_hash: Mapped[str] = mapped_column(String(64))
-    # Unique: a voucher is accepted once, even across processes (R12).
-    voucher_id: Mapped[int] = mapped_column(ForeignKey("vouchers.id"), unique=True)
+    # Unique: a voucher is accepted once, even across processes (R12). None for a card settlement.
+    voucher_id: Mapped[int | None] = mapped_column(ForeignKey("vouchers.id"), unique=True)
+    # How the patient was identified: voucher (e-voucher QR) | card (social-security card, R12).
+    auth_method: Mapped[str] = mapped_column(String(8), default="voucher", server_default="voucher")
     beneficiary_person_id: Mapped[int] = mapped_column(ForeignKey("persons.id"), index=True)
     service_time: Mapped[datetime]
     status: Mapped[str] = mapped_column(String(24))  # settled | partially_refunded | refunded
@@ -55,6 +57,7 @@ class Settlement(IdMixin, CreatedMixin, Base):
     __table_args__ = (
         UniqueConstraint("institution_id", "out_settlement_no"),
         CheckConstraint("total_fen = own_account_fen + copay_fen + cash_fen", name="conserved"),
+        CheckConstraint("auth_method IN ('voucher', 'card')", name="auth_method"),
         CheckConstraint("refunded_fen >= 0 AND refunded_fen <= total_fen", name="refund_bounded"),
     )
 

@@ -18,20 +18,21 @@ class Notice(IdMixin, CreatedMixin, Base):
 
     __tablename__ = "notices"
 
-    kind: Mapped[str] = mapped_column(String(16))  # deduction | refund | receipt
+    # deduction | refund | receipt (money); binding | identity (R21: no money, no settlement)
+    kind: Mapped[str] = mapped_column(String(16))
     person_id: Mapped[int] = mapped_column(ForeignKey("persons.id"))
-    settlement_id: Mapped[int] = mapped_column(ForeignKey("settlements.id"), index=True)
+    settlement_id: Mapped[int | None] = mapped_column(ForeignKey("settlements.id"), index=True)
     refund_id: Mapped[int | None] = mapped_column(ForeignKey("refunds.id"))
     # "s<settlement id>" or "r<refund id>": the money movement this notice reports.
     movement_key: Mapped[str] = mapped_column(String(32))
-    settlement_no: Mapped[str] = mapped_column(String(32))
-    amount_fen: Mapped[int] = mapped_column(BigInteger)
+    settlement_no: Mapped[str | None] = mapped_column(String(32))
+    amount_fen: Mapped[int | None] = mapped_column(BigInteger)
     balance_after_fen: Mapped[int | None] = mapped_column(BigInteger)
     content: Mapped[dict[str, Any]]  # masked, ready to render on either platform
     read_at: Mapped[datetime | None]
 
     __table_args__ = (
-        CheckConstraint("kind IN ('deduction', 'refund', 'receipt')", name="kind"),
+        CheckConstraint("kind IN ('deduction', 'refund', 'receipt', 'binding', 'identity')", name="kind"),
         Index("ix_notices_person", "person_id", "id"),
         # Exactly one notice per (money movement, person, kind): R15.
         UniqueConstraint("movement_key", "person_id", "kind"),

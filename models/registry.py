@@ -21,6 +21,9 @@ class Person(IdMixin, CreatedMixin, Base):
     id_number_enc: Mapped[str] = mapped_column(Text)
     name_enc: Mapped[str] = mapped_column(Text)
     social_card_no_enc: Mapped[str] = mapped_column(Text)
+    # R21: the reserved mobile number (预留手机号), encrypted, with a blind index; optional.
+    phone_enc: Mapped[str | None] = mapped_column(Text)
+    phone_bidx: Mapped[str | None] = mapped_column(String(64))
     insurance_type: Mapped[str] = mapped_column(String(16))  # employee | resident
     region_code: Mapped[str] = mapped_column(String(6))
     status: Mapped[str] = mapped_column(String(16))  # active | inactive

@@ -98,7 +98,7 @@ def build_sandbox(options: dict[str, Any]) -> Sandbox:
         sandbox.register_wechat_app(app["appid"], app["secret"], app.get("templates", []), app.get("pages"))
     for app in options["alipay"]:
         pem = app.get("app_public_key_pem") or Path(app["app_public_key_file"]).read_text()
-        sandbox.register_alipay_app(app["appid"], pem, app.get("templates", []))
+        sandbox.register_alipay_app(app["appid"], pem, app.get("templates", []), app.get("aes_key"))
     push = options.get("push")
     if push:
         sandbox.configure_wechat_push(

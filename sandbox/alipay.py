@@ -1,4 +1,6 @@
-"""Emulated Alipay open gateway (``/gateway.do``): OAuth code exchange and mini-program messages.
+"""Emulated Alipay open gateway (``/gateway.do``): OAuth code exchange, mini-program messages, the
+user's certified identity (alipay.user.info.share) and ``my.getPhoneNumber``'s encrypted, signed
+response (made by ``phone_response`` for the mini-program side).
 
 Requests are checked like the real gateway does (UPSTREAM §3–4): the app must be registered and
 the RSA2 signature must verify with its public key. Replies are signed with the emulator's own
@@ -18,13 +20,16 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import padding as symmetric_padding
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from flask import Blueprint, Response, request
 
 from sandbox.state import ALIPAY_APIS, SandboxState, SentMessage
 
 OAUTH_METHOD = "alipay.system.oauth.token"
 TEMPLATE_SEND_METHOD = "alipay.open.app.mini.templatemessage.send"
+USER_INFO_METHOD = "alipay.user.info.share"
 AUTH_CODE_TTL = 24 * 3600
 USER_TOKEN_TTL = 1_296_000
 REFRESH_TOKEN_TTL = 2_592_000
@@ -102,6 +107,25 @@ class _App:
     appid: str
     public_key: rsa.RSAPublicKey
     templates: set[str]
+    aes_key: bytes | None = None  # 接口内容加密 key (for my.getPhoneNumber)
+
+
+@dataclass
+class _Identity:
+    """A user's Alipay real-name certification (实名认证) and bound mobile number."""
+
+    name: str | None = None
+    cert_no: str | None = None
+    certified: bool = False
+    phone: str | None = None
+
+
+def aes_encrypt(key: bytes, plaintext: str) -> str:
+    """Alipay's content encryption: AES-CBC, IV of 16 zero bytes, PKCS#7, base64 (UPSTREAM §3)."""
+    padder = symmetric_padding.PKCS7(128).padder()
+    data = padder.update(plaintext.encode()) + padder.finalize()
+    encryptor = Cipher(algorithms.AES(key), modes.CBC(bytes(16))).encryptor()
+    return base64.b64encode(encryptor.update(data) + encryptor.finalize()).decode()
 
 
 @dataclass
@@ -143,18 +167,59 @@ class AlipayEmulator:
         self._codes: dict[str, _AuthCode] = {}
         self._refresh_tokens: dict[str, _AuthCode] = {}
         self._consents: dict[tuple[str, str], _Consent] = {}
+        self._identities: dict[str, _Identity] = {}
+        # User access tokens from oauth.token: token → (auth entry, expires at).
+        self._user_tokens: dict[str, tuple[_AuthCode, float]] = {}
 
     # --- control ------------------------------------------------------------------------------
 
     def register_app(
-        self, appid: str, app_public_key_pem: str, templates: list[str] | tuple[str, ...] = ()
+        self, appid: str, app_public_key_pem: str, templates: list[str] | tuple[str, ...] = (),
+        aes_key: str | None = None,
     ) -> None:
-        """Add (or replace) an app with the public key of its RSA2 key pair and its template ids."""
+        """Add (or replace) an app with the public key of its RSA2 key pair, its template ids and its
+        content-encryption AES key (base64, as ``ALIPAY_AES_KEY``)."""
         key = serialization.load_pem_public_key(app_public_key_pem.encode())
         if not isinstance(key, rsa.RSAPublicKey):
             raise ValueError("the app public key must be an RSA key")
+        raw_aes = None
+        if aes_key:
+            raw_aes = base64.b64decode(aes_key, validate=True)
+            if len(raw_aes) not in (16, 24, 32):
+                raise ValueError("aes_key must be base64 of 16, 24 or 32 bytes")
         with self.state.lock:
-            self._apps[appid] = _App(appid, key, set(templates))
+            self._apps[appid] = _App(appid, key, set(templates), raw_aes)
+
+    def set_identity(self, user: str, name: str | None = None, cert_no: str | None = None,
+                     certified: bool = True) -> None:
+        """The user's (user_id or open_id) real-name certification; ``certified=False`` makes them
+        uncertified (``is_certified`` = F)."""
+        with self.state.lock:
+            found = self._identities.setdefault(user, _Identity())
+            found.name, found.cert_no, found.certified = name, cert_no, certified
+
+    def set_phone(self, user: str, phone: str | None) -> None:
+        """The mobile number bound to the user's Alipay account."""
+        with self.state.lock:
+            self._identities.setdefault(user, _Identity()).phone = phone
+
+    def phone_response(self, user: str, appid: str | None = None, *, refused: bool = False) -> str:
+        """``res.response`` of ``my.getPhoneNumber`` for ``user``: JSON text whose ``response`` is the
+        AES-encrypted ``{"code","msg","mobile"}`` and whose ``sign`` is RSA2 over the ciphertext in
+        double quotes, as Alipay's server-side samples verify it. ``refused``: the user said no."""
+        with self.state.lock:
+            app = self._apps[self._default_appid(appid)]
+            if app.aes_key is None:
+                raise ValueError(f"Alipay app {app.appid!r} has no aes_key (接口内容加密) registered")
+            phone = self._identities.get(user, _Identity()).phone
+            if refused or not phone:
+                inner = {"code": "40006", "msg": "Insufficient Permissions",
+                         "subCode": "isv.insufficient-isv-permissions", "subMsg": "用户未授权手机号"}
+            else:
+                inner = {"code": "10000", "msg": "Success", "mobile": phone}
+            ciphertext = aes_encrypt(app.aes_key, json.dumps(inner, ensure_ascii=False))
+            return json.dumps({"response": ciphertext, "sign": self.sign('"' + ciphertext + '"'),
+                               "sign_type": "RSA2", "encrypt_type": "AES", "charset": "UTF-8"})
 
     def _default_appid(self, appid: str | None) -> str:
         if appid is not None:
@@ -214,6 +279,8 @@ class AlipayEmulator:
             self._codes.clear()
             self._refresh_tokens.clear()
             self._consents.clear()
+            self._identities.clear()
+            self._user_tokens.clear()
 
     def consent(self, user: str, template_id: str) -> dict[str, Any]:
         """``{"one_time_credits": n, "long_term": bool}`` for this user and template."""
@@ -264,6 +331,8 @@ class AlipayEmulator:
                     return self.signed_body(response_type, self._oauth_token(params))
                 if method == TEMPLATE_SEND_METHOD:
                     return self.signed_body(response_type, self._template_send(params))
+                if method == USER_INFO_METHOD:
+                    return self.signed_body(response_type, self._user_info(params))
             raise _gateway_error("40002", "isv.invalid-method", "不存在的方法名")
         except AlipayError as exc:
             return self._error_text(response_type, exc)
@@ -320,9 +389,11 @@ class AlipayEmulator:
             raise AlipayError("40002", "isv.grant-type-invalid", "grant_type参数不正确", top_level=True)
         refresh_token = "authusrB" + secrets.token_hex(16)
         self._refresh_tokens[refresh_token] = entry
+        access_token = "authusrB" + secrets.token_hex(16)
+        self._user_tokens[access_token] = (entry, now + USER_TOKEN_TTL)
         # Successful replies carry no code/msg for this API [comm]; user_id is absent in OpenID mode.
         reply: dict[str, Any] = {
-            "access_token": "authusrB" + secrets.token_hex(16),
+            "access_token": access_token,
             "expires_in": USER_TOKEN_TTL,
             "refresh_token": refresh_token,
             "re_expires_in": REFRESH_TOKEN_TTL,
@@ -331,6 +402,24 @@ class AlipayEmulator:
         for name in ("user_id", "open_id", "union_id"):
             if getattr(entry, name):
                 reply[name] = getattr(entry, name)
+        return reply
+
+    def _user_info(self, params: dict[str, str]) -> dict[str, Any]:
+        # https://opendocs.alipay.com/open/02aily (alipay.user.info.share): the user token is the
+        # top-level auth_token; the certification fields need the app's sensitive-field grant.
+        found = self._user_tokens.get(params.get("auth_token") or "")
+        if found is None or found[0].appid != params["app_id"] or self.state.clock.now() >= found[1]:
+            raise AlipayError("20001", "aop.invalid-auth-token", "无效的访问令牌")
+        entry = found[0]
+        user = entry.user_id or entry.open_id or ""
+        identity = self._identities.get(user, _Identity())
+        reply: dict[str, Any] = {"code": "10000", "msg": "Success", "nick_name": "沙箱用户",
+                                 "is_certified": "T" if identity.certified and identity.cert_no else "F"}
+        for name in ("user_id", "open_id"):
+            if getattr(entry, name):
+                reply[name] = getattr(entry, name)
+        if identity.cert_no:
+            reply.update(user_name=identity.name, cert_type="0", cert_no=identity.cert_no)
         return reply
 
     def _template_send(self, params: dict[str, str]) -> dict[str, Any]:

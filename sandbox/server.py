@@ -117,10 +117,43 @@ class Sandbox:
         self.wechat.register_app(appid, secret, templates, pages)
 
     def register_alipay_app(
-        self, appid: str, app_public_key_pem: str, templates: list[str] | tuple[str, ...] = ()
+        self, appid: str, app_public_key_pem: str, templates: list[str] | tuple[str, ...] = (),
+        aes_key: str | None = None,
     ) -> None:
-        """Register an Alipay app with the public half of its RSA2 key and its template ids."""
-        self.alipay.register_app(appid, app_public_key_pem, templates)
+        """Register an Alipay app with the public half of its RSA2 key, its template ids and its
+        content-encryption key (base64, the backend's ``ALIPAY_AES_KEY``)."""
+        self.alipay.register_app(appid, app_public_key_pem, templates, aes_key)
+
+    # --- identities and phones (R21) ------------------------------------------------------------
+
+    def set_wechat_identity(self, openid: str, name: str | None, id_number: str | None = None) -> None:
+        """The WeChat user's real-name identity; ``name=None`` makes them uncertified."""
+        self.wechat.set_identity(openid, name, id_number)
+
+    def set_wechat_phone(self, openid: str, phone: str | None) -> None:
+        """The mobile number of the WeChat account."""
+        self.wechat.set_phone(openid, phone)
+
+    def issue_wechat_phone_code(self, openid: str) -> str:
+        """The getPhoneNumber button's code (single use, 5 minutes)."""
+        return self.wechat.issue_phone_code(openid)
+
+    def issue_wechat_realname_code(self, openid: str) -> str:
+        """The real-name consent page's ``extraData.code`` (single use, 5 minutes)."""
+        return self.wechat.issue_realname_code(openid)
+
+    def set_alipay_identity(self, user: str, name: str | None = None, cert_no: str | None = None,
+                            certified: bool = True) -> None:
+        """The Alipay user's real-name certification (``certified=False``: uncertified)."""
+        self.alipay.set_identity(user, name, cert_no, certified)
+
+    def set_alipay_phone(self, user: str, phone: str | None) -> None:
+        """The mobile number of the Alipay account."""
+        self.alipay.set_phone(user, phone)
+
+    def alipay_phone_response(self, user: str, appid: str | None = None, refused: bool = False) -> str:
+        """``res.response`` of ``my.getPhoneNumber`` (encrypted and signed)."""
+        return self.alipay.phone_response(user, appid, refused=refused)
 
     @property
     def alipay_public_key_pem(self) -> str:
@@ -394,6 +427,57 @@ def create_app(sandbox: Sandbox) -> Flask:
                 user, template_id, data.get("mode", "one_time"), int(data.get("count", 1))
             )
         )
+
+    @app.post("/_sandbox/wechat/identity")
+    def wechat_identity():
+        """Set the real-name identity {openid, name?, id_number?} (without name: uncertified)."""
+        data = body()
+        (openid,) = required(data, "openid")
+        sandbox.set_wechat_identity(openid, data.get("name"), data.get("id_number"))
+        return jsonify(openid=openid)
+
+    @app.post("/_sandbox/wechat/phone")
+    def wechat_phone():
+        """Set the account's phone {openid, phone}."""
+        data = body()
+        openid, phone = required(data, "openid", "phone")
+        sandbox.set_wechat_phone(openid, phone)
+        return jsonify(openid=openid)
+
+    @app.post("/_sandbox/wechat/phone-code")
+    def wechat_phone_code():
+        """The getPhoneNumber button's code {openid} → {code}."""
+        (openid,) = required(body(), "openid")
+        return jsonify(code=sandbox.issue_wechat_phone_code(openid))
+
+    @app.post("/_sandbox/wechat/realname-code")
+    def wechat_realname_code():
+        """The real-name consent page's code {openid} → {code}."""
+        (openid,) = required(body(), "openid")
+        return jsonify(code=sandbox.issue_wechat_realname_code(openid))
+
+    @app.post("/_sandbox/alipay/identity")
+    def alipay_identity():
+        """Set the certification {user, name?, cert_no?, certified? (default true)}."""
+        data = body()
+        (user,) = required(data, "user")
+        sandbox.set_alipay_identity(user, data.get("name"), data.get("cert_no"), bool(data.get("certified", True)))
+        return jsonify(user=user)
+
+    @app.post("/_sandbox/alipay/phone")
+    def alipay_phone():
+        """Set the account's phone {user, phone}."""
+        data = body()
+        user, phone = required(data, "user", "phone")
+        sandbox.set_alipay_phone(user, phone)
+        return jsonify(user=user)
+
+    @app.post("/_sandbox/alipay/phone-response")
+    def alipay_phone_response():
+        """``my.getPhoneNumber``'s res.response {user, appid?, refused?} → {response}."""
+        data = body()
+        (user,) = required(data, "user")
+        return jsonify(response=sandbox.alipay_phone_response(user, data.get("appid"), bool(data.get("refused"))))
 
     @app.post("/_sandbox/alipay/consent/revoke")
     def alipay_consent_revoke():

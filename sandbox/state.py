@@ -14,9 +14,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 WECHAT_APIS = frozenset(
-    {"wechat.token", "wechat.stable_token", "wechat.jscode2session", "wechat.subscribe_send"}
+    {"wechat.token", "wechat.stable_token", "wechat.jscode2session", "wechat.subscribe_send",
+     "wechat.getuserphonenumber", "wechat.checkrealnameinfo"}
 )
-ALIPAY_APIS = frozenset({"alipay.system.oauth.token", "alipay.open.app.mini.templatemessage.send"})
+ALIPAY_APIS = frozenset({"alipay.system.oauth.token", "alipay.open.app.mini.templatemessage.send",
+                         "alipay.user.info.share"})
 PLATFORMS = ("wechat", "alipay")
 
 

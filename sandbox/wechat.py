@@ -1,4 +1,5 @@
-"""Emulated WeChat server API for mini-programs: access tokens, code2Session, subscribe messages.
+"""Emulated WeChat server API for mini-programs: access tokens, code2Session, subscribe messages,
+the phone-number button (getuserphonenumber) and the city-service real-name check (checkrealnameinfo).
 
 It checks what the real platform checks (UPSTREAM §1): appid/secret, single-use login codes that
 live 5 minutes, expiring and superseded access tokens, per-template consent, the value limits of
@@ -27,6 +28,10 @@ TOKEN_OVERLAP = 300
 # https://developers.weixin.qq.com/miniprogram/dev/OpenApiDoc/mp-access-token/getStableAccessToken.html
 STABLE_RENEW_BEFORE = 300
 LOGIN_CODE_TTL = 300
+# The phone-button code and the real-name consent code work once, within 5 minutes (UPSTREAM §1.3,
+# §1.3a; the real-name code's lifetime is not documented, 5 minutes like the others is assumed).
+PHONE_CODE_TTL = 300
+REALNAME_CODE_TTL = 300
 
 ERRMSG = {
     -1: "system error",
@@ -163,6 +168,19 @@ class _User:
     openid: str
     unionid: str | None = None
     session_key: str = field(default_factory=lambda: base64.b64encode(secrets.token_bytes(16)).decode())
+    # WeChat Pay real-name identity (name, ID number); None: the user has none (V_OP_NA).
+    realname: tuple[str, str] | None = None
+    phone: str | None = None
+
+
+@dataclass
+class _UserCode:
+    """A single-use code WeChat hands the mini-program for one user (phone button, real-name page)."""
+
+    appid: str
+    openid: str
+    issued_at: float
+    used: bool = False
 
 
 @dataclass
@@ -185,6 +203,8 @@ class WeChatEmulator:
         self._codes: dict[str, _LoginCode] = {}
         self._users: dict[str, _User] = {}
         self._consents: dict[tuple[str, str], _Consent] = {}
+        self._phone_codes: dict[str, _UserCode] = {}
+        self._realname_codes: dict[str, _UserCode] = {}
 
     # --- control ------------------------------------------------------------------------------
 
@@ -241,6 +261,36 @@ class WeChatEmulator:
             self._codes[code] = _LoginCode(user.appid, openid, self.state.clock.now())
             return code
 
+    def set_identity(self, openid: str, name: str | None, id_number: str | None = None) -> None:
+        """The user's WeChat Pay real-name identity; ``name=None`` makes the user uncertified (V_OP_NA)."""
+        if (name is None) != (id_number is None):
+            raise ValueError("give both name and id_number, or neither")
+        with self.state.lock:
+            self._user(openid, None).realname = None if name is None else (name, id_number.upper())
+
+    def set_phone(self, openid: str, phone: str | None) -> None:
+        """The mobile number bound to the user's WeChat account (None: no number)."""
+        with self.state.lock:
+            self._user(openid, None).phone = phone
+
+    def issue_phone_code(self, openid: str) -> str:
+        """What the getPhoneNumber button hands the mini-program after the user agrees."""
+        with self.state.lock:
+            user = self._user(openid, None)
+            if not user.phone:
+                raise ValueError("the user has no phone number; set one first")
+            code = secrets.token_hex(32)
+            self._phone_codes[code] = _UserCode(user.appid, openid, self.state.clock.now())
+            return code
+
+    def issue_realname_code(self, openid: str) -> str:
+        """What WeChat's real-name consent page returns to the mini-program (``extraData.code``)."""
+        with self.state.lock:
+            user = self._user(openid, None)
+            code = secrets.token_urlsafe(24)
+            self._realname_codes[code] = _UserCode(user.appid, openid, self.state.clock.now())
+            return code
+
     def grant_consent(
         self, openid: str, template_id: str, mode: str = "one_time", count: int = 1
     ) -> dict[str, Any]:
@@ -276,6 +326,8 @@ class WeChatEmulator:
             self._codes.clear()
             self._users.clear()
             self._consents.clear()
+            self._phone_codes.clear()
+            self._realname_codes.clear()
 
     def consent(self, openid: str, template_id: str) -> dict[str, Any]:
         """``{"one_time_credits": n, "long_term": bool}`` for this user and template."""
@@ -425,6 +477,57 @@ class WeChatEmulator:
         self._emit(sent_event(openid, [(template_id, msgid)]))
         return {"errcode": 0, "errmsg": "ok", "msgid": int(msgid)}
 
+    def _take_code(self, codes: dict[str, _UserCode], value: Any, app: _App, ttl: float) -> _UserCode:
+        if not isinstance(value, str) or not value:
+            raise WeChatError(41008)
+        code = codes.get(value)
+        if code is None or code.appid != app.appid or self.state.clock.now() - code.issued_at >= ttl:
+            raise WeChatError(40029)
+        if code.used:
+            raise WeChatError(40163)
+        code.used = True
+        return code
+
+    def get_user_phone_number(self, access_token: str | None, body: Any) -> dict[str, Any]:
+        """``POST /wxa/business/getuserphonenumber``: token, then a single-use 5-minute phone code."""
+        with self.state.lock:
+            app = self._check_token(access_token)
+            if not isinstance(body, dict):
+                raise WeChatError(47001)
+            code = self._take_code(self._phone_codes, body.get("code"), app, PHONE_CODE_TTL)
+            if body.get("openid") not in (None, code.openid):
+                raise WeChatError(40003)
+            phone = self._users[code.openid].phone or ""
+            return {"errcode": 0, "errmsg": "ok", "phone_info": {
+                "phoneNumber": phone, "purePhoneNumber": phone, "countryCode": "86",
+                "watermark": {"timestamp": int(self.state.clock.now()), "appid": app.appid}}}
+
+    def check_realname_info(self, access_token: str | None, body: Any) -> dict[str, Any]:
+        """``POST /intp/realname/checkrealnameinfo``: compares name and ID number with the user's
+        WeChat Pay real-name identity. Only ``V_OP_NM_MA`` + ``V_NM_ID_MA`` proves an identity."""
+        with self.state.lock:
+            app = self._check_token(access_token)
+            if not isinstance(body, dict):
+                raise WeChatError(47001)
+            name, cred_id = body.get("real_name"), body.get("cred_id")
+            if not (isinstance(name, str) and name and isinstance(cred_id, str) and cred_id):
+                raise WeChatError(47001)
+            if str(body.get("cred_type")) != "1":
+                raise WeChatError(47001)
+            code = self._take_code(self._realname_codes, body.get("code"), app, REALNAME_CODE_TTL)
+            if body.get("openid") != code.openid:
+                raise WeChatError(40003)
+            realname = self._users[code.openid].realname
+            pair = (name, cred_id.upper())
+            known = {u.realname for u in self._users.values() if u.realname}
+            if realname is None:
+                verify_openid = "V_OP_NA"
+            else:
+                verify_openid = "V_OP_NM_MA" if realname[0] == name else "V_OP_NM_UM"
+            verify_real_name = "V_NM_ID_MA" if pair == realname or pair in known else "V_NM_ID_UM"
+            return {"errcode": 0, "errmsg": "ok", "verify_openid": verify_openid,
+                    "verify_real_name": verify_real_name}
+
     @staticmethod
     def _check_data(data: Any) -> dict[str, str]:
         if not isinstance(data, dict) or not data:
@@ -477,6 +580,16 @@ def create_blueprint(emulator: WeChatEmulator) -> Blueprint:
     @bp.get("/sns/jscode2session")
     def jscode2session():
         return answer("wechat.jscode2session", lambda: emulator.jscode2session(request.args.to_dict()))
+
+    @bp.post("/wxa/business/getuserphonenumber")
+    def getuserphonenumber():
+        return answer("wechat.getuserphonenumber", lambda: emulator.get_user_phone_number(
+            request.args.get("access_token"), request.get_json(force=True, silent=True)))
+
+    @bp.post("/intp/realname/checkrealnameinfo")
+    def checkrealnameinfo():
+        return answer("wechat.checkrealnameinfo", lambda: emulator.check_realname_info(
+            request.args.get("access_token"), request.get_json(force=True, silent=True)))
 
     @bp.post("/cgi-bin/message/subscribe/send")
     def subscribe_send():

@@ -52,7 +52,9 @@ def _sandbox_env() -> tuple[dict[str, str], list[str]]:
         "wechat": [{**DEMO_WECHAT, "templates": [DEMO_TEMPLATES["WECHAT_TEMPLATE_DEDUCTION"],
                                                  DEMO_TEMPLATES["WECHAT_TEMPLATE_RECEIPT"]]}],
         "alipay": [{"appid": DEMO_ALIPAY_APPID, "app_public_key_pem": app_public,
-                    "templates": [DEMO_TEMPLATES["ALIPAY_TEMPLATE_DEDUCTION"]]}],
+                    "templates": [DEMO_TEMPLATES["ALIPAY_TEMPLATE_DEDUCTION"]],
+                    # R21: the app's content-encryption key, for my.getPhoneNumber's response.
+                    "aes_key": config.ALIPAY_AES_KEY}],
         "alipay_private_key_file": str(_emulator_key()),
         "push": {"url": f"http://{HOST}:{PORT}/api/v1/callbacks/wechat", "token": DEMO_MSG_TOKEN,
                  "format": "xml", "appid": DEMO_WECHAT["appid"]},
@@ -71,6 +73,7 @@ def _sandbox_env() -> tuple[dict[str, str], list[str]]:
         "ALIPAY_APPID": DEMO_ALIPAY_APPID,
         "ALIPAY_APP_PRIVATE_KEY": config.ALIPAY_APP_PRIVATE_KEY,
         "ALIPAY_GATEWAY_URL": SANDBOX_URL + "/gateway.do",
+        "ALIPAY_AES_KEY": config.ALIPAY_AES_KEY,
         "ALIPAY_PUBLIC_KEY_FILE": str(public_out),
         **DEMO_TEMPLATES,
     }
@@ -116,7 +119,9 @@ def main() -> None:
                   f"  curl -s -X POST {SANDBOX_URL}/_sandbox/wechat/login-code "
                   f"-H 'Content-Type: application/json' -d '{{\"openid\": \"o-demo-owner\"}}'\n"
                   f"and sign in with it:  curl -s -X POST http://{HOST}:{PORT}/api/v1/auth/wechat "
-                  f"-H 'Content-Type: application/json' -d '{{\"code\": \"<code>\"}}'\n", flush=True)
+                  f"-H 'Content-Type: application/json' -d '{{\"code\": \"<code>\"}}'\n"
+                  "Then prove who you are (name + ID number alone link nothing): see README, "
+                  "\"Try it\", and docs/identity.md.\n", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: server.terminate())
         server.wait()
     except KeyboardInterrupt:

@@ -35,10 +35,24 @@ def sign_in(client: Any, sandbox: Any, id_number: str) -> str:
 
 
 def sign_in_with_alipay(client: Any, sandbox: Any, id_number: str) -> str:
-    token = sign_in_alipay(client, sandbox)["access_token"]
-    response = client.post("/api/v1/me/identity", json={"name": PEOPLE[id_number][0], "id_number": id_number},
-                           headers=bearer(token))
+    """An Alipay user proven as this person by Alipay's certified identity (R21), with the reserved
+    phone proven through my.getPhoneNumber when the demo registry has one."""
+    import secrets
+
+    from app.demo import DEMO_PHONES
+
+    user_id = "2088" + str(secrets.randbelow(10**12)).zfill(12)
+    token = sign_in_alipay(client, sandbox, user_id)["access_token"]
+    sandbox.set_alipay_identity(user_id, PEOPLE[id_number][0], id_number)
+    proof = {"alipay_auth_code": sandbox.issue_alipay_auth_code(user_id=user_id)}
+    response = client.post("/api/v1/me/identity", json={"name": PEOPLE[id_number][0], "id_number": id_number,
+                                                        "proof": proof}, headers=bearer(token))
     assert response.status_code == 200, response.get_json()
+    if id_number in DEMO_PHONES:
+        sandbox.set_alipay_phone(user_id, DEMO_PHONES[id_number])
+        response = client.post("/api/v1/me/phone", json={"alipay_response": sandbox.alipay_phone_response(user_id)},
+                               headers=bearer(token))
+        assert response.status_code == 200, response.get_json()
     return token
 
 

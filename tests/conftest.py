@@ -32,6 +32,7 @@ ALIPAY_APPID = "2021000000000000"
 TEMPLATE_DEDUCTION = "tmpl-deduction-0001"
 TEMPLATE_RECEIPT = "tmpl-receipt-0001"
 ALIPAY_TEMPLATE_DEDUCTION = "alipay-tmpl-deduction-0001"
+ALIPAY_AES_KEY = "dGVzdC1hZXMta2V5LTAwMQ=="  # base64 of 16 bytes: the app's 接口内容加密 key (R21)
 
 
 def _b64(seed: int) -> str:
@@ -111,7 +112,8 @@ def sandbox(alipay_app_key: rsa.RSAPrivateKey) -> Iterator[Any]:
 
     box = Sandbox()
     box.register_wechat_app(WECHAT_APPID, WECHAT_SECRET, templates=[TEMPLATE_DEDUCTION, TEMPLATE_RECEIPT])
-    box.register_alipay_app(ALIPAY_APPID, _pem_public(alipay_app_key), templates=[ALIPAY_TEMPLATE_DEDUCTION])
+    box.register_alipay_app(ALIPAY_APPID, _pem_public(alipay_app_key), templates=[ALIPAY_TEMPLATE_DEDUCTION],
+                            aes_key=ALIPAY_AES_KEY)
     box.start()
     yield box
     box.stop()
@@ -136,6 +138,7 @@ def make_config(schema: str, redis_url: str | None, sandbox: Any, alipay_app_key
             "ALIPAY_APPID": ALIPAY_APPID,
             "ALIPAY_APP_PRIVATE_KEY": _pem_private(alipay_app_key),
             "ALIPAY_PUBLIC_KEY": sandbox.alipay_public_key_pem,
+            "ALIPAY_AES_KEY": ALIPAY_AES_KEY,
             "ALIPAY_GATEWAY_URL": sandbox.url + "/gateway.do",
             "ALIPAY_TEMPLATE_DEDUCTION": ALIPAY_TEMPLATE_DEDUCTION,
             "PLATFORM_TIMEOUT_SECONDS": 2.0,

@@ -1,9 +1,16 @@
-"""Helpers shared by API tests: sign in through the emulator, verify identity, auth headers."""
+"""Helpers shared by API tests: sign in through the emulator, prove identity and phone, auth headers.
+
+Verified users are made only through a real proof path (R21): the emulator gives the WeChat user
+a real-name identity, WeChat's real-name check confirms it, and — where the demo registry holds a
+reserved number — the phone button proves that number too (Wenshan's ``phone_check``).
+"""
 
 from __future__ import annotations
 
 import secrets
 from typing import Any
+
+from app.demo import DEMO_PHONES
 
 
 def random_openid() -> str:
@@ -28,10 +35,30 @@ def sign_in_alipay(client: Any, sandbox: Any, user_id: str | None = None) -> dic
     return response.get_json()
 
 
-def signed_in_person(client: Any, sandbox: Any, name: str, id_number: str, openid: str | None = None) -> str:
-    """Sign in from WeChat and verify identity as a registry person; return the access token."""
+def prove_identity_wechat(client: Any, sandbox: Any, token: str, openid: str, name: str, id_number: str) -> Any:
+    """WeChat's real-name check for this user as (name, id_number): the emulator knows the user as them."""
+    sandbox.set_wechat_identity(openid, name, id_number)
+    proof = {"wechat_realname_code": sandbox.issue_wechat_realname_code(openid)}
+    return client.post("/api/v1/me/identity", json={"name": name, "id_number": id_number, "proof": proof},
+                       headers=bearer(token))
+
+
+def prove_phone_wechat(client: Any, sandbox: Any, token: str, openid: str, phone: str) -> Any:
+    sandbox.set_wechat_phone(openid, phone)
+    return client.post("/api/v1/me/phone", json={"wechat_code": sandbox.issue_wechat_phone_code(openid)},
+                       headers=bearer(token))
+
+
+def signed_in_person(client: Any, sandbox: Any, name: str, id_number: str, openid: str | None = None,
+                     phone: str | None = None) -> str:
+    """Sign in from WeChat, prove identity as a registry person (real-name check) and, when the
+    demo registry has a reserved number for them (or ``phone`` is given), prove that phone too."""
+    openid = openid or random_openid()
     token = sign_in_wechat(client, sandbox, openid)["access_token"]
-    response = client.post("/api/v1/me/identity", json={"name": name, "id_number": id_number},
-                           headers=bearer(token))
+    response = prove_identity_wechat(client, sandbox, token, openid, name, id_number)
     assert response.status_code == 200, response.get_json()
+    phone = phone or DEMO_PHONES.get(id_number)
+    if phone:
+        response = prove_phone_wechat(client, sandbox, token, openid, phone)
+        assert response.status_code == 200, response.get_json()
     return token

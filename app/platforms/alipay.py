@@ -12,6 +12,8 @@ come back as a plain dict whose ``code`` must be checked.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import http.client
 import json
 import logging
@@ -25,6 +27,11 @@ from typing import Any
 from alipay import AliPay
 from alipay.exceptions import AliPayException, AliPayValidationError
 from alipay.utils import AliPayConfig
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import padding as symmetric_padding
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from app.errors import LoginCodeInvalid, UpstreamUnavailable
 from app.platforms import PERMANENT, PlatformError, is_loopback_url
@@ -111,6 +118,78 @@ class AlipayIdentity:
     user_id: str | None
     open_id: str | None
     union_id: str | None
+
+
+@dataclass(frozen=True)
+class AlipayCertification:
+    """What ``alipay.user.info.share`` says about the user's real-name certification."""
+
+    user_id: str | None
+    open_id: str | None
+    certified: bool
+    name: str | None
+    cert_type: str | None
+    cert_no: str | None
+
+
+class PhoneResponseInvalid(ValueError):
+    """A ``my.getPhoneNumber`` response that does not verify, does not decrypt, or carries no number."""
+
+
+def decode_aes_key(value: str) -> bytes:
+    """``ALIPAY_AES_KEY`` (base64 of 16, 24 or 32 bytes) as raw key bytes; ValueError otherwise."""
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("ALIPAY_AES_KEY must be base64") from None
+    if len(raw) not in (16, 24, 32):
+        raise ValueError("ALIPAY_AES_KEY must be base64 of a 16, 24 or 32-byte AES key")
+    return raw
+
+
+def open_phone_response(text: str, alipay_public_key_pem: str, aes_key: bytes) -> str:
+    """The mobile number inside ``my.getPhoneNumber``'s ``res.response`` (UPSTREAM §3).
+
+    1. The RSA2 signature (SHA256withRSA, Alipay's public key) is checked over the ciphertext
+       wrapped in double quotes, as Alipay's server-side sample does for encrypted content;
+    2. the ciphertext is decrypted with the app's content key (AES-CBC, zero IV, PKCS#7);
+    3. the plaintext must be ``{"code": "10000", "mobile": ...}``.
+    Raises ``PhoneResponseInvalid`` naming which step failed (never the number).
+    """
+    try:
+        outer = json.loads(text)
+    except (TypeError, ValueError):
+        raise PhoneResponseInvalid("not JSON") from None
+    if not isinstance(outer, dict):
+        raise PhoneResponseInvalid("not a JSON object")
+    content, sign = outer.get("response"), outer.get("sign")
+    if not isinstance(content, str) or not isinstance(sign, str) or not content or not sign:
+        raise PhoneResponseInvalid("response or sign missing")
+    if str(outer.get("sign_type", "RSA2")).upper() != "RSA2" or str(outer.get("encrypt_type", "AES")).upper() != "AES":
+        raise PhoneResponseInvalid("only RSA2 signatures and AES encryption are accepted")
+    if content.startswith("{"):
+        raise PhoneResponseInvalid("the response is not encrypted")
+    key = serialization.load_pem_public_key(alipay_public_key_pem.encode())
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise PhoneResponseInvalid("ALIPAY_PUBLIC_KEY is not an RSA key")
+    try:
+        key.verify(base64.b64decode(sign, validate=True), f'"{content}"'.encode(), padding.PKCS1v15(), hashes.SHA256())
+    except (InvalidSignature, binascii.Error, ValueError):
+        raise PhoneResponseInvalid("signature does not verify") from None
+    try:
+        raw = base64.b64decode(content, validate=True)
+        decryptor = Cipher(algorithms.AES(aes_key), modes.CBC(bytes(16))).decryptor()
+        padded = decryptor.update(raw) + decryptor.finalize()
+        unpadder = symmetric_padding.PKCS7(128).unpadder()
+        inner = json.loads((unpadder.update(padded) + unpadder.finalize()).decode("utf-8"))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise PhoneResponseInvalid("does not decrypt with ALIPAY_AES_KEY") from None
+    if not isinstance(inner, dict) or inner.get("code") != SUCCESS:
+        raise PhoneResponseInvalid("the user gave no number")
+    mobile = inner.get("mobile")
+    if not isinstance(mobile, str) or not mobile:
+        raise PhoneResponseInvalid("no mobile in the response")
+    return mobile
 
 
 def _error_payload(exc: AliPayException) -> dict[str, Any]:
@@ -203,6 +282,31 @@ class AlipayGateway:
             logger.error("alipay oauth.token reply has neither user_id nor open_id: %s", sorted(reply))
             raise UpstreamUnavailable()
         return AlipayIdentity(user_id, open_id, reply.get("union_id") or None)
+
+    def certification(self, auth_code: str) -> AlipayCertification:
+        """The real-name certification of the user behind an ``auth_user`` auth code.
+
+        The code is exchanged for a user token (alipay.system.oauth.token), then
+        ``alipay.user.info.share`` is called with it (``is_certified``, ``user_name``, ``cert_no`` need
+        the app's sensitive-field grant). Raises ``LoginCodeInvalid`` for a bad code and
+        ``UpstreamUnavailable`` for anything else.
+        """
+        if not auth_code:
+            raise LoginCodeInvalid()
+        try:
+            token = self._call("alipay.system.oauth.token", grant_type="authorization_code", code=auth_code)
+            info = self._call("alipay.user.info.share", auth_token=str(token.get("access_token") or ""))
+        except PlatformError as err:
+            if _is_code_error(err.code):
+                raise LoginCodeInvalid() from err
+            (logger.warning if err.transient else logger.error)("alipay certification failed: %s", err)
+            raise UpstreamUnavailable() from err
+        user_id = info.get("user_id") or token.get("user_id") or None
+        open_id = info.get("open_id") or token.get("open_id") or None
+        return AlipayCertification(
+            user_id=user_id, open_id=open_id, certified=info.get("is_certified") == "T",
+            name=info.get("user_name") or None, cert_type=str(info.get("cert_type") or "") or None,
+            cert_no=info.get("cert_no") or None)
 
     def send_template_message(
         self,

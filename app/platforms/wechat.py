@@ -1,4 +1,5 @@
-"""WeChat mini-program server API over wechatpy 1.8.18: login (code2Session) and subscribe messages.
+"""WeChat mini-program server API over wechatpy 1.8.18: login (code2Session), subscribe messages,
+the phone-number button (getuserphonenumber) and the city-service real-name check (R21).
 
 wechatpy needs some help (UPSTREAM §2, §6): every base URL is redirected so the emulator can
 stand in for api.weixin.qq.com, the access token comes from ``/cgi-bin/stable_token`` (JSON POST),
@@ -220,6 +221,51 @@ class WeChatGateway:
             logger.info("wechat token rejected (%s); refreshing once", err.code)
             self._refresh_token()
             return self._send_once(payload)
+
+    def _with_token_retry(self, path: str, payload: dict[str, Any]) -> Any:
+        """POST ``payload`` with the cached access token; a token error refreshes it once and retries
+        once (like the subscribe send). wechatpy 1.8.18 has neither API, so this is the client's own post."""
+
+        def once() -> Any:
+            return self._call(lambda: self._client.post(self._base + path, data=payload))
+
+        try:
+            return once()
+        except PlatformError as err:
+            if err.kind != TOKEN:
+                raise
+            logger.info("wechat token rejected (%s); refreshing once", err.code)
+            self._refresh_token()
+            return once()
+
+    def get_phone_number(self, code: str) -> str:
+        """The user's proven mobile number for a getPhoneNumber-button code (getuserphonenumber).
+
+        https://developers.weixin.qq.com/miniprogram/dev/OpenApiDoc/user-info/phone-number/getPhoneNumber.html
+        Raises ``PlatformError``: 40029 (invalid or expired code), 40163 (used) and the like.
+        """
+        result = self._with_token_retry("wxa/business/getuserphonenumber", {"code": code})
+        info = result.get("phone_info") if isinstance(result, dict) else None
+        number = info.get("purePhoneNumber") if isinstance(info, dict) else None
+        country = str(info.get("countryCode", "86")) if isinstance(info, dict) else ""
+        if not isinstance(number, str) or not number:
+            raise PlatformError("wechat", "bad_response", "getuserphonenumber: no purePhoneNumber")
+        watermark = info.get("watermark") or {}
+        if isinstance(watermark, dict) and watermark.get("appid") not in (None, self.appid):
+            raise PlatformError("wechat", "bad_response", "getuserphonenumber: watermark of another app")
+        return number if country == "86" else f"+{country}{number}"
+
+    def check_real_name(self, openid: str, name: str, id_number: str, code: str) -> tuple[str, str]:
+        """``(verify_openid, verify_real_name)`` of WeChat's real-name check (checkrealnameinfo).
+
+        Only ``("V_OP_NM_MA", "V_NM_ID_MA")`` proves that this WeChat user is the person with this
+        name and ID number (UPSTREAM §1.3a). Raises ``PlatformError`` for bad codes and outages.
+        """
+        payload = {"openid": openid, "real_name": name, "cred_id": id_number, "cred_type": "1", "code": code}
+        result = self._with_token_retry("intp/realname/checkrealnameinfo", payload)
+        if not isinstance(result, dict):
+            raise PlatformError("wechat", "bad_response", "checkrealnameinfo: the reply is not JSON")
+        return str(result.get("verify_openid", "")), str(result.get("verify_real_name", ""))
 
     def _send_once(self, payload: dict[str, Any]) -> str:
         result = self._call(

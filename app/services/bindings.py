@@ -50,6 +50,7 @@ from app.services import audit
 from app.services.auth import Principal
 from app.services.documents import documents_for_binding
 from app.services.identity import person_view
+from app.services.phones import check_phone_consistency
 from app.services.pledges import PledgeBook, attestation, verify_attestation
 from models import (
     LIVE_BINDING_STATES,
@@ -105,9 +106,14 @@ def clean_reason(reason: str | None, *, required: bool = False) -> str | None:
 
 def add_event(session: Session, binding_id: int, event: str, actor: Actor, at: datetime,
               reason: str | None = None, details: dict[str, Any] | None = None) -> None:
-    """Append one authorization event (R5, R16) in the caller's transaction."""
-    session.add(AuthorizationEvent(binding_id=binding_id, event=event, actor_kind=actor.kind, actor_id=actor.id,
-                                   channel=actor.channel, reason=reason, details=details or {}, at=at))
+    """Append one authorization event (R5, R16) in the caller's transaction, and the inbox notice it
+    calls for (R21: the beneficiary hears about bindings naming them; the owner about a decline)."""
+    from app.services.binding_notices import on_event
+
+    record = AuthorizationEvent(binding_id=binding_id, event=event, actor_kind=actor.kind, actor_id=actor.id,
+                                channel=actor.channel, reason=reason, details=details or {}, at=at)
+    session.add(record)
+    on_event(session, record, at)
 
 
 def require_person(caller: Principal) -> int:
@@ -370,6 +376,8 @@ def _bind(session: Session, *, pii: PiiCipher, policy: RegionPolicy, pledges: Pl
             owner, owner_has_account = found
             owner_facts = _facts(pii, owner, owner_has_account)
             check_owner(owner_facts, policy)
+            if created_by_user_id is not None:  # R21 phone_check: online bindings only
+                check_phone_consistency(session, policy, created_by_user_id, owner.id)
 
             found = _person_with_account(session, Person.id_number_bidx == beneficiary_bidx)
             if found is None:
@@ -514,6 +522,22 @@ def approve_binding(session: Session, *, pii: PiiCipher, policy: RegionPolicy, c
             hold_if_suspended(session, binding, actor, now)
         _audit(session, caller, "binding.approve", binding, now, ip, reason)
         return _render(session, pii, binding, province=policy.province)
+
+
+def decline_binding(session: Session, *, pii: PiiCipher, caller: Principal, binding_id: int, reason: str | None,
+                    now: datetime, ip: str | None = None) -> dict[str, Any]:
+    """R5/R21: the beneficiary refuses a binding that waits for their consent; it becomes
+    ``rejected``, an authorization event records it and the owner is notified."""
+    reason = clean_reason(reason)
+    with session.begin():
+        binding, role = _visible_binding(session, caller, binding_id, lock=True)
+        if role != "beneficiary":
+            raise errors.Forbidden("Only the family member being bound can decline.")
+        _require_status(binding, "pending_consent")
+        binding.status, binding.ended_at = "rejected", now
+        add_event(session, binding.id, "declined", Actor.of_user(caller, "beneficiary"), now, reason)
+        _audit(session, caller, "binding.decline", binding, now, ip, reason)
+        return _render(session, pii, binding, role)
 
 
 def reject_binding(session: Session, *, pii: PiiCipher, caller: Principal, binding_id: int, reason: str | None,

@@ -1,48 +1,242 @@
-"""Identity verification (link a user to a registry person) and the ``GET /me`` view."""
+"""Proof of identity (R21): link a user to a registry person, and the ``GET /me`` view.
+
+ID numbers are not secrets, so a name and an ID number link nothing on their own. A link needs
+one proof the region's ``identity_proof`` accepts:
+
+- ``platform_realname``: WeChat's real-name check (both ``V_OP_NM_MA`` and ``V_NM_ID_MA``) or
+  Alipay's certified identity (``is_certified`` = T, name and ``cert_no`` equal to the given ones);
+- ``phone``: the user's platform-proven mobile number equals the person's reserved number;
+- ``window``: staff linked the user after checking the ID card (``link_at_window``).
+
+The order of the checks keeps the endpoint from telling strangers who is insured: without a proof
+(or with one the platform refuses) the answer is ``IDENTITY_NOT_PROVEN`` before the registry is
+read; only then does a wrong name or ID number give ``IDENTITY_MISMATCH`` (never saying which).
+Platform calls happen outside any database transaction.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import errors
-from app.policy import names_match
+from app.platforms import PlatformError
+from app.policy import IDENTITY_PROOFS, RegionPolicy, names_match
 from app.security.id_number import validate_id_number
-from app.security.pii import PiiCipher, mask_id_number, mask_name
+from app.security.pii import PiiCipher, mask_id_number, mask_mobile, mask_name, normalize_for_index
 from app.services import audit
-from models import Account, Person, User
+from app.timefmt import iso
+from models import Account, IdentityLinkCode, Person, User
+from notify.person_notices import add_person_notice
+
+WINDOW_CODE_TTL = timedelta(minutes=10)
+WINDOW_CODE_DIGITS = 8
+# The request fields of each proof and the policy proof they belong to.
+PROOF_FIELDS = {"wechat_realname_code": "platform_realname", "alipay_auth_code": "platform_realname",
+                "phone": "phone"}
+_HOW = {"platform_realname": "用微信或支付宝实名信息", "phone": "用手机号", "window": "在医保经办窗口"}
 
 
-def verify_identity(session: Session, pii: PiiCipher, user_id: int, name: str, id_number: str,
-                    now: datetime, ip: str | None = None) -> dict[str, Any]:
-    """Link the user to the registry person with this name and ID number (R18 checked first).
+@dataclass(frozen=True)
+class Platforms:
+    """The platform gateways and keys a proof needs (``app.wiring.Domain`` gives them)."""
 
-    A wrong name and an unknown ID number give the same ``IDENTITY_MISMATCH``, so the endpoint
-    cannot be used to find out who is insured.
-    """
+    wechat: Any
+    alipay: Any
+    alipay_public_key: str = ""
+    alipay_aes_key: bytes | None = None
+
+
+def not_proven(policy: RegionPolicy, reason: str) -> errors.DomainError:
+    """``IDENTITY_NOT_PROVEN`` naming the proofs this region accepts."""
+    accepted = [proof for proof in IDENTITY_PROOFS if proof in policy.identity_proof]
+    return errors.IdentityNotProven(details={"reason": reason, "accepted_proofs": accepted})
+
+
+def _proof_kind(proof: dict[str, Any] | None) -> tuple[str, str] | None:
+    """(request field, policy proof) of the one proof given, or None."""
+    given = [(name, PROOF_FIELDS[name]) for name, value in (proof or {}).items()
+             if name in PROOF_FIELDS and value not in (None, "", False)]
+    if len(given) != 1:
+        return None
+    return given[0]
+
+
+def verify_identity(session: Session, pii: PiiCipher, policy: RegionPolicy, platforms: Platforms, user_id: int,
+                    name: str, id_number: str, proof: dict[str, Any] | None, now: datetime,
+                    ip: str | None = None) -> dict[str, Any]:
+    """Link the user to the registry person with this name and ID number, given a proof (R18, R21)."""
     number = validate_id_number(id_number)
+    with session.begin():
+        user = session.get_one(User, user_id)
+        channel, openid, alipay_ids = user.channel, user.wechat_openid, (user.alipay_user_id, user.alipay_open_id)
+        phone_bidx = user.phone_bidx
+    given = _proof_kind(proof)
+    failure: errors.DomainError | None = None
+    if given is None:
+        failure = not_proven(policy, "no_proof" if not proof else "one_proof_needed")
+    elif given[1] not in policy.identity_proof:
+        failure = not_proven(policy, "proof_not_accepted_here")
+    elif given[0] == "wechat_realname_code":
+        failure = _wechat_realname(policy, platforms, channel, openid, name, number, str(proof["wechat_realname_code"]))
+    elif given[0] == "alipay_auth_code":
+        failure = _alipay_certified(policy, platforms, channel, alipay_ids, name, number,
+                                    str(proof["alipay_auth_code"]))
+    elif phone_bidx is None:
+        failure = not_proven(policy, "phone_not_proven")
+    kind = given[1] if given else None
+    if failure is not None:
+        _audit_failure(session, user_id, kind, failure, now, ip)
+        raise failure
+
     with session.begin():
         user = session.get_one(User, user_id, with_for_update=True)
         bidx = pii.blind_index(number, kind="id_number")
         person = session.scalar(select(Person).where(Person.id_number_bidx == bidx))
         matched = person is not None and names_match(pii.decrypt(person.name_enc, context="person.name"), name)
-        audit.record(session, actor_kind="user", actor_id=user_id, action="identity.verify", at=now, ip=ip,
-                     details={"matched": matched, "person_id": person.id if matched and person else None})
+        details: dict[str, Any] = {"matched": matched, "proof": kind,
+                                   "person_id": person.id if matched and person else None}
         if not matched or person is None:
-            failed = errors.IdentityMismatch()
+            failed: errors.DomainError | None = errors.IdentityMismatch()
+        elif kind == "phone" and (user.phone_bidx is None or person.phone_bidx is None
+                                  or not hmac.compare_digest(user.phone_bidx, person.phone_bidx)):
+            failed = not_proven(policy, "phone_differs_from_reserved" if person.phone_bidx else "no_reserved_phone")
         elif user.person_id is not None and user.person_id != person.id:
             failed = errors.InvalidState("This sign-in is already verified as another person.")
         else:
             failed = None
-            user.person_id = person.id
-            user.verified_at = user.verified_at or now
+            link_user(session, user, person, kind or "", now)
+        details["result"] = "linked" if failed is None else failed.code
+        audit.record(session, actor_kind="user", actor_id=user_id, action="identity.verify", at=now, ip=ip,
+                     details=details)
     # The audit row of a failed attempt is committed before the error is raised.
     if failed is not None:
         raise failed
-    return {"verified": True, "person": person_view(pii, person)}
+    return {"verified": True, "proof": kind, "person": person_view(pii, person)}
+
+
+def _wechat_realname(policy: RegionPolicy, platforms: Platforms, channel: str, openid: str | None, name: str,
+                     number: str, code: str) -> errors.DomainError | None:
+    if channel != "wechat" or not openid:
+        return not_proven(policy, "wechat_proof_needs_a_wechat_sign_in")
+    try:
+        verify_openid, verify_real_name = platforms.wechat.check_real_name(openid, name.strip(), number, code)
+    except PlatformError as err:
+        if err.transient or err.kind == "token":
+            raise errors.UpstreamUnavailable() from err
+        return not_proven(policy, "realname_code_invalid")
+    if (verify_openid, verify_real_name) != ("V_OP_NM_MA", "V_NM_ID_MA"):
+        # V_OP_NA: no WeChat Pay real name; V_OP_NM_UM / V_NM_ID_UM: not this person.
+        return not_proven(policy, "platform_says_no")
+    return None
+
+
+def _alipay_certified(policy: RegionPolicy, platforms: Platforms, channel: str, ids: tuple[str | None, str | None],
+                      name: str, number: str, auth_code: str) -> errors.DomainError | None:
+    if channel != "alipay" or platforms.alipay is None:
+        return not_proven(policy, "alipay_proof_needs_an_alipay_sign_in")
+    try:
+        found = platforms.alipay.certification(auth_code)
+    except errors.LoginCodeInvalid:
+        return not_proven(policy, "alipay_auth_code_invalid")
+    if not ((found.user_id and found.user_id == ids[0]) or (found.open_id and found.open_id == ids[1])):
+        return not_proven(policy, "alipay_code_of_another_account")
+    if not found.certified or found.cert_type not in (None, "0") or not found.cert_no or not found.name:
+        return not_proven(policy, "platform_says_no")
+    if normalize_for_index(found.cert_no) != number or not names_match(found.name, name):
+        return not_proven(policy, "platform_says_no")
+    return None
+
+
+def _audit_failure(session: Session, user_id: int, kind: str | None, failure: errors.DomainError, now: datetime,
+                   ip: str | None) -> None:
+    with session.begin():
+        audit.record(session, actor_kind="user", actor_id=user_id, action="identity.verify", at=now, ip=ip,
+                     details={"matched": None, "proof": kind, "result": failure.code,
+                              "reason": failure.details.get("reason")})
+
+
+def link_user(session: Session, user: User, person: Person, proof: str, now: datetime) -> None:
+    """Record the proven link (the user row is locked by the caller); the accounts already linked to
+    the person get an inbox notice that a further account now acts for them (R21)."""
+    if user.person_id == person.id and user.identity_proof:
+        user.identity_proof, user.identity_proven_at = proof, now
+        return
+    others = session.scalars(select(User.id).where(User.person_id == person.id, User.id != user.id)).all()
+    user.person_id = person.id
+    user.verified_at = user.verified_at or now
+    user.identity_proof, user.identity_proven_at = proof, now
+    user.unproven_person_id = None
+    if others:
+        platform = "微信" if user.channel == "wechat" else "支付宝"
+        add_person_notice(session, person_id=person.id, kind="identity", event_key=f"u{user.id}.p{person.id}", at=now,
+                          content={"event": "linked", "channel": user.channel, "proof": proof,
+                                   "message": f"又一个{platform}账号{_HOW.get(proof, '')}验证了您的身份，"
+                                              "可以使用您的医保个人账户。如非本人操作，请立即到医保经办窗口处理。"})
+
+
+# --- window proof --------------------------------------------------------------------------
+
+
+def _code_hash(pii: PiiCipher, code: str) -> str:
+    return pii.blind_index(code, kind="identity_link_code")
+
+
+def issue_window_code(session: Session, pii: PiiCipher, user_id: int, now: datetime) -> dict[str, Any]:
+    """A short-lived, single-use code the user shows at the window (stored only as a keyed hash)."""
+    code = "".join(secrets.choice("0123456789") for _ in range(WINDOW_CODE_DIGITS))
+    with session.begin():
+        session.add(IdentityLinkCode(code_hash=_code_hash(pii, code), user_id=user_id, expires_at=now + WINDOW_CODE_TTL,
+                                     created_at=now))
+        audit.record(session, actor_kind="user", actor_id=user_id, action="identity.window_code", at=now)
+    return {"code": code, "expires_at": iso(now + WINDOW_CODE_TTL),
+            "ttl_seconds": int(WINDOW_CODE_TTL.total_seconds())}
+
+
+def link_at_window(session: Session, pii: PiiCipher, policy: RegionPolicy, staff_id: int, id_number: str,
+                   link_code: str, now: datetime, ip: str | None = None) -> dict[str, Any]:
+    """Staff checked the ID card; link the user who showed ``link_code`` to that person (R21 window)."""
+    if "window" not in policy.identity_proof:
+        raise not_proven(policy, "proof_not_accepted_here")
+    number = validate_id_number(id_number)
+    code = (link_code or "").strip()
+    with session.begin():
+        row = session.scalar(
+            select(IdentityLinkCode)
+            .where(IdentityLinkCode.code_hash == _code_hash(pii, code), IdentityLinkCode.used_at.is_(None),
+                   IdentityLinkCode.expires_at > now)
+            .order_by(IdentityLinkCode.id.desc()).limit(1).with_for_update())
+        bidx = pii.blind_index(number, kind="id_number")
+        person = session.scalar(select(Person).where(Person.id_number_bidx == bidx))
+        ok = row is not None and person is not None
+        failed: errors.DomainError | None = None
+        if row is None:
+            failed = errors.NotFound("The link code is unknown, used or expired; ask for a new one.")
+        elif person is None:
+            failed = errors.NotFound("No such person in the registry.")
+        else:
+            user = session.get_one(User, row.user_id, with_for_update=True)
+            if user.person_id is not None and user.person_id != person.id:
+                failed = errors.InvalidState("This sign-in is already verified as another person.")
+            else:
+                row.used_at = now
+                link_user(session, user, person, "window", now)
+        audit.record(session, actor_kind="staff", actor_id=staff_id, action="identity.window_link", at=now, ip=ip,
+                     target_kind="user", target_id=row.user_id if row else None,
+                     details={"person_id": person.id if person else None, "linked": ok and failed is None,
+                              "result": failed.code if failed else "linked"})
+    if failed is not None:
+        raise failed
+    return {"user_id": row.user_id, "proof": "window", "person": person_view(pii, person)}
+
+
+# --- views ---------------------------------------------------------------------------------
 
 
 def person_view(pii: PiiCipher, person: Person) -> dict[str, Any]:
@@ -59,7 +253,12 @@ def describe_me(session: Session, pii: PiiCipher, policy: Any, user_id: int) -> 
     with session.begin():
         user = session.get_one(User, user_id)
         result: dict[str, Any] = {
-            "user": {"id": user.id, "channel": user.channel, "verified": user.person_id is not None},
+            "user": {"id": user.id, "channel": user.channel, "verified": user.person_id is not None,
+                     "identity_proof": user.identity_proof, "identity_proven_at": iso(user.identity_proven_at),
+                     "must_prove_identity_again": user.unproven_person_id is not None and user.person_id is None,
+                     "phone": None if user.phone_enc is None else {
+                         "number": mask_mobile(pii.decrypt(user.phone_enc, context="user.phone")),
+                         "proven_via": user.phone_proof, "proven_at": iso(user.phone_proven_at)}},
             "person": None,
             "account": None,
             "policy": policy.summary(),
@@ -70,6 +269,10 @@ def describe_me(session: Session, pii: PiiCipher, policy: Any, user_id: int) -> 
                 "insurance_type": person.insurance_type,
                 "region_code": person.region_code,
                 "status": person.status,
+                "reserved_phone": None if person.phone_enc is None
+                else mask_mobile(pii.decrypt(person.phone_enc, context="person.phone")),
+                "phone_matches_reserved": None if person.phone_bidx is None or user.phone_bidx is None
+                else hmac.compare_digest(person.phone_bidx, user.phone_bidx),
             }
             account = session.scalar(select(Account).where(Account.person_id == person.id))
             if account is not None:

@@ -75,7 +75,7 @@ def _payment_rows(session: Session, person_id: int, role: str, year: int | None,
         select(Payment.id, Payment.kind, Payment.amount_fen, Payment.balance_after_fen, Payment.owner_person_id,
                Settlement.settlement_no, Settlement.beneficiary_person_id, Settlement.service_time,
                Settlement.created_at, Institution.code.label("institution_code"),
-               Institution.name.label("institution_name"))
+               Institution.name.label("institution_name"), Settlement.auth_method)
         .join(Settlement, Settlement.id == Payment.settlement_id)
         .join(Institution, Institution.id == Settlement.institution_id)
         .where(Payment.owner_person_id == person_id if role == "owner"
@@ -97,7 +97,8 @@ def _refund_rows(session: Session, person_id: int, role: str, year: int | None, 
         select(RefundPart.id, Payment.kind.label("payment_kind"), RefundPart.amount_fen,
                RefundPart.balance_after_fen, Payment.owner_person_id, Refund.refund_no, Settlement.settlement_no,
                Settlement.beneficiary_person_id, Settlement.service_time, Refund.created_at,
-               Institution.code.label("institution_code"), Institution.name.label("institution_name"))
+               Institution.code.label("institution_code"), Institution.name.label("institution_name"),
+               Settlement.auth_method)
         .join(Payment, Payment.id == RefundPart.payment_id)
         .join(Refund, Refund.id == RefundPart.refund_id)
         .join(Settlement, Settlement.id == Refund.settlement_id)
@@ -150,6 +151,7 @@ def _record(row: Any, people: dict[int, dict[str, Any]], viewer_id: int, role: s
         "balance_after_fen": row.balance_after_fen if balance_visible else None,
         "service_time": iso(row.service_time),
         "created_at": iso(row.created_at),
+        "auth_method": row.auth_method,  # R12: how the settlement was authorised (voucher | card)
     }
 
 

@@ -143,6 +143,8 @@ def validate(data: Any) -> tuple[list[str], dict[str, str]]:
         known_ids.add(number)
         _text(row, "name", where, problems, 50)
         _text(row, "social_card_no", where, problems, 32)
+        if row.get("phone") is not None and _mobile(row["phone"]) is None:
+            _problem(problems, where, "phone: must be a mainland mobile number (11 digits, 13–19…)")
         if row.get("insurance_type") not in ("employee", "resident"):
             _problem(problems, where, "insurance_type: must be employee or resident")
         region = row.get("region_code")
@@ -179,6 +181,12 @@ def validate(data: Any) -> tuple[list[str], dict[str, str]]:
         if not isinstance(row.get("designated", True), bool):
             _problem(problems, where, "designated: must be true or false")
     return problems, numbers
+
+
+def _mobile(value: Any) -> str | None:
+    from app.services.phones import normalize_mobile
+
+    return normalize_mobile(value)
 
 
 def _insert(session: Session):
@@ -270,6 +278,9 @@ def _upsert_persons(session: Session, pii: PiiCipher, insert: Any, rows: list[di
             number = numbers[str(row["id_number"])]
             fields = (number, row["name"].strip(), row["social_card_no"].strip(), row["insurance_type"],
                       row["region_code"], row.get("status", "active"))
+            phone = _mobile(row.get("phone"))
+            if phone is not None:  # R21; rows without a phone keep their digest (and any number on file)
+                fields = (*fields, phone)
             plain.append((pii.blind_index(number, kind="id_number"),
                           pii.blind_index(json.dumps(fields, ensure_ascii=False), kind="registry_row"), fields))
         existing = {bidx: (person_id, digest) for bidx, person_id, digest in session.execute(
@@ -277,11 +288,13 @@ def _upsert_persons(session: Session, pii: PiiCipher, insert: Any, rows: list[di
             .where(_among(session, Person.id_number_bidx, [bidx for bidx, _, _ in plain], String)))}
         report.persons_new += len(plain) - len(existing)
         values = []
-        for bidx, digest, (number, name, card, kind, region, status) in plain:
+        for bidx, digest, (number, name, card, kind, region, status, *phone) in plain:
             if bidx in existing and existing[bidx][1] == digest:
                 bidx_to_id[bidx] = existing[bidx][0]
                 continue
             values.append({
+                "phone_enc": pii.encrypt(phone[0], context="person.phone") if phone else None,
+                "phone_bidx": pii.blind_index(phone[0], kind="mobile") if phone else None,
                 "id_number_bidx": bidx, "source_digest": digest,
                 "id_number_enc": pii.encrypt(number, context="person.id_number"),
                 "name_enc": pii.encrypt(name, context="person.name"),
@@ -302,9 +315,11 @@ def _person_upsert(insert: Any) -> Any:
     stmt = insert(persons)
     return stmt.on_conflict_do_update(
         index_elements=["id_number_bidx"],
-        set_={name: stmt.excluded[name] for name in (
+        set_={**{name: stmt.excluded[name] for name in (
             "id_number_enc", "name_enc", "social_card_no_enc", "insurance_type", "region_code", "status",
             "source_digest", "updated_at")},
+            # R21: a file row without a phone keeps the reserved number on file (e.g. set at the window).
+            **{name: func.coalesce(stmt.excluded[name], persons.c[name]) for name in ("phone_enc", "phone_bidx")}},
     ).returning(persons.c.id, persons.c.id_number_bidx)
 
 

@@ -24,15 +24,17 @@ at that institution updates it), so it is held for the shortest time.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import secrets
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, insert, literal, or_, select, union_all, update
+from sqlalchemy import and_, bindparam, exists, insert, literal, null, or_, select, union_all, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -41,6 +43,7 @@ from sqlalchemy.orm import Session
 from app import errors
 from app.institution_auth import InstitutionIdentity
 from app.policy import SHANGHAI, RegionPolicy, owner_ineligibility, shanghai_date
+from app.security.id_number import validate_id_number
 from app.security.pii import PiiCipher, mask_id_number, mask_name
 from app.services.ledger import post_journal, system_account_id
 from app.services.vouchers import VoucherCodec, check_usable, well_formed
@@ -123,18 +126,25 @@ class SettlementRequest:
     """A parsed ``POST /institution/settlements`` body; ``request_hash`` identifies it for R13."""
 
     out_settlement_no: str
-    voucher_code: str
+    voucher_code: str | None
     items: tuple[LineItem, ...]
     service_time: datetime | None
     dry_run: bool
     request_hash: str
+    # R12: (social_card_no, id_number) read from the social-security card instead of a voucher.
+    card: tuple[str, str] | None = None
+
+    @property
+    def auth_method(self) -> str:
+        return "card" if self.card is not None else "voucher"
 
     @classmethod
     def from_body(cls, body: dict[str, Any], parsed_json: Any) -> SettlementRequest:
         """From the schema-loaded body; the hash is over the JSON exactly as parsed (R13)."""
         return cls(
             out_settlement_no=body["out_settlement_no"],
-            voucher_code=body["voucher_code"],
+            voucher_code=body.get("voucher_code"),
+            card=(body["card"]["social_card_no"], body["card"]["id_number"]) if body.get("card") else None,
             items=tuple(LineItem(code=i["code"], name=i["name"], category=i["category"],
                                  in_catalogue=i["in_catalogue"], amount_fen=i["amount_fen"]) for i in body["items"]),
             service_time=body.get("service_time"),
@@ -158,7 +168,7 @@ def request_hash(parsed_body: Any) -> str:
 
 
 def settle(session: Session, deps: MoneyDeps, institution: InstitutionIdentity, request: SettlementRequest,
-           now: datetime) -> Outcome:
+           now: datetime, card_guard: Any = None) -> Outcome:
     """Settle (or, with ``dry_run``, only compute) one bill in one transaction (R6–R13).
 
     A replay of a settled request returns the original 201 body; the same ``out_settlement_no``
@@ -166,15 +176,12 @@ def settle(session: Session, deps: MoneyDeps, institution: InstitutionIdentity, 
     not stored.
     """
     service_time = _service_time(request.service_time, now, deps.plan_policy.max_settlement_delay_hours)
-    if not well_formed(request.voucher_code):
-        raise errors.VoucherInvalid()
-    code_hash = deps.vouchers.code_hash(request.voucher_code)
     write = not request.dry_run
     try:
         with session.begin():
-            voucher = _voucher(session, code_hash, service_time, now, lock=write)
+            voucher = _patient(session, deps, institution, request, service_time, now, lock=write, guard=card_guard)
             try:
-                _check_can_settle(institution, voucher, now)
+                _check_can_settle(institution, voucher, now, by_card=request.card is not None)
             except errors.DomainError:
                 # A request that cannot go on may be a replay (its voucher is used by then): R13 first.
                 if write and (replay := _replay(session, institution.id, request)) is not None:
@@ -257,10 +264,15 @@ def _service_time(given: datetime | None, now: datetime, max_delay_hours: int) -
     return min(given, now)
 
 
-def _check_can_settle(institution: InstitutionIdentity, voucher: Any, now: datetime) -> None:
-    """R9: a designated, active institution; R12: a known, unused, unexpired voucher; an active person."""
+def _check_can_settle(institution: InstitutionIdentity, voucher: Any, now: datetime, by_card: bool = False) -> None:
+    """R9: a designated, active institution; R12: a known, unused, unexpired voucher (or a card that
+    matches an active registry person); an active person."""
     if not (institution.designated and institution.active):
         raise errors.InstitutionNotDesignated(details={"institution": institution.code})
+    if by_card:
+        if voucher is None:
+            raise errors.CardInvalid()
+        return
     if voucher is None:
         raise errors.VoucherInvalid()
     check_usable(voucher.expires_at, voucher.used_at, now)
@@ -276,6 +288,44 @@ def _replay(session: Session, institution_id: int, request: SettlementRequest) -
     if row.request_hash != request.request_hash:
         raise errors.IdempotencyConflict(details={"out_settlement_no": request.out_settlement_no})
     return Outcome(201, row.response)
+
+
+def _patient(session: Session, deps: MoneyDeps, institution: InstitutionIdentity, request: SettlementRequest,
+             service_time: datetime, now: datetime, *, lock: bool, guard: Any = None) -> Any:
+    """Who the patient is (R12): the person a voucher names, or the holder of a social-security card.
+
+    Both give the same row (person, own account, suspension); a card row has no voucher id. A card
+    must match an active registry person — ID number by blind index, card number compared in
+    constant time — or the row is None (``CARD_INVALID``, never saying which field was wrong). Each
+    failed card look-up counts against the institution's limit (``guard``), so the API cannot be
+    used to test card numbers; past it, card look-ups are ``RATE_LIMITED``.
+    """
+    if request.card is None:
+        if not well_formed(request.voucher_code or ""):
+            raise errors.VoucherInvalid()
+        return _voucher(session, deps.vouchers.code_hash(request.voucher_code), service_time, now, lock=lock)
+    if guard is not None:
+        guard.check(institution.id)
+    card_no, id_number = request.card
+    row = None
+    try:
+        number = validate_id_number(id_number)
+    except errors.IdNumberInvalid:
+        number = None
+    if number is not None:
+        row = session.execute(_CARD, {"id_bidx": deps.pii.blind_index(number, kind="id_number"),
+                                      "service_time": service_time, "now": now}).first()
+    if row is not None:
+        on_file = deps.pii.decrypt(row.social_card_no_enc, context="person.social_card_no")
+        if row.status != "active" or not hmac.compare_digest(_card_key(on_file).encode(), _card_key(card_no).encode()):
+            row = None
+    if row is None and guard is not None:
+        guard.failed(institution.id)
+    return row
+
+
+def _card_key(card_no: str) -> str:
+    return unicodedata.normalize("NFKC", card_no).strip().upper()
 
 
 def _voucher(session: Session, code_hash: str, service_time: datetime, now: datetime, *, lock: bool) -> Any:
@@ -395,12 +445,14 @@ def _apply(session: Session, deps: MoneyDeps, institution: InstitutionIdentity, 
         "settlement_no": body["settlement_no"], "institution_id": institution.id,
         "out_settlement_no": request.out_settlement_no, "request_hash": request.request_hash,
         "voucher_id": voucher.id, "beneficiary_person_id": voucher.person_id, "service_time": service_time,
+        "auth_method": request.auth_method,
         "status": "settled", "total_fen": plan.total_fen, "eligible_fen": plan.eligible_fen,
         "own_account_fen": plan.own_account_fen, "copay_fen": plan.copay_fen, "cash_fen": plan.cash_fen,
         "refunded_fen": 0, "items": [_item_json(item) for item in request.items], "reasons": body["reasons"],
         "response": body, "created_at": now,
     }).scalar_one()
-    session.execute(_USE_VOUCHER, {"voucher_id": voucher.id, "at": now})
+    if voucher.id is not None:  # a card settlement has no voucher to use up
+        session.execute(_USE_VOUCHER, {"voucher_id": voucher.id, "at": now})
     if not plan.payments:
         return []  # all cash: no money moves through the ledger, nobody's account is touched
 
@@ -509,6 +561,7 @@ def _response_body(pii: PiiCipher, settlement_no: str | None, request: Settlemen
         "cap_used_fen": plan.cap_used_after_fen,
         "service_time": iso(service_time),
         "settled_at": iso(now) if settlement_no else None,
+        "auth_method": request.auth_method,  # R12: voucher | card
     }
 
 
@@ -577,6 +630,16 @@ _VOUCHER = (
     .where(vouchers_t.c.code_hash == bindparam("code_hash"))
 )
 _VOUCHER_LOCKED = _VOUCHER.with_for_update(of=vouchers_t)
+# R12 card: the same columns for the card's holder (no voucher), plus the card number to compare.
+_CARD = (
+    select(null().label("id"), persons_t.c.id.label("person_id"), null().label("expires_at"),
+           null().label("used_at"), persons_t.c.region_code, persons_t.c.status, persons_t.c.name_enc,
+           persons_t.c.id_number_enc, accounts_t.c.id.label("own_account_id"),
+           _suspended("beneficiary", persons_t.c.id, _SERVICE, _NOW).label("beneficiary_suspended"),
+           persons_t.c.social_card_no_enc)
+    .outerjoin(accounts_t, accounts_t.c.person_id == persons_t.c.id)
+    .where(persons_t.c.id_number_bidx == bindparam("id_bidx"))
+)
 
 _BINDINGS = (
     select(bindings_t.c.id, bindings_t.c.owner_person_id, bindings_t.c.relationship, bindings_t.c.status,

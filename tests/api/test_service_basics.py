@@ -71,3 +71,21 @@ def test_an_audit_row_carries_the_request_id_of_the_request_that_wrote_it(client
     with app_session() as session, session.begin():
         rows = session.scalars(select(AuditEvent.request_id).where(AuditEvent.action == "auth.sign_in")).all()
     assert rows == ["rid0123456789"]
+
+
+def test_the_openapi_document_describes_proofs_phones_cards_and_their_errors(client):
+    """Issue 9: the new endpoints, fields and error codes are in the OpenAPI document."""
+    import json
+
+    spec = client.get("/api/openapi.json").get_json()
+    for path in ("/api/v1/me/identity/window-code", "/api/v1/me/phone", "/api/v1/staff/identity-links",
+                 "/api/v1/staff/persons/phone", "/api/v1/bindings/{binding_id}/decline"):
+        assert path in spec["paths"], path
+    schemas = spec["components"]["schemas"]
+    assert {"wechat_realname_code", "alipay_auth_code", "phone"} <= set(schemas["IdentityProof"]["properties"])
+    assert {"wechat_code", "alipay_response"} <= set(schemas["PhoneProofRequest"]["properties"])
+    assert {"voucher_code", "card"} <= set(schemas["SettlementRequest"]["properties"])
+    assert "auth_method" in schemas["Settlement"]["properties"]
+    text = json.dumps(spec, ensure_ascii=False)
+    for code in ("IDENTITY_NOT_PROVEN", "IDENTITY_MISMATCH", "PHONE_NOT_VERIFIED", "PHONE_MISMATCH", "CARD_INVALID"):
+        assert code in text, code

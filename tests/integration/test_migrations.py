@@ -54,3 +54,26 @@ def test_upgrade_to_head_matches_the_models_and_downgrade_undoes_it(empty_databa
         remaining = set(engine.dialect.get_table_names(conn)) - {"alembic_version"}
     assert remaining == set()
     engine.dispose()
+
+
+def test_0003_unlinks_users_verified_without_a_recorded_proof(empty_database):
+    """R21: users linked by name + ID number alone before proofs existed must prove again."""
+    engine = create_engine(empty_database)
+    with engine.begin() as conn:
+        command.upgrade(_alembic(conn), "0001")
+        conn.execute(text(
+            "INSERT INTO persons (id, id_number_bidx, id_number_enc, name_enc, social_card_no_enc, insurance_type,"
+            " region_code, status, created_at, updated_at) VALUES (7, 'b', 'e', 'n', 'c', 'employee', '532621',"
+            " 'active', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        for user_id, person_id in ((1, 7), (2, None)):
+            conn.execute(text(
+                "INSERT INTO users (id, channel, wechat_openid, person_id, verified_at, created_at)"
+                " VALUES (:id, 'wechat', :openid, :person, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"),
+                {"id": user_id, "openid": f"o{user_id}", "person": person_id})
+    with engine.begin() as conn:
+        command.upgrade(_alembic(conn), "head")
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT id, person_id, unproven_person_id, verified_at IS NULL FROM users ORDER BY id")).all()
+    assert [tuple(r) for r in rows] == [(1, None, 7, True), (2, None, None, False)]
+    engine.dispose()

@@ -26,6 +26,7 @@ class Apps:
     wechat_page: str = "pages/notice/index"
     alipay_appid: str = "2021000000000001"
     alipay_template: str = "ATPL-deduction-0001"
+    alipay_aes_key: str = "MDEyMzQ1Njc4OWFiY2RlZg=="  # base64 of 16 bytes (接口内容加密 key)
 
     @staticmethod
     def new_openid() -> str:
@@ -75,7 +76,8 @@ def make_sandbox(emulator_private_key_pem: str, app_private_key_pem: str) -> San
         pages=[APPS.wechat_page],
     )
     sandbox.register_alipay_app(
-        APPS.alipay_appid, public_key_pem(app_private_key_pem), templates=[APPS.alipay_template]
+        APPS.alipay_appid, public_key_pem(app_private_key_pem), templates=[APPS.alipay_template],
+        aes_key=APPS.alipay_aes_key,
     )
     return sandbox
 

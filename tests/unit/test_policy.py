@@ -98,6 +98,8 @@ def test_wenshan_has_the_values_of_spec_section_4() -> None:
         beneficiary_consent="none",
         consent_min_age=16,
         max_settlement_delay_hours=72,
+        phone_check="required",
+        identity_proof=frozenset({"platform_realname", "phone", "window"}),
     )
 
 
@@ -143,8 +145,17 @@ def test_the_summary_for_get_me_lists_relationships_in_display_order() -> None:
         "chronic_extra_fen": 100000,
         "max_beneficiaries": 10,
         "copay_order": "balance_desc",
+        "phone_check": "required",
+        "identity_proof": ["platform_realname", "phone", "window"],
     }
     assert POLICIES["370300"].summary()["relationships"] == list(RELATIONSHIPS)
+
+
+def test_r21_phone_check_is_required_in_wenshan_only_and_every_region_takes_all_three_proofs() -> None:
+    assert {code: p.phone_check for code, p in POLICIES.items()} == {
+        "532600": "required", "370300": "off", "532800": "off"}
+    for policy in POLICIES.values():
+        assert policy.identity_proof == frozenset({"platform_realname", "phone", "window"})
 
 
 def test_the_deployment_region_is_picked_by_region_code() -> None:
@@ -167,6 +178,7 @@ def write_variant(tmp_path: Path, old: str, new: str, name: str = "532600.toml")
 MAX = "max_beneficiaries = 10"
 CAP = "annual_cap_fen = 200000"
 RELATIONS = 'relationships = ["spouse", "parent", "child"]'
+PROOFS = 'identity_proof = ["platform_realname", "phone", "window"]'
 
 
 @pytest.mark.parametrize(
@@ -206,6 +218,12 @@ RELATIONS = 'relationships = ["spouse", "parent", "child"]'
         ("max_settlement_delay_hours = 72", "max_settlement_delay_hours = true", "max_settlement_delay_hours",
          "expected an integer"),
         ("max_settlement_delay_hours = 72", "", "max_settlement_delay_hours", "missing"),
+        ('phone_check = "required"', 'phone_check = "yes"', "phone_check", "one of required, off"),
+        ('phone_check = "required"\n', "", "phone_check", "missing"),
+        (PROOFS, 'identity_proof = ["platform_realname", "password"]', "identity_proof", "unknown value 'password'"),
+        (PROOFS, "identity_proof = []", "identity_proof", "non-empty array"),
+        (PROOFS, 'identity_proof = ["phone", "phone"]', "identity_proof", "repeated"),
+        (PROOFS + "\n", "", "identity_proof", "missing"),
     ],
 )
 def test_a_bad_policy_file_is_refused_naming_file_field_and_problem(

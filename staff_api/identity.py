@@ -1,0 +1,60 @@
+"""Staff (R21): link a user to a person after checking the ID card, and update reserved phones."""
+
+from __future__ import annotations
+
+from flask_smorest import Blueprint
+from marshmallow import fields, validate
+
+from app.services import identity, phones
+from app.web import client_ip, domain, now, principal, session, staff_required
+from miniprogram_api.schemas import MaskedPersonSchema, StrictSchema
+
+bp = Blueprint("staff_identity", __name__, description="Staff: window identity links and reserved phone numbers")
+
+
+class IdentityLinkRequestSchema(StrictSchema):
+    id_number = fields.String(required=True, validate=validate.Length(min=1, max=32),
+                              metadata={"description": "from the ID card the staff member checked"})
+    link_code = fields.String(required=True, validate=validate.Length(min=1, max=16),
+                              metadata={"description": "the code the user shows (POST /me/identity/window-code)"})
+
+
+class IdentityLinkSchema(StrictSchema):
+    user_id = fields.Integer()
+    proof = fields.String()
+    person = fields.Nested(MaskedPersonSchema)
+
+
+class PersonPhoneRequestSchema(StrictSchema):
+    id_number = fields.String(required=True, validate=validate.Length(min=1, max=32))
+    phone = fields.String(required=True, validate=validate.Length(min=1, max=20),
+                          metadata={"description": "mainland mobile number, 11 digits"})
+
+
+class PersonPhoneSchema(StrictSchema):
+    person = fields.Nested(MaskedPersonSchema)
+    phone = fields.String(metadata={"description": "masked"})
+
+
+@bp.post("/identity-links")
+@staff_required("window", "admin")
+@bp.arguments(IdentityLinkRequestSchema)
+@bp.response(201, IdentityLinkSchema)
+def link_identity(body):
+    """Link the user who showed ``link_code`` to the person of the checked ID card (audited).
+
+    404 NOT_FOUND for an unknown, used or expired code or an ID number not in the registry.
+    """
+    d = domain()
+    return identity.link_at_window(session(), d.pii, d.policy, principal().id, body["id_number"], body["link_code"],
+                                   now(), client_ip())
+
+
+@bp.post("/persons/phone")
+@staff_required("window", "admin")
+@bp.arguments(PersonPhoneRequestSchema)
+@bp.response(200, PersonPhoneSchema)
+def set_person_phone(body):
+    """Update a person's reserved mobile number after checking the ID card (audited)."""
+    return phones.set_reserved_phone(session(), domain().pii, principal().id, body["id_number"], body["phone"], now(),
+                                     client_ip())
