@@ -6,6 +6,7 @@ import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 from flask import Flask, current_app
@@ -46,19 +47,25 @@ def load_registry_command(path: Path, skip_stale: bool) -> None:
             click.echo(f"error: {problem}", err=True)
         raise click.ClickException(f"{path}: nothing was loaded ({len(exc.problems)} problem(s) shown)") from None
     except RegistryStale as exc:
-        for stale in exc.report.stale:
-            click.echo(f"stale: {stale.describe()}", err=True)
+        for line in _stale_lines(exc.report):
+            click.echo(f"stale: {line}", err=True)
         raise click.ClickException(
             f"{path}: nothing was loaded: {len(exc.report.stale)} account(s) moved after as_of "
-            f"{exc.report.as_of}; load a newer snapshot, or pass --skip-stale to leave them") from None
-    for stale in report.stale:
-        click.echo(f"stale (left): {stale.describe()}", err=True)
+            f"{exc.report.as_of}, {len(exc.report.stale_persons)} person(s) loaded from a newer snapshot; "
+            "load a newer snapshot, or pass --skip-stale to leave them") from None
+    for line in _stale_lines(report):
+        click.echo(f"stale (left): {line}", err=True)
     click.echo(
         f"loaded {report.persons} persons ({report.persons_new} new), {report.accounts} accounts "
         f"({report.balance_changes} balances changed, {len(report.stale)} stale left), {report.households} "
         f"households, {report.institutions} institutions in {time.perf_counter() - started:.1f} s; "
         f"sha256 {report.sha256}" + (f", registry_sync journal {report.journal_id}" if report.journal_id else "")
     )
+
+
+def _stale_lines(report: Any) -> list[str]:
+    return [s.describe() for s in report.stale] + [
+        f"persons[{row}]: a newer snapshot already loaded this person; row left" for row in report.stale_persons]
 
 
 @click.command("create-staff")

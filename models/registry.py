@@ -29,6 +29,8 @@ class Person(IdMixin, CreatedMixin, Base):
     status: Mapped[str] = mapped_column(String(16))  # active | inactive
     # Keyed digest of the registry row as last loaded: an unchanged row is not rewritten.
     source_digest: Mapped[str | None] = mapped_column(String(64))
+    # The as_of of the registry snapshot that last wrote this row: an older one may not overwrite it.
+    source_as_of: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     __table_args__ = (

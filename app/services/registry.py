@@ -53,10 +53,12 @@ class RegistryInvalid(Exception):
 
 
 class RegistryStale(Exception):
-    """Accounts moved here after the file's ``as_of``; nothing was loaded (see ``skip_stale``)."""
+    """Accounts moved here after the file's ``as_of``, or persons were loaded from a newer snapshot;
+    nothing was loaded (see ``skip_stale``)."""
 
     def __init__(self, report: LoadReport):
-        super().__init__(f"{len(report.stale)} account(s) moved after as_of")
+        super().__init__(f"{len(report.stale)} account(s) moved after as_of, "
+                         f"{len(report.stale_persons)} person(s) from a newer snapshot")
         self.report = report
 
 
@@ -87,13 +89,16 @@ class LoadReport:
     as_of: str | None = None
     journal_id: int | None = None
     stale: list[StaleAccount] = field(default_factory=list)
+    # persons rows (1-based) left because a newer snapshot already loaded that person
+    stale_persons: list[int] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """What the audit record keeps (and the CLI prints)."""
         return {"persons": self.persons, "persons_new": self.persons_new, "accounts": self.accounts,
                 "balance_changes": self.balance_changes, "households": self.households,
                 "institutions": self.institutions, "sha256": self.sha256, "as_of": self.as_of,
-                "journal_id": self.journal_id, "stale_account_ids": [s.account_id for s in self.stale]}
+                "journal_id": self.journal_id, "stale_account_ids": [s.account_id for s in self.stale],
+                "stale_person_rows": self.stale_persons}
 
 
 def _problem(problems: list[str], where: str, message: str) -> None:
@@ -119,12 +124,12 @@ def validate(data: Any) -> tuple[list[str], dict[str, str]]:
     unknown = set(data) - {"as_of", "persons", "accounts", "households", "institutions"}
     if unknown:
         problems.append(f"unknown section(s): {', '.join(sorted(unknown))}")
-    if "as_of" in data or data.get("accounts"):
+    if "as_of" in data or data.get("accounts") or data.get("persons"):
         try:
             parse_aware(data.get("as_of"), field="as_of")  # type: ignore[arg-type]
         except errors.ValidationFailed:
-            problems.append("as_of: required when the file has accounts: the snapshot time, ISO 8601 with an "
-                            "offset (e.g. 2025-03-01T09:30:00+08:00)")
+            problems.append("as_of: required when the file has persons or accounts: the snapshot time, ISO 8601 "
+                            "with an offset (e.g. 2025-03-01T09:30:00+08:00)")
     known_ids: set[str] = set()
     for i, row in enumerate(data.get("persons", []), 1):
         where = f"persons[{i}]"
@@ -216,7 +221,7 @@ def load_registry(session: Session, pii: PiiCipher, data: Any, now: datetime, *,
     report = LoadReport(sha256=sha256 or file_sha256(data), as_of=iso(as_of))
     insert = _insert(session)
     with session.begin():
-        bidx_to_id = _upsert_persons(session, pii, insert, data.get("persons", []), numbers, now, report)
+        bidx_to_id = _upsert_persons(session, pii, insert, data.get("persons", []), numbers, now, report, as_of)
 
         resolved: dict[str, int] = {}
 
@@ -242,7 +247,7 @@ def load_registry(session: Session, pii: PiiCipher, data: Any, now: datetime, *,
             (person_id(row["id_number"], f"accounts[{i}]"), row["balance_fen"], i)
             for i, row in enumerate(data.get("accounts", []), 1)
         ], now, report, as_of)
-        if report.stale and not skip_stale:
+        if (report.stale or report.stale_persons) and not skip_stale:
             raise RegistryStale(report)  # leaving the block rolls everything back: all or nothing
         household_rows = [
             {"a_person_id": person_id(row["a"], f"households[{i}]"),
@@ -267,9 +272,11 @@ def load_registry(session: Session, pii: PiiCipher, data: Any, now: datetime, *,
 
 
 def _upsert_persons(session: Session, pii: PiiCipher, insert: Any, rows: list[dict], numbers: dict[str, str],
-                    now: datetime, report: LoadReport) -> dict[str, int]:
+                    now: datetime, report: LoadReport, as_of: datetime | None) -> dict[str, int]:
     """Insert new persons and rewrite changed ones; unchanged rows (same source digest) are skipped,
-    so reloading the same file re-encrypts and rewrites nothing."""
+    so reloading the same file re-encrypts and rewrites nothing. A person last written from a newer
+    snapshot (``source_as_of`` after this file's ``as_of``) is left and reported: an old snapshot
+    must not bring back a status, insurance type or region that has since changed (R1)."""
     bidx_to_id: dict[str, int] = {}
     upsert = _person_upsert(insert)
     for start in range(0, len(rows), BATCH):
@@ -288,10 +295,12 @@ def _upsert_persons(session: Session, pii: PiiCipher, insert: Any, rows: list[di
             .where(_among(session, Person.id_number_bidx, [bidx for bidx, _, _ in plain], String)))}
         report.persons_new += len(plain) - len(existing)
         values = []
-        for bidx, digest, (number, name, card, kind, region, status, *phone) in plain:
+        sent_rows: dict[str, int] = {}
+        for n, (bidx, digest, (number, name, card, kind, region, status, *phone)) in enumerate(plain, start + 1):
             if bidx in existing and existing[bidx][1] == digest:
                 bidx_to_id[bidx] = existing[bidx][0]
                 continue
+            sent_rows[bidx] = n
             values.append({
                 "phone_enc": pii.encrypt(phone[0], context="person.phone") if phone else None,
                 "phone_bidx": pii.blind_index(phone[0], kind="mobile") if phone else None,
@@ -299,13 +308,16 @@ def _upsert_persons(session: Session, pii: PiiCipher, insert: Any, rows: list[di
                 "id_number_enc": pii.encrypt(number, context="person.id_number"),
                 "name_enc": pii.encrypt(name, context="person.name"),
                 "social_card_no_enc": pii.encrypt(card, context="person.social_card_no"),
-                "insurance_type": kind, "region_code": region, "status": status,
+                "insurance_type": kind, "region_code": region, "status": status, "source_as_of": as_of,
                 "created_at": now, "updated_at": now,
             })
         if values:
             # executemany (insertmanyvalues): compiled once, sent in pages, RETURNING in order.
             for person_id, bidx in _bulk(session).execute(upsert, values):
                 bidx_to_id[bidx] = person_id
+                sent_rows.pop(bidx, None)
+            # What did not come back was not written: a newer snapshot had loaded that person.
+            report.stale_persons.extend(sorted(sent_rows.values()))
         report.persons += len(plain)
     return bidx_to_id
 
@@ -317,9 +329,11 @@ def _person_upsert(insert: Any) -> Any:
         index_elements=["id_number_bidx"],
         set_={**{name: stmt.excluded[name] for name in (
             "id_number_enc", "name_enc", "social_card_no_enc", "insurance_type", "region_code", "status",
-            "source_digest", "updated_at")},
+            "source_digest", "source_as_of", "updated_at")},
             # R21: a file row without a phone keeps the reserved number on file (e.g. set at the window).
             **{name: func.coalesce(stmt.excluded[name], persons.c[name]) for name in ("phone_enc", "phone_bidx")}},
+        # Never overwrite a person with an older snapshot than the one that last wrote them.
+        where=or_(persons.c.source_as_of.is_(None), stmt.excluded.source_as_of >= persons.c.source_as_of),
     ).returning(persons.c.id, persons.c.id_number_bidx)
 
 

@@ -45,6 +45,9 @@ def _live_pair_binding(session: Session, suspended_binding_id: int) -> Binding |
                            .where(Binding.id == suspended_binding_id)).first()
     if pair is None:
         return None
+    # The owner's person row first, as binding does: a binding being created for this pair right now
+    # commits before we look (and is found) or waits for the lift (and is created active).
+    session.execute(select(Person.id).where(Person.id == pair.owner_person_id).with_for_update())
     live_id = session.scalar(select(Binding.id).where(
         Binding.owner_person_id == pair.owner_person_id, Binding.beneficiary_person_id == pair.beneficiary_person_id,
         Binding.status.in_(LIVE_BINDING_STATES)))

@@ -1,4 +1,5 @@
-"""Issue 8 (money holes): registry_sync journals carry the registry file's SHA-256 and snapshot time.
+"""Issue 8 (money holes): registry_sync journals carry the registry file's SHA-256 and snapshot time;
+persons remember the snapshot time (as_of) that last wrote them.
 
 Revision ID: 0002
 Revises: 0001
@@ -21,9 +22,13 @@ def upgrade() -> None:
     with op.batch_alter_table("journals", schema=None) as batch_op:
         batch_op.add_column(sa.Column("source_sha256", sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column("as_of", models.base.UTCDateTime(timezone=True), nullable=True))
+    with op.batch_alter_table("persons", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("source_as_of", models.base.UTCDateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("persons", schema=None) as batch_op:
+        batch_op.drop_column("source_as_of")
     with op.batch_alter_table("journals", schema=None) as batch_op:
         batch_op.drop_column("as_of")
         batch_op.drop_column("source_sha256")

@@ -157,7 +157,8 @@ def _registry_says(app, id_number, **changes):
     row = {"id_number": id_number, "name": name, "social_card_no": card, "insurance_type": "employee",
            "region_code": "532621", "status": "active", **changes}
     with app_session() as session:
-        load_registry(session, app.extensions["domain"].pii, {"persons": [row]}, datetime.now(UTC))
+        load_registry(session, app.extensions["domain"].pii,
+                      {"as_of": datetime.now(UTC).isoformat(), "persons": [row]}, datetime.now(UTC))
 
 
 @pytest.mark.parametrize(("changes", "why"), [

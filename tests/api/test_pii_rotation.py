@@ -18,6 +18,7 @@ from app.services.registry import load_registry
 from models import Person
 from tests.conftest import TEST_KEYS, _b64
 from tests.helpers import signed_in_person
+from tests.money_helpers import assert_ledger_clean
 
 
 @pytest.fixture
@@ -50,3 +51,5 @@ def test_rotating_pii_key_keeps_identity_look_ups_and_registry_reloads(app, make
     # …and a registry reload updates the same 7 persons instead of inserting 7 more.
     load_demo(after)
     assert persons(after) == 7
+    with after.app_context():
+        assert_ledger_clean(after)

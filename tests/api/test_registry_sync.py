@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from app.demo import demo_registry
 from app.extensions import app_session
 from app.timefmt import iso
-from models import Account, Journal, LedgerEntry
+from models import Account, Journal, LedgerEntry, Person
 from tests.money_helpers import (
     CHILD,
     OWNER,
@@ -123,9 +123,9 @@ def test_an_older_snapshot_cannot_undo_a_newer_one(app, tmp_path, spent):
 
 
 @pytest.mark.parametrize(("as_of", "problem"), [
-    (None, "as_of: required when the file has accounts"),
-    ("2025-03-01T09:30:00", "as_of: required when the file has accounts"),
-    ("yesterday", "as_of: required when the file has accounts"),
+    (None, "as_of: required when the file has persons or accounts"),
+    ("2025-03-01T09:30:00", "as_of: required when the file has persons or accounts"),
+    ("yesterday", "as_of: required when the file has persons or accounts"),
     (iso(datetime.now(UTC) + timedelta(hours=1)), "is in the future"),
 ])
 def test_a_file_with_accounts_needs_a_past_as_of_with_an_offset(app, tmp_path, as_of, problem):
@@ -140,9 +140,24 @@ def test_a_file_with_accounts_needs_a_past_as_of_with_an_offset(app, tmp_path, a
         assert session.scalar(select(func.count()).select_from(Account).where(Account.kind == "personal")) == 0
 
 
-def test_a_file_without_accounts_needs_no_as_of(app, tmp_path):
+def test_a_file_of_households_and_institutions_only_needs_no_as_of(app, tmp_path):
     data = demo_registry()
-    del data["as_of"]
-    data["accounts"] = []
-    result, _ = load(app, tmp_path, data)
+    assert load(app, tmp_path, {"persons": data["persons"], "as_of": data["as_of"]})[0].exit_code == 0
+    result, _ = load(app, tmp_path, {"households": data["households"], "institutions": data["institutions"]})
     assert result.exit_code == 0, result.output
+
+
+def test_an_older_snapshot_cannot_bring_an_owner_back_to_active(app, tmp_path, spent):
+    """R1: the registry said 张伟 left insurance; reloading an earlier snapshot must not revive him."""
+    newer = demo_registry(datetime.now(UTC))
+    next(row for row in newer["persons"] if row["id_number"] == OWNER)["status"] = "inactive"
+    newer["accounts"] = [row for row in newer["accounts"] if row["id_number"] != OWNER]
+    assert load(app, tmp_path, newer)[0].exit_code == 0
+    older = demo_registry(spent)
+    older["accounts"] = []
+    result, _ = load(app, tmp_path, older)
+    assert result.exit_code == 1 and "persons[1]: a newer snapshot already loaded this person" in result.output
+    result, _ = load(app, tmp_path, older, "--skip-stale")
+    assert result.exit_code == 0 and "stale (left): persons[1]" in result.output, result.output
+    with app_session() as session, session.begin():
+        assert session.scalar(select(Person.status).where(Person.id == person_id(app, OWNER))) == "inactive"

@@ -116,6 +116,8 @@ def copay_sources(draw) -> list[CopaySource]:
         # About half the bindings get a defect, so that both kinds meet in one settlement.
         for defect in draw(st.lists(binding_defects, max_size=2) | st.just([])):
             source = replace(source, **defect)
+        if draw(rarely):  # R1/R11 (issue 8): the owner left insurance
+            source = replace(source, owner_ineligible="inactive")
         sources.append(source)
     return sources
 
@@ -167,6 +169,7 @@ def usable(source: CopaySource) -> bool:
         and not source.suspended_at_service_time
         and source.status_now == "active"
         and not source.owner_suspended
+        and source.owner_ineligible is None
     )
 
 
