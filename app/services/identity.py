@@ -176,7 +176,7 @@ def link_user(session: Session, user: User, person: Person, proof: str, now: dat
     if others:
         platform = "微信" if user.channel == "wechat" else "支付宝"
         add_person_notice(session, person_id=person.id, kind="identity", event_key=f"u{user.id}.p{person.id}", at=now,
-                          content={"event": "linked", "channel": user.channel, "proof": proof,
+                          exclude_user_id=user.id, content={"event": "linked", "channel": user.channel, "proof": proof,
                                    "message": f"又一个{platform}账号{_HOW.get(proof, '')}验证了您的身份，"
                                               "可以使用您的医保个人账户。如非本人操作，请立即到医保经办窗口处理。"})
 
