@@ -168,6 +168,9 @@ def link_user(session: Session, user: User, person: Person, proof: str, now: dat
     if user.person_id == person.id and user.identity_proof:
         user.identity_proof, user.identity_proven_at = proof, now
         return
+    # The person row is locked so that two accounts linking at once see each other: the later one
+    # always finds the earlier and the notice is written (lock order: user, then person).
+    session.execute(select(Person.id).where(Person.id == person.id).with_for_update())
     others = session.scalars(select(User.id).where(User.person_id == person.id, User.id != user.id)).all()
     user.person_id = person.id
     user.verified_at = user.verified_at or now

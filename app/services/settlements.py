@@ -178,7 +178,14 @@ def settle(session: Session, deps: MoneyDeps, institution: InstitutionIdentity, 
     write = not request.dry_run
     try:
         with session.begin():
-            voucher = _patient(session, deps, institution, request, service_time, now, lock=write, guard=card_guard)
+            try:
+                voucher = _patient(session, deps, institution, request, service_time, now, lock=write,
+                                   guard=card_guard)
+            except errors.RateLimited:
+                # Card look-ups used up: a replay of a settled request still gets its answer (R13).
+                if write and (replay := _replay(session, institution.id, request)) is not None:
+                    return replay
+                raise
             try:
                 _check_can_settle(institution, voucher, now, by_card=request.card is not None)
             except errors.DomainError:
