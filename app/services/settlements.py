@@ -175,6 +175,8 @@ def settle(session: Session, deps: MoneyDeps, institution: InstitutionIdentity, 
     not stored.
     """
     service_time = _service_time(request.service_time, now)
+    if request.card is None and not well_formed(request.voucher_code or ""):
+        raise errors.VoucherInvalid()  # before any database work, as a forged code deserves
     write = not request.dry_run
     try:
         with session.begin():
