@@ -59,7 +59,12 @@ class Database:
         app.extensions["db.engine"] = engine
         # autobegin=False: a session does nothing outside ``with session.begin():`` — the
         # service that owns the use case owns its one transaction.
-        app.extensions["db.sessionmaker"] = sessionmaker(engine, expire_on_commit=False, autobegin=False)
+        # session.info["receipt_channels"] (R21): the channels with a receipt template, on which the
+        # non-money notices a service writes in its own transaction are pushed (notify.person_notices).
+        receipt = tuple(channel for channel, key in (("wechat", "WECHAT_TEMPLATE_RECEIPT"),
+                                                      ("alipay", "ALIPAY_TEMPLATE_RECEIPT")) if app.config.get(key))
+        app.extensions["db.sessionmaker"] = sessionmaker(engine, expire_on_commit=False, autobegin=False,
+                                                         info={"receipt_channels": receipt})
 
     @property
     def engine(self) -> Engine:

@@ -71,11 +71,14 @@ def build_deliverer(app: Flask) -> Deliverer:
             # One account-change template reports deductions and refund credits alike.
             "deduction": cfg.get("WECHAT_TEMPLATE_DEDUCTION"), "refund": cfg.get("WECHAT_TEMPLATE_DEDUCTION"),
             "receipt": cfg.get("WECHAT_TEMPLATE_RECEIPT"),
+            # R21: binding and identity notices go out with the receipt template (notify.person_notices).
+            "binding": cfg.get("WECHAT_TEMPLATE_RECEIPT"), "identity": cfg.get("WECHAT_TEMPLATE_RECEIPT"),
         })
     if domain.alipay is not None:
         channels["alipay"] = AlipayChannel(domain.alipay, {
             "deduction": cfg.get("ALIPAY_TEMPLATE_DEDUCTION"), "refund": cfg.get("ALIPAY_TEMPLATE_DEDUCTION"),
             "receipt": cfg.get("ALIPAY_TEMPLATE_RECEIPT"),
+            "binding": cfg.get("ALIPAY_TEMPLATE_RECEIPT"), "identity": cfg.get("ALIPAY_TEMPLATE_RECEIPT"),
         })
     # The lease must outlast the slowest attempt: a token fetch, a send, a forced refresh and a
     # resend, each bounded by the platform timeout.

@@ -168,6 +168,9 @@ def link_user(session: Session, user: User, person: Person, proof: str, now: dat
     if user.person_id == person.id and user.identity_proof:
         user.identity_proof, user.identity_proven_at = proof, now
         return
+    # The person row is locked so that two accounts linking at once see each other: the later one
+    # always finds the earlier and the notice is written (lock order: user, then person).
+    session.execute(select(Person.id).where(Person.id == person.id).with_for_update())
     others = session.scalars(select(User.id).where(User.person_id == person.id, User.id != user.id)).all()
     user.person_id = person.id
     user.verified_at = user.verified_at or now
@@ -176,7 +179,7 @@ def link_user(session: Session, user: User, person: Person, proof: str, now: dat
     if others:
         platform = "微信" if user.channel == "wechat" else "支付宝"
         add_person_notice(session, person_id=person.id, kind="identity", event_key=f"u{user.id}.p{person.id}", at=now,
-                          content={"event": "linked", "channel": user.channel, "proof": proof,
+                          exclude_user_id=user.id, content={"event": "linked", "channel": user.channel, "proof": proof,
                                    "message": f"又一个{platform}账号{_HOW.get(proof, '')}验证了您的身份，"
                                               "可以使用您的医保个人账户。如非本人操作，请立即到医保经办窗口处理。"})
 

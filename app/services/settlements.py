@@ -176,10 +176,19 @@ def settle(session: Session, deps: MoneyDeps, institution: InstitutionIdentity, 
     not stored.
     """
     service_time = _service_time(request.service_time, now, deps.plan_policy.max_settlement_delay_hours)
+    if request.card is None and not well_formed(request.voucher_code or ""):
+        raise errors.VoucherInvalid()  # before any database work, as a forged code deserves
     write = not request.dry_run
     try:
         with session.begin():
-            voucher = _patient(session, deps, institution, request, service_time, now, lock=write, guard=card_guard)
+            try:
+                voucher = _patient(session, deps, institution, request, service_time, now, lock=write,
+                                   guard=card_guard)
+            except errors.RateLimited:
+                # Card look-ups used up: a replay of a settled request still gets its answer (R13).
+                if write and (replay := _replay(session, institution.id, request)) is not None:
+                    return replay
+                raise
             try:
                 _check_can_settle(institution, voucher, now, by_card=request.card is not None)
             except errors.DomainError:

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 # The mini-program page a push opens: the record of that settlement.
 RECORD_PAGE = "pages/records/detail"
+INBOX_PAGE = "pages/notifications/index"
 
 RELATIONSHIP_WORDS = {
     "self": "本人", "spouse": "配偶", "parent": "父母", "child": "子女", "sibling": "兄弟姐妹",
@@ -83,6 +84,8 @@ def local_time(notice: NoticeView) -> str:
 
 
 def record_page(notice: NoticeView) -> str:
+    if notice.settlement_no is None:  # binding and identity notices (R21): the inbox entry
+        return f"{INBOX_PAGE}?notice_id={notice.id}"
     return f"{RECORD_PAGE}?settlement_no={notice.settlement_no}&notice_id={notice.id}"
 
 

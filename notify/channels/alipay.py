@@ -21,6 +21,7 @@ from notify.channels import (
     record_page,
     relationship_word,
 )
+from notify.channels.person_events import PERSON_EVENT_KINDS, person_event_values
 
 VALUE_LIMIT = 50
 
@@ -31,6 +32,9 @@ def _yuan(fen: Any) -> str:
 
 def render_data(notice: NoticeView) -> dict[str, str]:
     c = notice.content
+    if notice.kind in PERSON_EVENT_KINDS:
+        values = list(person_event_values(notice).values())
+        return {f"keyword{i}": clip(value, VALUE_LIMIT) for i, value in enumerate(values, start=1)}
     if notice.kind == "receipt":
         values = [CHANGE_WORDS["receipt"], c.get("beneficiary") or "*", c.get("institution") or "定点医药机构",
                   _yuan(c["amount_fen"]), local_time(notice), notice.settlement_no]

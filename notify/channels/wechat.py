@@ -26,6 +26,7 @@ from notify.channels import (
     record_page,
     relationship_word,
 )
+from notify.channels.person_events import PERSON_EVENT_KINDS, person_event_values
 
 _FIELDS: dict[str, Callable[[NoticeView], str]] = {
     "change": lambda n: CHANGE_WORDS[change_kind(n)],
@@ -78,6 +79,8 @@ def fit(key: str, value: str) -> str:
 
 
 def render_data(notice: NoticeView) -> dict[str, str]:
+    if notice.kind in PERSON_EVENT_KINDS:
+        return {key: fit(key, value) for key, value in person_event_values(notice, RECEIPT_LAYOUT).items()}
     layout = RECEIPT_LAYOUT if notice.kind == "receipt" else ACCOUNT_LAYOUT
     return {key: fit(key, _FIELDS[field](notice)) for key, field in layout}
 

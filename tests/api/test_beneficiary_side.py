@@ -86,3 +86,35 @@ def test_an_active_binding_cannot_be_declined_and_strangers_get_404(client, sand
     assert error_code(client.post(url, json={}, headers=bearer(child))) == "INVALID_STATE"
     stranger = sign_in(client, sandbox, SPOUSE)
     assert client.post(url, json={}, headers=bearer(stranger)).status_code == 404
+
+
+def test_where_a_receipt_template_is_configured_the_beneficiary_also_gets_a_push(make_app, sandbox, demo):
+    from tests.conftest import TEMPLATE_RECEIPT
+    from tests.helpers import random_openid, signed_in_person
+
+    app = make_app(WECHAT_TEMPLATE_RECEIPT=TEMPLATE_RECEIPT)
+    client = app.test_client()
+    child_openid = random_openid()
+    child = signed_in_person(client, sandbox, "张小明", CHILD, openid=child_openid)
+    sandbox.grant_wechat_consent(child_openid, TEMPLATE_RECEIPT)
+    assert client.post("/api/v1/subscriptions", headers=bearer(child), json={
+        "channel": "wechat", "mode": "one_time", "results": {TEMPLATE_RECEIPT: "accept"}}).status_code in (200, 201)
+    owner = sign_in(client, sandbox, OWNER)
+    binding = created(bind(client, owner, CHILD, "child"))
+    app.extensions["domain"].notifier.drain()
+
+    (message,) = sandbox.sent_messages(platform="wechat", to=child_openid, template_id=TEMPLATE_RECEIPT)
+    assert message.data["phrase1"] == "共济生效" and message.data["name2"] == "本人"
+    assert message.data["amount4"] == "¥0.00" and message.data["character_string6"] == f"B{binding['id']}"
+    (notice,) = [n for n in client.get("/api/v1/notifications", headers=bearer(child)).get_json()["items"]
+                 if n["kind"] == "binding"]
+    assert notice["deliveries"] == [{"channel": "wechat", "state": "sent", "error": None}]
+
+
+def test_without_a_receipt_template_binding_notices_stay_in_the_inbox(client, sandbox, demo):
+    owner = sign_in(client, sandbox, OWNER)
+    child = sign_in(client, sandbox, CHILD)
+    created(bind(client, owner, CHILD, "child"))
+    (notice,) = [n for n in client.get("/api/v1/notifications", headers=bearer(child)).get_json()["items"]
+                 if n["kind"] == "binding"]
+    assert notice["deliveries"] == []

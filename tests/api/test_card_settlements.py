@@ -128,11 +128,16 @@ def test_failed_card_look_ups_are_limited_per_institution(make_app, sandbox, dem
     fresh(app)
     make_binding(app, OWNER, CHILD, "child")
     client = app.test_client()
+    early = settle_by_card(client, CARDS[OWNER], OWNER, [drug(100)], out_no="CARD-EARLY")
+    assert early.status_code == 201
     for _ in range(3):
         assert settle_by_card(client, "M00000000000000", OWNER).status_code == 422
     limited = settle_by_card(client, CARDS[OWNER], OWNER)  # even a right card, once the limit is used up
     assert limited.status_code == 429 and limited.get_json()["error"]["code"] == "RATE_LIMITED"
     assert "Retry-After" in limited.headers
+    # A replay of a request settled before the limit was reached still gets its original answer (R13).
+    replay = settle_by_card(client, CARDS[OWNER], OWNER, [drug(100)], out_no="CARD-EARLY")
+    assert replay.status_code == 201 and replay.get_json() == early.get_json()
     # Another institution is not affected, and successes never count.
     for _ in range(5):
         assert settle_by_card(client, CARDS[OWNER], OWNER, [drug(100)], inst=PHARMACY).status_code == 201

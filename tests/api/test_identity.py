@@ -322,3 +322,22 @@ def test_identity_verification_is_rate_limited_per_user(make_app, sandbox, demo)
     limited = verify(client, token, "张伟", OWNER)
     assert limited.status_code == 429
     assert "Retry-After" in limited.headers
+
+
+def test_the_already_linked_account_gets_a_push_where_a_receipt_template_is_configured(make_app, sandbox, demo):
+    from tests.conftest import TEMPLATE_RECEIPT
+
+    app = make_app(WECHAT_TEMPLATE_RECEIPT=TEMPLATE_RECEIPT)
+    client = app.test_client()
+    first_openid = random_openid()
+    first = signed_in_person(client, sandbox, "张伟", OWNER, openid=first_openid)
+    sandbox.grant_wechat_consent(first_openid, TEMPLATE_RECEIPT)
+    client.post("/api/v1/subscriptions", headers=bearer(first), json={
+        "channel": "wechat", "mode": "one_time", "results": {TEMPLATE_RECEIPT: "accept"}})
+    second_openid = random_openid()
+    second = sign_in_wechat(client, sandbox, second_openid)["access_token"]
+    assert prove_identity_wechat(client, sandbox, second, second_openid, "张伟", OWNER).status_code == 200
+    app.extensions["domain"].notifier.drain()
+
+    (message,) = sandbox.sent_messages(platform="wechat", template_id=TEMPLATE_RECEIPT)
+    assert message.to == first_openid and message.data["phrase1"] == "新账号"
