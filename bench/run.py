@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> None:
             spy = None
             try:
                 if options.profile and not kind.startswith("ref-"):
-                    spy = _start_profile(process.pid, Path(options.profile) / f"{kind}.svg",
+                    spy = _start_profile(process.pid, Path(options.profile) / f"{kind}.folded",
                                          options.warmup + options.seconds)
                 result = drive(kind, port, units[kind], options.clients, options.client_processes,
                                options.warmup, options.seconds)
@@ -436,6 +436,7 @@ def main(argv: list[str] | None = None) -> None:
                 stop(process)
                 if spy is not None:
                     spy.wait(timeout=60)
+                    print(profile_summary(Path(options.profile) / f"{kind}.folded"), flush=True)
             time.sleep(0.5)
             after = transaction_counts(server_url, name)
             result.commits, result.rollbacks = after[0] - before[0] - 1, after[1] - before[1]
@@ -484,6 +485,28 @@ def table(rows: list[tuple[str, Phase, Phase | None]]) -> str:
     return "\n".join(lines)
 
 
+def profile_summary(folded: Path, top: int = 25) -> str:
+    """The functions with the largest inclusive share of the samples of a py-spy ``raw`` (folded) file."""
+    if not folded.exists():
+        return "  (no profile written)"
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in folded.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        for frame in set(stack.split(";")):
+            name = frame.split(" (")[0] + " (" + frame.split(" (")[-1].split(":")[0].rsplit("/", 2)[-1] \
+                if " (" in frame else frame
+            inclusive[name] = inclusive.get(name, 0) + n
+    lines = [f"  profile {folded.name}: {total} samples; largest inclusive shares:"]
+    for name, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"    {100 * n / max(1, total):5.1f}%  {name}")
+    return "\n".join(lines)
+
+
 def _start_profile(master_pid: int, out: Path, seconds: float) -> subprocess.Popen | None:
     spy = VENV_BIN / "py-spy"
     if not spy.exists():
@@ -491,7 +514,7 @@ def _start_profile(master_pid: int, out: Path, seconds: float) -> subprocess.Pop
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen([str(spy), "record", "--subprocesses", "--pid", str(master_pid), "--duration",  # noqa: S603
-                             str(int(seconds)), "--format", "flamegraph", "--output", str(out), "--nonblocking"],
+                             str(int(seconds)), "--format", "raw", "--output", str(out), "--nonblocking"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
