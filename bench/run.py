@@ -88,6 +88,7 @@ class Phase:
     requests_total: int = 0  # warm-up included: what the commit counts are divided by
     commits: int = 0
     rollbacks: int = 0
+    server_cpu_seconds: float = 0.0
     error_sample: str = ""
 
     @property
@@ -103,6 +104,10 @@ class Phase:
     @property
     def commits_per_request(self) -> float:
         return self.commits / max(1, self.requests_total)
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return 1000 * self.server_cpu_seconds / max(1, self.requests_total)
 
     @property
     def rollbacks_per_request(self) -> float:
@@ -250,9 +255,20 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def worker_pids(master_pid: int) -> list[int]:
+def server_cpu_seconds(master_pid: int) -> float:
+    """User + system CPU used so far by gunicorn's master and workers (Linux /proc): unlike
+    throughput on a shared machine, it does not depend on what else the cores are doing."""
+    ticks = os.sysconf("SC_CLK_TCK")
     children = Path(f"/proc/{master_pid}/task/{master_pid}/children")
-    return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+    pids = [master_pid] + ([int(pid) for pid in children.read_text().split()] if children.exists() else [])
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
 
 
 # --------------------------------------------------------------------------- clients
@@ -430,8 +446,10 @@ def main(argv: list[str] | None = None) -> None:
                 if options.profile and not kind.startswith("ref-"):
                     spy = _start_profile(process.pid, Path(options.profile) / f"{kind}.folded",
                                          options.warmup + options.seconds)
+                cpu_before = server_cpu_seconds(process.pid)
                 result = drive(kind, port, units[kind], options.clients, options.client_processes,
                                options.warmup, options.seconds)
+                result.server_cpu_seconds = server_cpu_seconds(process.pid) - cpu_before
             finally:
                 stop(process)
                 if spy is not None:
@@ -442,7 +460,8 @@ def main(argv: list[str] | None = None) -> None:
             result.commits, result.rollbacks = after[0] - before[0] - 1, after[1] - before[1]
             print(f"  {kind:<15} {result.ok:>6} ok {result.errors:>5} errors  {result.throughput:8.1f}/s  "
                   f"p50 {result.percentile(0.5):6.1f} ms  p99 {result.percentile(0.99):6.1f} ms  "
-                  f"commits/req {result.commits_per_request:.2f}  rollbacks/req {result.rollbacks_per_request:.2f}"
+                  f"commits/req {result.commits_per_request:.2f}  rollbacks/req {result.rollbacks_per_request:.2f}  "
+                  f"server CPU {result.cpu_ms_per_request:.1f} ms/req"
                   + (f"  first error: {result.error_sample}" if result.error_sample else ""), flush=True)
             return result
 
@@ -471,8 +490,8 @@ LABELS = {"settlement": "POST /institution/settlements", "voucher": "POST /vouch
 
 def table(rows: list[tuple[str, Phase, Phase | None]]) -> str:
     lines = ["| path | service req/s | reference req/s | ratio | service p50 / p99 ms | reference p50 / p99 ms "
-             "| commits / req (rollbacks) | reference commits / req | errors |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| commits / req (rollbacks) | reference commits / req | server CPU ms / req (reference) | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for path, s, r in rows:
         ref = f"{r.throughput:.0f}" if r else "—"
         ratio = f"{s.throughput / r.throughput:.2f}×" if r and r.throughput else "—"
@@ -481,6 +500,7 @@ def table(rows: list[tuple[str, Phase, Phase | None]]) -> str:
         lines.append(f"| `{LABELS[path]}` | {s.throughput:.0f} | {ref} | {ratio} | "
                      f"{s.percentile(0.5):.1f} / {s.percentile(0.99):.1f} | {ref_lat} | "
                      f"{s.commits_per_request:.2f} ({s.rollbacks_per_request:.2f}) | {ref_commits} | "
+                     f"{s.cpu_ms_per_request:.1f} ({f'{r.cpu_ms_per_request:.1f}' if r else '—'}) | "
                      f"{s.errors}{'/' + str(r.errors) if r else ''} |")
     return "\n".join(lines)
 
@@ -514,7 +534,7 @@ def _start_profile(master_pid: int, out: Path, seconds: float) -> subprocess.Pop
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen([str(spy), "record", "--subprocesses", "--pid", str(master_pid), "--duration",  # noqa: S603
-                             str(int(seconds)), "--format", "raw", "--output", str(out), "--nonblocking"],
+                             str(int(seconds)), "--format", "raw", "--output", str(out), "--nonblocking", "--gil"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
