@@ -54,8 +54,9 @@ def build(url: str, n: int) -> tuple[object, dict[str, object]]:
 
     env = {**os.environ, "DATABASE_URL": url, "SECRET_KEY": "bench", "PII_KEY": _key(), "VOUCHER_KEY": _key(),
            "PLEDGE_SIGNING_KEY": _key(), "RATE_LIMIT_PER_USER": "off", "RATE_LIMIT_PER_IP": "off",
-           "LOG_LEVEL": "WARNING"}
-    env.pop("REDIS_URL", None)
+           "LOG_LEVEL": "WARNING",
+           # RQ hand-over (nothing is enqueued here): no in-process notifier threads outliving the database.
+           "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/6")}
     app = create_app(Config.from_env(env=env))
     engine = app.extensions["db.engine"]
     Base.metadata.create_all(engine)

@@ -83,3 +83,22 @@ def test_a_refused_use_case_rolls_back_the_look_up_with_it(app, client, family, 
     response = client.post("/api/v1/vouchers", json={"person_id": 987654321}, headers=bearer(family.owner_token))
     assert response.status_code == 404
     assert transactions["commit"] == 0 and transactions["begin"] == 1
+
+
+def test_a_settlement_writes_its_journal_and_entries_in_one_statement(app, client, family, transactions):  # noqa: F811
+    created(settle(client, issue(client, family.owner_token, family.child), [drug(3_000)]))  # caches the secret
+    code = issue(client, family.owner_token, family.child)
+    sent = []
+    engine = app.extensions["db.engine"]
+
+    def record(_conn, _cursor, statement, *_args):
+        sent.append(" ".join(statement.split()))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        created(settle(client, code, [drug(3_000)]))
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    ledger = [s for s in sent if "ledger_entries" in s]
+    assert len(ledger) == 1 and ledger[0].startswith("WITH journal AS (INSERT INTO journals"), ledger
+    assert len(sent) <= 16, sent  # one settlement: reads, locks and writes (was 17 + a ping before issue 13)
