@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint install migrate migration bench clean
+.PHONY: run test lint install migrate migration bench bench-records clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ migrate: install
 
 bench: install
 	$(BIN)/python -m bench.run
+
+# Records pages at 10^4 / 10^6 / 10^7 settlement rows (long: the 10^7 load alone takes many minutes).
+bench-records: install
+	$(BIN)/python -m bench.records $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) instance/*.sqlite3*

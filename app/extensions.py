@@ -6,6 +6,7 @@ accessor finds its object on the current app.
 
 from __future__ import annotations
 
+import select
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from limits import parse_many
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Base
@@ -45,8 +47,60 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(url, **kwargs)
+    # No pool_pre_ping: it costs a round trip (and a transaction in pg_stat_database) on every
+    # checkout. A connection the server closed while it sat in the pool is caught for free instead
+    # (``_discard_dead_connections``), and ``pool_recycle`` retires connections before a
+    # firewall or server idle timeout can cut them silently.
+    kwargs.setdefault("pool_recycle", 1800)
+    engine = create_engine(url, **kwargs)
+    if not kwargs.get("pool_pre_ping"):
+        event.listen(engine, "checkout", _discard_dead_connections)
+    return engine
+
+
+def _discard_dead_connections(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    """A liveness check without a round trip: an idle pooled connection has nothing to read, so a
+    readable socket means the server closed it (restart, ``pg_terminate_backend``, idle timeout:
+    it sends a FATAL notice and EOF). ``DisconnectionError`` makes the pool throw the connection
+    away and check out another one (SQLAlchemy retries up to three times), so the request that
+    would have failed on it goes on on a fresh connection."""
+    if getattr(dbapi_conn, "closed", False) or getattr(dbapi_conn, "broken", False):
+        raise DisconnectionError("connection closed")
+    fileno = getattr(dbapi_conn, "fileno", None)
+    if fileno is None:
+        return
+    try:
+        readable, _, _ = select.select([fileno()], [], [], 0)
+    except (OSError, ValueError) as exc:
+        raise DisconnectionError("connection socket is gone") from exc
+    if readable:
+        raise DisconnectionError("server closed the idle connection")
+
+
+class EnvelopeSession(Session):
+    """A session whose first ``begin()`` in a request may take over the transaction the request
+    envelope opened to look up the caller's token (``app.web``): the use case then commits the
+    look-up and its own work as ONE transaction instead of two. Nothing else changes — the
+    use case's ``with session.begin():`` still commits on success and rolls back on an error, a
+    second ``begin()`` starts a new transaction, and an envelope transaction nobody took over
+    (a read-only view, a refused request) is rolled back when the request's session closes."""
+
+    def begin(self, nested: bool = False) -> Any:
+        envelope = self.info.pop("envelope_transaction", None)
+        if envelope is not None and not nested and envelope is self.get_transaction() and envelope.is_active:
+            return envelope
+        if envelope is not None and self.in_transaction():
+            # Not taken over (a nested begin, or a stale marker): end the envelope's read first.
+            self.rollback()
+        return super().begin(nested=nested)
+
+    def begin_envelope(self) -> bool:
+        """Open the envelope transaction; False when it is not used (on SQLite every transaction
+        takes the write lock, so a read there stays as short as it is)."""
+        if self.in_transaction() or self.get_bind().dialect.name != "postgresql":
+            return False
+        self.info["envelope_transaction"] = super().begin()
+        return True
 
 
 class Database:
@@ -63,8 +117,8 @@ class Database:
         # non-money notices a service writes in its own transaction are pushed (notify.person_notices).
         receipt = tuple(channel for channel, key in (("wechat", "WECHAT_TEMPLATE_RECEIPT"),
                                                       ("alipay", "ALIPAY_TEMPLATE_RECEIPT")) if app.config.get(key))
-        app.extensions["db.sessionmaker"] = sessionmaker(engine, expire_on_commit=False, autobegin=False,
-                                                         info={"receipt_channels": receipt})
+        app.extensions["db.sessionmaker"] = sessionmaker(engine, class_=EnvelopeSession, expire_on_commit=False,
+                                                         autobegin=False, info={"receipt_channels": receipt})
 
     @property
     def engine(self) -> Engine:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from app import errors
 from app.extensions import db
-from app.services.auth import Principal, authenticate
+from app.services.auth import Principal, authenticate, resolve_token
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,7 +53,13 @@ def _authenticate() -> Principal:
     token = _bearer()
     if token is None:
         raise errors.Unauthenticated()
-    found = authenticate(session(), token, now())
+    request_session = session()
+    begin_envelope = getattr(request_session, "begin_envelope", None)
+    if begin_envelope is not None and begin_envelope():
+        # The look-up runs in a transaction the use case takes over (one commit per request).
+        found = resolve_token(request_session, token, now())
+    else:
+        found = authenticate(request_session, token, now())
     g.principal = found
     g.actor_label = f"{found.kind}:{found.id}"
     return found

@@ -169,7 +169,7 @@ def _wait(bench: Bench, numbers: set[str], timeout: float) -> dict[str, float]:
         time.sleep(0.05)
 
 
-def run(mode: str, backlog: int, rate: float, seconds: float) -> None:
+def run(mode: str, backlog: int, rate: float, seconds: float, workers: int = 1) -> None:
     from app.config import Config  # noqa: F401 — imported early so import time is not measured
     from models import Base
     from sandbox import Sandbox
@@ -216,25 +216,30 @@ def run(mode: str, backlog: int, rate: float, seconds: float) -> None:
                   f"{len(found) / wall:.0f}/s; {len(found) / span:.0f}/s between first and last push{worker_cpu}")
 
         # 2. steady rate → commit-to-push delay
-        worker = bench.worker(burst=False, log_path=f"{log_dir}/worker.log") if mode == "rq" else None
+        pool = [bench.worker(burst=False, log_path=f"{log_dir}/worker{i}.log") for i in range(workers)] \
+            if mode == "rq" else []
         _wait(bench, {bench.settle()}, timeout=60)  # warm: worker up, token fetched
         numbers = set()
         interval = 1.0 / rate
         next_at = time.perf_counter()
         end = next_at + seconds
+        started = time.perf_counter()
         while next_at < end:
             numbers.add(bench.settle())
             next_at += interval
             time.sleep(max(0.0, next_at - time.perf_counter()))
+        achieved = len(numbers) / (time.perf_counter() - started)
         found = _wait(bench, numbers, timeout=120)
         delays = [(found[n] - bench.commit_times[n]) * 1000 for n in found]
-        print(f"latency: {len(found)}/{len(numbers)} pushed; commit→push p50 {_percentile(delays, 50):.0f} ms, "
+        print(f"latency ({workers} worker(s), {achieved:.0f} settlements/s achieved): "
+              f"{len(found)}/{len(numbers)} pushed; commit→push p50 {_percentile(delays, 50):.0f} ms, "
               f"p99 {_percentile(delays, 99):.0f} ms, max {max(delays):.0f} ms, "
               f"mean {statistics.fmean(delays):.0f} ms")
         duplicates = len(bench.sandbox.sent_messages(platform="wechat")) - len(bench.commit_times)
         print(f"pushes beyond one per settlement: {duplicates}")
-        if worker is not None:
+        for worker in pool:
             worker.terminate()
+        for worker in pool:
             worker.wait(timeout=30)
         if mode != "rq":
             bench.notifier.stop()
@@ -253,8 +258,9 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=2000)
     parser.add_argument("--rate", type=float, default=40.0)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--workers", type=int, default=1, help="notify-worker processes (rq mode)")
     args = parser.parse_args()
-    run(args.mode, args.backlog, args.rate, args.seconds)
+    run(args.mode, args.backlog, args.rate, args.seconds, args.workers)
 
 
 if __name__ == "__main__":

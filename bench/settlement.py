@@ -137,7 +137,9 @@ def seed(env: dict[str, str], families: int, vouchers: int) -> list[str]:
             for statement in ("CREATE TABLE IF NOT EXISTS bench_accounts (id BIGINT PRIMARY KEY, "
                               "balance_fen BIGINT NOT NULL)",
                               "CREATE TABLE IF NOT EXISTS bench_rows (id BIGSERIAL PRIMARY KEY, account_id BIGINT "
-                              "NOT NULL, amount_fen BIGINT NOT NULL, created_at TIMESTAMPTZ NOT NULL)"):
+                              "NOT NULL, amount_fen BIGINT NOT NULL, created_at TIMESTAMPTZ NOT NULL)",
+                              "CREATE TABLE IF NOT EXISTS bench_outbox (id BIGSERIAL PRIMARY KEY, row_id BIGINT "
+                              "NOT NULL, payload TEXT NOT NULL, created_at TIMESTAMPTZ NOT NULL)"):
                 session.execute(text(statement))
             session.execute(text("INSERT INTO bench_accounts (id, balance_fen) "
                                  "SELECT g, 100000000 FROM generate_series(1, :n) g"), {"n": families})

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import errors
 from app.services import audit
 from models import AuthToken, StaffUser, User
+from models.base import UTCDateTime
 
 
 @dataclass(frozen=True)
@@ -164,22 +165,32 @@ def logout(session: Session, caller: Principal, now: datetime) -> None:
 
 def authenticate(session: Session, token: str, now: datetime) -> Principal:
     """Resolve a bearer token to its principal, or raise ``Unauthenticated``."""
-    hashed = token_hash(token)
     with session.begin():
-        if token.startswith("st_"):
-            staff = session.execute(
-                select(StaffUser.id, StaffUser.role).where(StaffUser.token_hash == hashed, StaffUser.active)
-            ).first()
-            if staff is not None:
-                return Principal(kind="staff", id=staff.id, role=staff.role)
-        elif token.startswith("at_"):
-            row = session.execute(
-                select(AuthToken.user_id, AuthToken.chain_id, User.person_id, User.channel)
-                .join(User, User.id == AuthToken.user_id)
-                .where(AuthToken.token_hash == hashed, AuthToken.kind == "access",
-                       AuthToken.revoked_at.is_(None), AuthToken.expires_at > now)
-            ).first()
-            if row is not None:
-                return Principal(kind="user", id=row.user_id, person_id=row.person_id, channel=row.channel,
-                                 chain_id=row.chain_id)
+        return resolve_token(session, token, now)
+
+
+def resolve_token(session: Session, token: str, now: datetime) -> Principal:
+    """``authenticate`` inside a transaction the caller opened (the request envelope's, which the
+    use case then commits: one transaction per request)."""
+    hashed = token_hash(token)
+    if token.startswith("st_"):
+        staff = session.execute(_STAFF_BY_TOKEN, {"token_hash": hashed}).first()
+        if staff is not None:
+            return Principal(kind="staff", id=staff.id, role=staff.role)
+    elif token.startswith("at_"):
+        row = session.execute(_USER_BY_TOKEN, {"token_hash": hashed, "now": now}).first()
+        if row is not None:
+            return Principal(kind="user", id=row.user_id, person_id=row.person_id, channel=row.channel,
+                             chain_id=row.chain_id)
     raise errors.Unauthenticated("The access token is missing, expired or revoked.")
+
+
+# Built once: the look-up runs on every signed-in request.
+_STAFF_BY_TOKEN = select(StaffUser.id, StaffUser.role).where(
+    StaffUser.token_hash == bindparam("token_hash"), StaffUser.active)
+_USER_BY_TOKEN = (
+    select(AuthToken.user_id, AuthToken.chain_id, User.person_id, User.channel)
+    .join(User, User.id == AuthToken.user_id)
+    .where(AuthToken.token_hash == bindparam("token_hash"), AuthToken.kind == "access",
+           AuthToken.revoked_at.is_(None), AuthToken.expires_at > bindparam("now", type_=UTCDateTime()))
+)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import insert, select
+from sqlalchemy import BigInteger, bindparam, column, func, insert, literal_column, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from models import Account, Journal, LedgerEntry
@@ -13,6 +14,27 @@ from models import Account, Journal, LedgerEntry
 # Built once: Core statements on the tables, not per-call ORM statements (the settlement hot path).
 _INSERT_JOURNAL = insert(Journal.__table__).returning(Journal.__table__.c.id)
 _INSERT_ENTRY = insert(LedgerEntry.__table__)
+
+
+def _journal_with_entries() -> object:
+    """PostgreSQL: the journal and its entries in ONE statement (a data-modifying CTE), one round
+    trip instead of two on every settlement and refund."""
+    journals, entries = Journal.__table__, LedgerEntry.__table__
+    journal = (insert(journals)
+               .values({name: bindparam(name, type_=journals.c[name].type)
+                        for name in ("kind", "settlement_id", "refund_id", "memo", "created_at")})
+               .returning(journals.c.id).cte("journal"))
+    arrays = (bindparam("accounts", type_=ARRAY(BigInteger)), bindparam("amounts", type_=ARRAY(BigInteger)))
+    pairs = func.unnest(*arrays).table_valued(column("account_id", BigInteger),
+                                              column("amount_fen", BigInteger)).render_derived()
+    return (insert(entries)
+            .from_select(["journal_id", "account_id", "amount_fen"],
+                         select(journal.c.id, pairs.c.account_id, pairs.c.amount_fen).select_from(journal.join(
+                             pairs, literal_column("true"))))
+            .returning(entries.c.journal_id))
+
+
+_INSERT_JOURNAL_WITH_ENTRIES = _journal_with_entries()
 
 
 class UnbalancedJournal(AssertionError):
@@ -37,6 +59,10 @@ def post_journal(
     rows = [(account_id, amount) for account_id, amount in entries if amount != 0]
     if sum(amount for _, amount in rows) != 0:
         raise UnbalancedJournal(f"{kind} journal does not balance: {rows}")
+    values = {"kind": kind, "settlement_id": settlement_id, "refund_id": refund_id, "memo": memo, "created_at": at}
+    if rows and session.get_bind().dialect.name == "postgresql":
+        return session.execute(_INSERT_JOURNAL_WITH_ENTRIES, {
+            **values, "accounts": [a for a, _ in rows], "amounts": [amount for _, amount in rows]}).scalars().first()
     journal_id = session.execute(
         _INSERT_JOURNAL,
         {"kind": kind, "settlement_id": settlement_id, "refund_id": refund_id, "memo": memo, "created_at": at},

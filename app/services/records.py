@@ -14,15 +14,15 @@ import base64
 import binascii
 import json
 from collections.abc import Iterable
-from datetime import date, datetime, time
+from datetime import date
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.orm import Session
 
 from app import errors
 from app.pagination import clamp_limit
-from app.policy import SHANGHAI, RegionPolicy, cap_for
+from app.policy import RegionPolicy, cap_for
 from app.security.pii import PiiCipher
 from app.services.settlements import masked_person
 from app.timefmt import iso
@@ -63,57 +63,68 @@ def deductions(session: Session, pii: PiiCipher, person_id: int | None, role: st
     return {"items": items, "next_cursor": next_cursor}
 
 
-def _year_bounds(year: int) -> tuple[datetime, datetime]:
-    """The Asia/Shanghai calendar year as aware UTC bounds [start, end)."""
-    return (datetime.combine(date(year, 1, 1), time(), SHANGHAI),
-            datetime.combine(date(year + 1, 1, 1), time(), SHANGHAI))
-
-
 def _payment_rows(session: Session, person_id: int, role: str, year: int | None, before: int | None,
                   count: int) -> list[Any]:
-    query = (
-        select(Payment.id, Payment.kind, Payment.amount_fen, Payment.balance_after_fen, Payment.owner_person_id,
-               Settlement.settlement_no, Settlement.beneficiary_person_id, Settlement.service_time,
-               Settlement.created_at, Institution.code.label("institution_code"),
-               Institution.name.label("institution_name"), Settlement.auth_method)
-        .join(Settlement, Settlement.id == Payment.settlement_id)
-        .join(Institution, Institution.id == Settlement.institution_id)
-        .where(Payment.owner_person_id == person_id if role == "owner"
-               else Settlement.beneficiary_person_id == person_id)
-        .order_by(Payment.id.desc())
-        .limit(count)
-    )
-    if before is not None:
-        query = query.where(Payment.id < before)
-    if year is not None:
-        start, end = _year_bounds(year)
-        query = query.where(Settlement.created_at >= start, Settlement.created_at < end)
-    return list(session.execute(query))
+    # Each variant is one index range of payments, newest first (ix_payments_owner / _beneficiary,
+    # with _year when a year is asked): the same plan whether the caller has two rows or 200,000.
+    return list(session.execute(_PAYMENTS[role, year is not None],
+                                {"person_id": person_id, "year": year, "before": min(before or _NO_CURSOR, _NO_CURSOR),
+                                 "count": count}))
 
 
 def _refund_rows(session: Session, person_id: int, role: str, year: int | None, before: int | None,
                  count: int) -> list[Any]:
-    query = (
-        select(RefundPart.id, Payment.kind.label("payment_kind"), RefundPart.amount_fen,
-               RefundPart.balance_after_fen, Payment.owner_person_id, Refund.refund_no, Settlement.settlement_no,
-               Settlement.beneficiary_person_id, Settlement.service_time, Refund.created_at,
-               Institution.code.label("institution_code"), Institution.name.label("institution_name"),
-               Settlement.auth_method)
-        .join(Payment, Payment.id == RefundPart.payment_id)
-        .join(Refund, Refund.id == RefundPart.refund_id)
-        .join(Settlement, Settlement.id == Refund.settlement_id)
-        .join(Institution, Institution.id == Settlement.institution_id)
-        .where(Payment.owner_person_id == person_id if role == "owner"
-               else Settlement.beneficiary_person_id == person_id)
-        .order_by(RefundPart.id.desc())
-        .limit(count)
-    )
-    if before is not None:
-        query = query.where(RefundPart.id < before)
-    if year is not None:
-        start, end = _year_bounds(year)
-        query = query.where(Refund.created_at >= start, Refund.created_at < end)
-    return list(session.execute(query))
+    # Refund credits by their own copied owner/beneficiary/year columns (ix_refund_parts_*): a
+    # generic prepared-statement plan cannot wander into walking an owner's payments.
+    return list(session.execute(_REFUNDS[role, year is not None],
+                                {"person_id": person_id, "year": year, "before": min(before or _NO_CURSOR, _NO_CURSOR),
+                                 "count": count}))
+
+
+_NO_CURSOR = 2**62  # "before the first page": larger than any id, so the keyset predicate is always there
+
+
+def _records_query(role: str, by_year: bool, refunds: bool) -> Any:
+    """The statement of one stream (payments or refund credits) for one role, with or without a
+    year; built once at import: the hot path only binds values."""
+    if refunds:
+        rows, order_id = RefundPart, RefundPart.id
+        query = (
+            select(RefundPart.id, Payment.kind.label("payment_kind"), RefundPart.amount_fen,
+                   RefundPart.balance_after_fen, RefundPart.owner_person_id, Refund.refund_no,
+                   Settlement.settlement_no, RefundPart.beneficiary_person_id, Settlement.service_time,
+                   Refund.created_at, Institution.code.label("institution_code"),
+                   Institution.name.label("institution_name"), Settlement.auth_method)
+            .select_from(RefundPart)
+            .join(Payment, Payment.id == RefundPart.payment_id)
+            .join(Refund, Refund.id == RefundPart.refund_id)
+            .join(Settlement, Settlement.id == Refund.settlement_id)
+        )
+    else:
+        rows, order_id = Payment, Payment.id
+        query = (
+            select(Payment.id, Payment.kind, Payment.amount_fen, Payment.balance_after_fen, Payment.owner_person_id,
+                   Settlement.settlement_no, Payment.beneficiary_person_id, Settlement.service_time,
+                   Settlement.created_at, Institution.code.label("institution_code"),
+                   Institution.name.label("institution_name"), Settlement.auth_method)
+            .select_from(Payment)
+            .join(Settlement, Settlement.id == Payment.settlement_id)
+        )
+    who = rows.owner_person_id if role == "owner" else rows.beneficiary_person_id
+    query = (query.join(Institution, Institution.id == Settlement.institution_id)
+             .where(who == bindparam("person_id"), order_id < bindparam("before")).limit(bindparam("count")))
+    if by_year:
+        # One year, as a range of one: with the year fixed, ordering by (year, id) is ordering by id,
+        # and written as a range (not ``=``, which the planner would fold into a constant) only the
+        # (person, year, id) index gives that order — no plan can walk the newer years' rows first.
+        return (query.where(rows.created_year >= bindparam("year"), rows.created_year <= bindparam("year"))
+                .order_by(rows.created_year.desc(), order_id.desc()))
+    return query.order_by(order_id.desc())
+
+
+_VARIANTS = [(role, by_year) for role in ROLES for by_year in (False, True)]
+_PAYMENTS = {variant: _records_query(*variant, refunds=False) for variant in _VARIANTS}
+_REFUNDS = {variant: _records_query(*variant, refunds=True) for variant in _VARIANTS}
 
 
 def _merge(paid: list[Any], refunded: list[Any], limit: int) -> tuple[list[Any], dict[str, int]]:

@@ -144,7 +144,9 @@ def _apply(session: Session, deps: MoneyDeps, institution: InstitutionIdentity, 
         session.execute(update(payments_t).where(payments_t.c.id == payment.id)
                         .values(refunded_fen=payments_t.c.refunded_fen + credit.amount_fen))
         parts.append({"refund_id": refund_id, "payment_id": payment.id, "amount_fen": credit.amount_fen,
-                      "balance_after_fen": balance_after})
+                      "balance_after_fen": balance_after, "owner_person_id": payment.owner_person_id,
+                      "beneficiary_person_id": settlement.beneficiary_person_id,
+                      "created_year": year_of(now)})
         movements.append(AccountMovement(payment.owner_person_id, credit.kind, credit.amount_fen, balance_after))
     session.execute(insert(RefundPart.__table__), parts)
     credited_fen = plan.own_account_fen + plan.copay_fen

@@ -469,7 +469,8 @@ def _apply(session: Session, deps: MoneyDeps, institution: InstitutionIdentity, 
                 for p in plan.payments]
     rows = [{"settlement_id": settlement_id, "sequence": p.sequence, "kind": p.kind, "account_id": account_id,
              "owner_person_id": owner_id, "binding_id": binding_id, "amount_fen": p.amount_fen, "refunded_fen": 0,
-             "balance_after_fen": p.balance_after_fen} for account_id, owner_id, binding_id, p in payments]
+             "balance_after_fen": p.balance_after_fen, "beneficiary_person_id": voucher.person_id,
+             "created_year": now.astimezone(SHANGHAI).year} for account_id, owner_id, binding_id, p in payments]
     session.execute(_INSERT_PAYMENT, rows[0] if len(rows) == 1 else rows)  # one payment is the common case
     debits: dict[int, int] = {}
     for account_id, _, _, p in payments:

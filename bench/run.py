@@ -1,0 +1,542 @@
+"""``make bench``: the hot paths against their bare references, in one run, in one table.
+
+    .venv/bin/python -m bench.run [--seconds 15] [--clients 32] [--workers 4] [--worker-class sync]
+                                  [--threads 1] [--only settlement,voucher,signin,me] [--profile DIR]
+
+What it does, on this machine only (nothing is left behind):
+
+1. creates a scratch PostgreSQL database on ``BENCH_DATABASE_URL`` (default the local server; dropped
+   at the end) and empties Redis database ``BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379/6``);
+2. loads ``--families`` families (an owner with a large balance, a child bound to them), one hospital,
+   a signed-in user per owner (an access token), and enough 亲情码 vouchers for the settlements;
+3. starts the WeChat emulator in this process and, on free ports, gunicorn for the service
+   (``wsgi:app``, rate limits off, Redis for nonces and jobs) and for the reference app
+   (``bench/baseline_app.py``: the bare transactions, nothing else);
+4. for each path drives the service and then its reference with ``--clients`` closed-loop clients
+   (processes × threads, keep-alive HTTP/1.1, one request at a time each): a warm-up, then
+   ``--seconds`` measured. Each server is started for its phase and stopped after it, so that
+   ``pg_stat_database`` (flushed when the server's connections close) gives the commits and
+   rollbacks per request of that phase alone;
+5. prints one table — path, throughput, reference, ratio, p50/p99, commits (and rollbacks) per
+   request — then runs ``verify-ledger`` over everything the service wrote.
+
+Paths: ``POST /institution/settlements`` (a child's drug bill, co-pay from the parent: HMAC-signed,
+nonce in Redis) against lock + debit + ledger row + outbox row; ``POST /vouchers`` (亲情码 for the
+child) against token look-up + one insert; ``POST /auth/wechat`` against the emulator (no reference);
+``GET /me`` against a token look-up joined to the user.
+
+``--profile DIR`` runs py-spy (when installed) on the service's workers for each service phase and
+writes a flame graph per path into DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import http.client
+import json
+import multiprocessing
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import create_engine, insert, select, text
+from sqlalchemy.engine import make_url
+
+from app.config import normalize_database_url
+from app.security.id_number import make_id_number
+from app.security.request_signing import sign
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+HOSPITAL = "HBENCH01"
+HOSPITAL_SECRET = "bench-hospital-secret-0123456789"
+SETTLE_PATH = "/api/v1/institution/settlements"
+WECHAT_APPID, WECHAT_SECRET = "wxbench000000001", "bench-wechat-secret"
+PATHS = ("settlement", "voucher", "signin", "me")
+
+
+def _key() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Phase:
+    ok: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    requests_total: int = 0  # warm-up included: what the commit counts are divided by
+    commits: int = 0
+    rollbacks: int = 0
+    server_cpu_seconds: float = 0.0
+    error_sample: str = ""
+
+    @property
+    def throughput(self) -> float:
+        return self.ok / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    @property
+    def commits_per_request(self) -> float:
+        return self.commits / max(1, self.requests_total)
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return 1000 * self.server_cpu_seconds / max(1, self.requests_total)
+
+    @property
+    def rollbacks_per_request(self) -> float:
+        return self.rollbacks / max(1, self.requests_total)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def seed(env: dict[str, str], families: int, vouchers: int) -> dict[str, list]:
+    """Families, bindings, the hospital, one user + access token per owner, vouchers; return what clients need."""
+    from app import create_app
+    from app.config import Config
+    from app.extensions import app_session
+    from app.services.registry import load_registry
+    from models import AuthToken, Base, Binding, Person, User, Voucher
+
+    app = create_app(Config.from_env(env=env))
+    Base.metadata.create_all(app.extensions["db.engine"])
+    domain = app.extensions["domain"]
+    now = datetime.now(UTC)
+    owners = [make_id_number("532621", date(1960, 1, 1) + timedelta(days=i), 100 + i % 800) for i in range(families)]
+    children = [make_id_number("532621", date(2005, 1, 1) + timedelta(days=i), 100 + i % 800)
+                for i in range(families)]
+    registry = {
+        "persons": [{"id_number": n, "name": f"职工{i}", "social_card_no": f"B{i:010d}", "insurance_type": "employee",
+                     "region_code": "532621", "status": "active"} for i, n in enumerate(owners)]
+        + [{"id_number": n, "name": f"孩子{i}", "social_card_no": f"K{i:010d}", "insurance_type": "resident",
+            "region_code": "532621", "status": "active"} for i, n in enumerate(children)],
+        "accounts": [{"id_number": n, "balance_fen": 1_000_000_000} for n in owners],
+        "households": [{"a": o, "b": c, "relationship": "child"} for o, c in zip(owners, children, strict=True)],
+        "institutions": [{"code": HOSPITAL, "name": "基准医院", "kind": "hospital", "region_code": "532601",
+                          "designated": True, "api_secret": HOSPITAL_SECRET}],
+    }
+    with app.app_context():
+        with app_session() as session:
+            load_registry(session, domain.pii, registry, now)
+        codec = domain.money.vouchers
+        out: dict[str, list] = {"codes": [], "tokens": [], "children": []}
+        with app_session() as session, session.begin():
+            ids = dict(session.execute(select(Person.id_number_bidx, Person.id)).all())
+            person = {n: ids[domain.pii.blind_index(n, kind="id_number")] for n in owners + children}
+            pairs = [(person[o], person[c]) for o, c in zip(owners, children, strict=True)]
+            binding_ids = [session.execute(insert(Binding).values(
+                owner_person_id=o, beneficiary_person_id=c, relationship="child", channel="window", status="active",
+                effective_at=now - timedelta(days=30), relationship_confirmed=True, created_at=now,
+            ).returning(Binding.id)).scalar_one() for o, c in pairs]
+            rows = []
+            for i in range(vouchers):
+                owner_id, child_id = pairs[i % families]
+                code = codec.new_code("53")
+                out["codes"].append(code)
+                rows.append({"code_hash": codec.code_hash(code), "person_id": child_id, "holder_person_id": owner_id,
+                             "holder_user_id": None, "binding_id": binding_ids[i % families],
+                             "expires_at": now + timedelta(hours=3), "created_at": now})
+            session.execute(insert(Voucher), rows)
+            user_ids = [session.execute(insert(User).values(
+                channel="wechat", wechat_openid=f"o-bench-owner-{i}", person_id=owner_id, verified_at=now,
+                last_login_at=now, created_at=now).returning(User.id)).scalar_one()
+                for i, (owner_id, _) in enumerate(pairs)]
+            tokens = ["at_" + secrets.token_urlsafe(32) for _ in user_ids]
+            session.execute(insert(AuthToken), [
+                {"kind": "access", "token_hash": hashlib.sha256(t.encode()).hexdigest(), "user_id": u,
+                 "chain_id": secrets.token_hex(16), "expires_at": now + timedelta(hours=3), "created_at": now}
+                for t, u in zip(tokens, user_ids, strict=True)])
+            out["tokens"] = tokens
+            out["children"] = [c for _, c in pairs]
+            for statement in (
+                "CREATE TABLE bench_accounts (id BIGINT PRIMARY KEY, balance_fen BIGINT NOT NULL)",
+                "CREATE TABLE bench_rows (id BIGSERIAL PRIMARY KEY, account_id BIGINT NOT NULL, "
+                "amount_fen BIGINT NOT NULL, created_at TIMESTAMPTZ NOT NULL)",
+                "CREATE TABLE bench_outbox (id BIGSERIAL PRIMARY KEY, row_id BIGINT NOT NULL, "
+                "payload TEXT NOT NULL, created_at TIMESTAMPTZ NOT NULL)",
+                "CREATE TABLE bench_tokens (token_hash TEXT PRIMARY KEY, user_id BIGINT NOT NULL, "
+                "expires_at TIMESTAMPTZ NOT NULL)",
+                "CREATE TABLE bench_users (id BIGINT PRIMARY KEY, person_id BIGINT, channel TEXT NOT NULL)",
+                "CREATE TABLE bench_vouchers (id BIGSERIAL PRIMARY KEY, code_hash TEXT UNIQUE NOT NULL, "
+                "user_id BIGINT NOT NULL, person_id BIGINT NOT NULL, created_at TIMESTAMPTZ NOT NULL)",
+            ):
+                session.execute(text(statement))
+            session.execute(text("INSERT INTO bench_accounts (id, balance_fen) "
+                                 "SELECT g, 1000000000 FROM generate_series(1, :n) g"), {"n": families})
+            session.execute(text("INSERT INTO bench_users (id, person_id, channel) VALUES (:id, :p, 'wechat')"),
+                            [{"id": u, "p": o} for u, (o, _) in zip(user_ids, pairs, strict=True)])
+            session.execute(text("INSERT INTO bench_tokens (token_hash, user_id, expires_at) VALUES (:h, :u, :e)"),
+                            [{"h": hashlib.sha256(t.encode()).hexdigest(), "u": u, "e": now + timedelta(hours=3)}
+                             for t, u in zip(tokens, user_ids, strict=True)])
+            session.execute(text("ANALYZE"))
+    app.extensions["db.engine"].dispose()
+    return out
+
+
+def check_ledger(env: dict[str, str]) -> str:
+    from app import create_app
+    from app.config import Config
+    from app.extensions import app_session
+    from app.services.ledger_check import verify_ledger
+
+    app = create_app(Config.from_env(env=env))
+    with app.app_context(), app_session() as session:
+        report = verify_ledger(session)
+    app.extensions["db.engine"].dispose()
+    if report.clean:
+        return f"verify-ledger: clean ({report.settlements} settlements, {report.accounts} accounts)"
+    return "verify-ledger: NOT CLEAN: " + "; ".join(report.differences[:10])
+
+
+def transaction_counts(admin_url: str, database: str) -> tuple[int, int]:
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = :d"),
+                           {"d": database}).one()
+    engine.dispose()
+    return int(row[0]), int(row[1])
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def serve(module: str, port: int, options: argparse.Namespace, env: dict[str, str]) -> subprocess.Popen:
+    command = [str(VENV_BIN / "gunicorn"), "-w", str(options.workers), "-k", options.worker_class,
+               "--threads", str(options.threads), "-b", f"127.0.0.1:{port}", "--log-level", "warning",
+               "--backlog", "256", module]
+    process = subprocess.Popen(command, cwd=ROOT, env=env)  # noqa: S603 — our own gunicorn, fixed arguments
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                conn.close()
+                return process
+        except OSError:
+            time.sleep(0.2)
+    stop(process)
+    raise SystemExit(f"{module} did not start on port {port}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def server_cpu_seconds(master_pid: int) -> float:
+    """User + system CPU used so far by gunicorn's master and workers (Linux /proc): unlike
+    throughput on a shared machine, it does not depend on what else the cores are doing."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{master_pid}/task/{master_pid}/children")
+    pids = [master_pid] + ([int(pid) for pid in children.read_text().split()] if children.exists() else [])
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+# --------------------------------------------------------------------------- clients
+
+
+def _request(kind: str, unit: object, seq: int) -> tuple[str, str, dict[str, str], bytes | None, int]:
+    """(method, path, headers, body, expected status) of one request of ``kind``."""
+    if kind == "settlement":
+        body = json.dumps({"out_settlement_no": "B" + uuid.uuid4().hex[:20], "voucher_code": unit,
+                           "items": [{"code": "D1", "name": "药品", "category": "drug", "in_catalogue": True,
+                                      "amount_fen": 5_000}]}).encode()
+        ts, nonce = str(int(time.time())), secrets.token_hex(16)
+        return "POST", SETTLE_PATH, {
+            "X-Inst-Code": HOSPITAL, "X-Timestamp": ts, "X-Nonce": nonce, "Content-Type": "application/json",
+            "X-Signature": sign(HOSPITAL_SECRET, "POST", SETTLE_PATH, ts, nonce, body)}, body, 201
+    if kind == "ref-settlement":
+        return "POST", "/settle", {"Content-Type": "application/json"}, json.dumps(
+            {"account_id": unit, "amount_fen": 1}).encode(), 201
+    if kind == "voucher":
+        token, child = unit  # type: ignore[misc]
+        return "POST", "/api/v1/vouchers", {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}, \
+            json.dumps({"person_id": child}).encode(), 201
+    if kind == "ref-voucher":
+        token, child = unit  # type: ignore[misc]
+        return "POST", "/voucher", {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}, \
+            json.dumps({"person_id": child}).encode(), 201
+    if kind == "signin":
+        return "POST", "/api/v1/auth/wechat", {"Content-Type": "application/json"}, \
+            json.dumps({"code": unit}).encode(), 200
+    if kind == "me":
+        return "GET", "/api/v1/me", {"Authorization": f"Bearer {unit}"}, None, 200
+    if kind == "ref-me":
+        return "GET", "/me", {"Authorization": f"Bearer {unit}"}, None, 200
+    raise ValueError(kind)
+
+
+def _client_thread(kind: str, port: int, units: list, warm_until: float, deadline: float, out: list) -> None:
+    conn: http.client.HTTPConnection | None = None
+    ok = errors = total = 0
+    latencies: list[float] = []
+    sample = ""
+    for seq, unit in enumerate(units):
+        moment = time.monotonic()
+        if moment > deadline:
+            break
+        method, path, headers, body, expected = _request(kind, unit, seq)
+        started = time.perf_counter()
+        try:
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            payload = response.read()
+            status = response.status
+            if response.will_close:
+                conn.close()
+                conn = None
+        except (OSError, http.client.HTTPException) as exc:
+            status, payload = 0, repr(exc).encode()
+            if conn is not None:
+                conn.close()
+            conn = None
+        elapsed = (time.perf_counter() - started) * 1000
+        total += 1
+        if moment < warm_until:
+            continue
+        if status == expected:
+            ok += 1
+            latencies.append(elapsed)
+        else:
+            errors += 1
+            sample = sample or f"{status} {payload[:200]!r}"
+    if conn is not None:
+        conn.close()
+    out.append((ok, errors, total, latencies, sample))
+
+
+def _client_process(args: tuple) -> tuple[int, int, int, list[float], str]:
+    kind, port, units_per_thread, warm_until, deadline = args
+    out: list = []
+    threads = [threading.Thread(target=_client_thread, args=(kind, port, units, warm_until, deadline, out))
+               for units in units_per_thread]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return (sum(o[0] for o in out), sum(o[1] for o in out), sum(o[2] for o in out),
+            [x for o in out for x in o[3]], next((o[4] for o in out if o[4]), ""))
+
+
+def drive(kind: str, port: int, units: list, clients: int, processes: int, warmup: float,
+          seconds: float) -> Phase:
+    """``clients`` closed-loop clients (``processes`` × threads) on ``units`` (each used once)."""
+    per_client = [units[i::clients] for i in range(clients)]
+    groups = [per_client[p::processes] for p in range(processes)]
+    start = time.monotonic() + 0.5
+    warm_until, deadline = start + warmup, start + warmup + seconds
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        parts = pool.map(_client_process, [(kind, port, g, warm_until, deadline) for g in groups])
+    measured_end = min(time.monotonic(), deadline)
+    phase = Phase(ok=sum(p[0] for p in parts), errors=sum(p[1] for p in parts),
+                  requests_total=sum(p[2] for p in parts), latencies_ms=[x for p in parts for x in p[3]],
+                  seconds=max(0.001, measured_end - warm_until),
+                  error_sample=next((p[4] for p in parts if p[4]), ""))
+    return phase
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--client-processes", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--worker-class", default="sync")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--families", type=int, default=2000)
+    parser.add_argument("--only", default=",".join(PATHS))
+    parser.add_argument("--max-rate", type=float, default=1500.0, help="sizes the pre-made vouchers and codes")
+    parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--profile", default=None, help="directory for py-spy flame graphs of the service phases")
+    options = parser.parse_args(argv)
+    only = [p for p in PATHS if p in options.only.split(",")]
+
+    server_url = normalize_database_url(os.environ.get("BENCH_DATABASE_URL",
+                                                       "postgresql://postgres@127.0.0.1:5432/postgres"))
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/6")
+    name = f"copay_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    import redis as redis_lib
+
+    from sandbox import Sandbox
+
+    redis_lib.Redis.from_url(redis_url).flushdb()
+    sandbox = Sandbox().start()
+    sandbox.register_wechat_app(WECHAT_APPID, WECHAT_SECRET, templates=["T-deduction"])
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    env = {**os.environ, "DATABASE_URL": url, "BENCH_DATABASE_URL": url, "SECRET_KEY": secrets.token_urlsafe(32),
+           "PII_KEY": _key(), "PII_INDEX_KEY": _key(), "VOUCHER_KEY": _key(), "PLEDGE_SIGNING_KEY": _key(),
+           "RATE_LIMIT_PER_USER": "off", "RATE_LIMIT_PER_IP": "off", "LOG_LEVEL": options.log_level,
+           "PYTHONPATH": str(ROOT), "REDIS_URL": redis_url, "WECHAT_APPID": WECHAT_APPID,
+           "WECHAT_SECRET": WECHAT_SECRET, "WECHAT_API_BASE_URL": f"http://127.0.0.1:{sandbox.port}/",
+           "WECHAT_TEMPLATE_DEDUCTION": "T-deduction"}
+    budget = int(options.max_rate * (options.seconds + options.warmup + 2))
+    rows: list[tuple[str, Phase, Phase | None]] = []
+    load_before = os.getloadavg()
+    try:
+        data = seed(env, options.families, budget if "settlement" in only else 10)
+        print(f"seeded {options.families} families, {len(data['codes'])} vouchers; gunicorn {options.workers} "
+              f"{options.worker_class} workers x {options.threads} threads; {options.clients} clients; "
+              f"load average {load_before[0]:.2f}", flush=True)
+        units = {
+            "settlement": data["codes"],
+            "ref-settlement": [1 + i % options.families for i in range(budget)],
+            "voucher": [(data["tokens"][i % options.families], data["children"][i % options.families])
+                        for i in range(budget)],
+            "me": [data["tokens"][i % options.families] for i in range(budget)],
+        }
+        units["ref-voucher"], units["ref-me"] = units["voucher"], units["me"]
+
+        def phase(kind: str, module: str) -> Phase:
+            if kind == "signin":
+                units["signin"] = [sandbox.issue_wechat_login_code(f"o-bench-signin-{i % 5000}")
+                                   for i in range(int(min(options.max_rate, 800) * (options.seconds + 5)))]
+            port = free_port()
+            before = transaction_counts(server_url, name)
+            process = serve(module, port, options, env)
+            spy = None
+            try:
+                if options.profile and not kind.startswith("ref-"):
+                    spy = _start_profile(process.pid, Path(options.profile) / f"{kind}.folded",
+                                         options.warmup + options.seconds)
+                cpu_before = server_cpu_seconds(process.pid)
+                result = drive(kind, port, units[kind], options.clients, options.client_processes,
+                               options.warmup, options.seconds)
+                result.server_cpu_seconds = server_cpu_seconds(process.pid) - cpu_before
+            finally:
+                stop(process)
+                if spy is not None:
+                    spy.wait(timeout=60)
+                    print(profile_summary(Path(options.profile) / f"{kind}.folded"), flush=True)
+            time.sleep(0.5)
+            after = transaction_counts(server_url, name)
+            result.commits, result.rollbacks = after[0] - before[0] - 1, after[1] - before[1]
+            print(f"  {kind:<15} {result.ok:>6} ok {result.errors:>5} errors  {result.throughput:8.1f}/s  "
+                  f"p50 {result.percentile(0.5):6.1f} ms  p99 {result.percentile(0.99):6.1f} ms  "
+                  f"commits/req {result.commits_per_request:.2f}  rollbacks/req {result.rollbacks_per_request:.2f}  "
+                  f"server CPU {result.cpu_ms_per_request:.1f} ms/req"
+                  + (f"  first error: {result.error_sample}" if result.error_sample else ""), flush=True)
+            return result
+
+        for path in only:
+            service = phase(path, "wsgi:app")
+            reference = phase(f"ref-{path}", "bench.baseline_app:app") if path != "signin" else None
+            rows.append((path, service, reference))
+        load_after = os.getloadavg()
+        print()
+        print(table(rows))
+        print(f"\nload average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}; "
+              f"{os.cpu_count()} CPUs; gunicorn {options.workers} {options.worker_class} workers x "
+              f"{options.threads} threads; {options.clients} closed-loop clients")
+        print(check_ledger(env))
+    finally:
+        sandbox.stop()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+        redis_lib.Redis.from_url(redis_url).flushdb()
+
+
+LABELS = {"settlement": "POST /institution/settlements", "voucher": "POST /vouchers",
+          "signin": "POST /auth/wechat", "me": "GET /me"}
+
+
+def table(rows: list[tuple[str, Phase, Phase | None]]) -> str:
+    lines = ["| path | service req/s | reference req/s | ratio | service p50 / p99 ms | reference p50 / p99 ms "
+             "| commits / req (rollbacks) | reference commits / req | server CPU ms / req (reference) | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for path, s, r in rows:
+        ref = f"{r.throughput:.0f}" if r else "—"
+        ratio = f"{s.throughput / r.throughput:.2f}×" if r and r.throughput else "—"
+        ref_lat = f"{r.percentile(0.5):.1f} / {r.percentile(0.99):.1f}" if r else "—"
+        ref_commits = f"{r.commits_per_request:.2f}" if r else "—"
+        lines.append(f"| `{LABELS[path]}` | {s.throughput:.0f} | {ref} | {ratio} | "
+                     f"{s.percentile(0.5):.1f} / {s.percentile(0.99):.1f} | {ref_lat} | "
+                     f"{s.commits_per_request:.2f} ({s.rollbacks_per_request:.2f}) | {ref_commits} | "
+                     f"{s.cpu_ms_per_request:.1f} ({f'{r.cpu_ms_per_request:.1f}' if r else '—'}) | "
+                     f"{s.errors}{'/' + str(r.errors) if r else ''} |")
+    return "\n".join(lines)
+
+
+def profile_summary(folded: Path, top: int = 25) -> str:
+    """The functions with the largest inclusive share of the samples of a py-spy ``raw`` (folded) file."""
+    if not folded.exists():
+        return "  (no profile written)"
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in folded.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        for frame in set(stack.split(";")):
+            name = frame.split(" (")[0] + " (" + frame.split(" (")[-1].split(":")[0].rsplit("/", 2)[-1] \
+                if " (" in frame else frame
+            inclusive[name] = inclusive.get(name, 0) + n
+    lines = [f"  profile {folded.name}: {total} samples; largest inclusive shares:"]
+    for name, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"    {100 * n / max(1, total):5.1f}%  {name}")
+    return "\n".join(lines)
+
+
+def _start_profile(master_pid: int, out: Path, seconds: float) -> subprocess.Popen | None:
+    spy = VENV_BIN / "py-spy"
+    if not spy.exists():
+        print("  (py-spy not installed: no profile)")
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([str(spy), "record", "--subprocesses", "--pid", str(master_pid), "--duration",  # noqa: S603
+                             str(int(seconds)), "--format", "raw", "--output", str(out), "--nonblocking", "--gil"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+if __name__ == "__main__":
+    main()

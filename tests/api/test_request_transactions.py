@@ -1,0 +1,104 @@
+"""One transaction per request on the hot paths (issue 13): the token look-up of a signed-in
+request runs inside the use case's own transaction, and checking out a connection costs none.
+
+Counted with SQLAlchemy's connection events (what PostgreSQL's ``xact_commit`` counts too). On
+SQLite the look-up keeps its own short read (every SQLite transaction takes the write lock), so
+these run on PostgreSQL only.
+"""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import event, func, select, update
+
+from app.extensions import app_session
+from models import AuthToken, Voucher
+from tests.api.test_settlements import created, family  # noqa: F401 — the fixture
+from tests.helpers import bearer
+from tests.money_helpers import drug, issue, settle
+
+
+@pytest.fixture
+def transactions(app, postgres):
+    if not postgres:
+        pytest.skip("PostgreSQL only: on SQLite the token look-up keeps its own read transaction")
+    engine = app.extensions["db.engine"]
+    counts = {"begin": 0, "commit": 0, "rollback": 0}
+
+    def on(name):
+        def count(*_args):
+            counts[name] += 1
+        return count
+
+    listeners = [(name, on(name)) for name in counts]
+    for name, fn in listeners:
+        event.listen(engine, name, fn)
+    yield counts
+    for name, fn in listeners:
+        event.remove(engine, name, fn)
+
+
+def _reset(counts):
+    for key in counts:
+        counts[key] = 0
+
+
+def test_a_voucher_issue_is_one_transaction_with_its_token_look_up(app, client, family, transactions):  # noqa: F811
+    _reset(transactions)
+    issue(client, family.owner_token, family.child)
+    assert transactions == {"begin": 1, "commit": 1, "rollback": 0}
+
+
+def test_get_me_is_one_read_transaction(client, family, transactions):  # noqa: F811
+    _reset(transactions)
+    response = client.get("/api/v1/me", headers=bearer(family.owner_token))
+    assert response.status_code == 200
+    assert transactions["begin"] == 1 and transactions["commit"] <= 1
+
+
+def test_a_settlement_is_one_transaction_with_nonces_in_redis(app, client, family, transactions, redis_url):  # noqa: F811
+    if not redis_url:
+        pytest.skip("with nonces in the database a settlement has a second transaction for the nonce")
+    created(settle(client, issue(client, family.owner_token, family.child), [drug(3_000)]))  # caches the secret
+    code = issue(client, family.owner_token, family.child)
+    _reset(transactions)
+    created(settle(client, code, [drug(3_000)]))
+    assert transactions == {"begin": 1, "commit": 1, "rollback": 0}
+
+
+def test_a_revoked_token_is_refused_at_once_and_nothing_is_written(app, client, family, transactions):  # noqa: F811
+    with app_session() as session, session.begin():
+        session.execute(update(AuthToken).values(revoked_at=func.now()))
+        before = session.scalar(select(func.count()).select_from(Voucher))
+    _reset(transactions)
+    response = client.post("/api/v1/vouchers", json={"person_id": family.child}, headers=bearer(family.owner_token))
+    assert response.status_code == 401
+    assert transactions["commit"] == 0  # the look-up's transaction was rolled back, not committed
+    with app_session() as session, session.begin():
+        assert session.scalar(select(func.count()).select_from(Voucher)) == before
+
+
+def test_a_refused_use_case_rolls_back_the_look_up_with_it(app, client, family, transactions):  # noqa: F811
+    _reset(transactions)
+    response = client.post("/api/v1/vouchers", json={"person_id": 987654321}, headers=bearer(family.owner_token))
+    assert response.status_code == 404
+    assert transactions["commit"] == 0 and transactions["begin"] == 1
+
+
+def test_a_settlement_writes_its_journal_and_entries_in_one_statement(app, client, family, transactions):  # noqa: F811
+    created(settle(client, issue(client, family.owner_token, family.child), [drug(3_000)]))  # caches the secret
+    code = issue(client, family.owner_token, family.child)
+    sent = []
+    engine = app.extensions["db.engine"]
+
+    def record(_conn, _cursor, statement, *_args):
+        sent.append(" ".join(statement.split()))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        created(settle(client, code, [drug(3_000)]))
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    ledger = [s for s in sent if "ledger_entries" in s]
+    assert len(ledger) == 1 and ledger[0].startswith("WITH journal AS (INSERT INTO journals"), ledger
+    assert len(sent) <= 16, sent  # one settlement: reads, locks and writes (was 17 + a ping before issue 13)
