@@ -92,6 +92,8 @@ class Config:
     VOUCHER_TTL_SECONDS: int = 120
     DOCUMENT_DIR: str = ""
     MAX_DOCUMENT_BYTES: int = 5 * 1024 * 1024
+    # All proof documents one person has uploaded, together (the uploads of staff are not counted).
+    DOCUMENT_QUOTA_BYTES_PER_PERSON: int = 50 * 1024 * 1024
     WECHAT_APPID: str = ""
     WECHAT_SECRET: str = ""
     WECHAT_API_BASE_URL: str = "https://api.weixin.qq.com/"
