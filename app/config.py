@@ -112,6 +112,8 @@ class Config:
     NOTIFY_RETRY_BASE_SECONDS: int = 30
     ACCESS_TOKEN_TTL_SECONDS: int = 7200
     REFRESH_TOKEN_TTL_SECONDS: int = 30 * 24 * 3600
+    # How long a staff API token from ``create-staff`` is accepted (one working day by default).
+    STAFF_TOKEN_TTL_SECONDS: int = 12 * 3600
     INSTITUTION_SIGNATURE_WINDOW_SECONDS: int = 300
     PLATFORM_TIMEOUT_SECONDS: float = 5.0
     LOG_LEVEL: str = "INFO"

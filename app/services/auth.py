@@ -168,7 +168,9 @@ def authenticate(session: Session, token: str, now: datetime) -> Principal:
     with session.begin():
         if token.startswith("st_"):
             staff = session.execute(
-                select(StaffUser.id, StaffUser.role).where(StaffUser.token_hash == hashed, StaffUser.active)
+                select(StaffUser.id, StaffUser.role).where(
+                    StaffUser.token_hash == hashed, StaffUser.active, StaffUser.token_revoked_at.is_(None),
+                    StaffUser.token_expires_at > now)
             ).first()
             if staff is not None:
                 return Principal(kind="staff", id=staff.id, role=staff.role)
