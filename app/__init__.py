@@ -26,6 +26,9 @@ def create_app(config: Config | None = None) -> Flask:
     from app import logs
 
     logs.init_app(app)
+    from app.security import http_headers
+
+    http_headers.init_app(app)
 
     from app.extensions import db, init_rate_limiter, init_redis
 

@@ -76,8 +76,38 @@ def create_staff_command(username: str, role: str) -> None:
     from app.services.staff_accounts import create_staff
 
     with app_session() as session:
-        token = create_staff(session, username, role, _now())
+        token = create_staff(session, username, role, _now(), current_app.config["STAFF_TOKEN_TTL_SECONDS"])
     click.echo(token)
+
+
+@click.command("deactivate-staff")
+@click.argument("username")
+def deactivate_staff_command(username: str) -> None:
+    """Disable a staff user and revoke their token at once (``create-staff`` enables them again)."""
+    from app.errors import NotFound
+    from app.services.staff_accounts import revoke_staff_token
+
+    try:
+        with app_session() as session:
+            revoke_staff_token(session, username, _now(), deactivate=True)
+    except NotFound as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"{username}: deactivated, token revoked")
+
+
+@click.command("revoke-staff-token")
+@click.argument("username")
+def revoke_staff_token_command(username: str) -> None:
+    """Revoke a staff user's API token (a lost or leaked one); ``create-staff`` issues a new one."""
+    from app.errors import NotFound
+    from app.services.staff_accounts import revoke_staff_token
+
+    try:
+        with app_session() as session:
+            revoke_staff_token(session, username, _now())
+    except NotFound as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"{username}: token revoked")
 
 
 @click.command("seed-demo")
@@ -114,6 +144,8 @@ def register_cli(app: Flask) -> None:
     for command in (load_registry_command, create_staff_command, seed_demo_command, notify_worker_command,
                     verify_ledger_command):
         app.cli.add_command(command)
+    app.cli.add_command(deactivate_staff_command)
+    app.cli.add_command(revoke_staff_token_command)
 
 
 

@@ -96,6 +96,8 @@ class Config:
     VOUCHER_TTL_SECONDS: int = 120
     DOCUMENT_DIR: str = ""
     MAX_DOCUMENT_BYTES: int = 5 * 1024 * 1024
+    # All proof documents one person has uploaded, together (the uploads of staff are not counted).
+    DOCUMENT_QUOTA_BYTES_PER_PERSON: int = 50 * 1024 * 1024
     WECHAT_APPID: str = ""
     WECHAT_SECRET: str = ""
     WECHAT_API_BASE_URL: str = "https://api.weixin.qq.com/"
@@ -118,6 +120,8 @@ class Config:
     NOTIFY_RETRY_BASE_SECONDS: int = 30
     ACCESS_TOKEN_TTL_SECONDS: int = 7200
     REFRESH_TOKEN_TTL_SECONDS: int = 30 * 24 * 3600
+    # How long a staff API token from ``create-staff`` is accepted (one working day by default).
+    STAFF_TOKEN_TTL_SECONDS: int = 12 * 3600
     INSTITUTION_SIGNATURE_WINDOW_SECONDS: int = 300
     PLATFORM_TIMEOUT_SECONDS: float = 5.0
     LOG_LEVEL: str = "INFO"

@@ -7,9 +7,12 @@ import logging
 from flask import Flask, g, jsonify
 from werkzeug.exceptions import HTTPException
 
-from app.errors import DomainError
+from app.errors import DomainError, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
+
+# How long a client should wait before retrying after an infrastructure failure (Retry-After).
+INFRA_RETRY_AFTER_SECONDS = 2
 
 _HTTP_CODES = {
     400: "VALIDATION_ERROR",
@@ -52,7 +55,45 @@ def register_error_handlers(app: Flask) -> None:
         message = "The request is not valid." if status == 400 else (err.description or err.name)
         return envelope(_HTTP_CODES.get(status, "HTTP_ERROR"), message, status, details)
 
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    @app.errorhandler(PoolTimeout)
+    def _database_unavailable(err: Exception):
+        # Connection lost, server restarting, backend terminated, pool exhausted: the transaction
+        # was rolled back (or its commit never answered — every money use case is idempotent by
+        # its request number), so the client may retry. Never a 500, never the driver's text
+        # (it can quote SQL parameters).
+        log.warning("database unavailable: %s", type(err).__name__)
+        return _unavailable("database")
+
+    @app.errorhandler(DBAPIError)
+    def _dbapi(err: DBAPIError):
+        if err.connection_invalidated:
+            log.warning("database connection lost: %s", type(err.orig).__name__)
+            return _unavailable("database")
+        return _unexpected(err)
+
+    @app.errorhandler(RedisConnectionError)
+    @app.errorhandler(RedisTimeoutError)
+    def _redis_unavailable(err: Exception):
+        log.warning("redis unavailable: %s", type(err).__name__)
+        return _unavailable("redis")
+
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):
         log.exception("unhandled error")
         return envelope("INTERNAL_ERROR", "Something went wrong on our side.", 500)
+
+
+def _unavailable(what: str):
+    err = UpstreamUnavailable(
+        "A service we depend on is briefly unavailable; please retry the same request.",
+        details={"unavailable": what, "retry_after": INFRA_RETRY_AFTER_SECONDS},
+    )
+    return envelope(err.code, err.message, err.status, err.details,
+                    {"Retry-After": str(INFRA_RETRY_AFTER_SECONDS)})

@@ -6,6 +6,7 @@ accessor finds its object on the current app.
 
 from __future__ import annotations
 
+import logging
 import select
 import time
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Base
+
+log = logging.getLogger(__name__)
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -158,6 +161,14 @@ def init_redis(app: Flask) -> None:
         )
 
 
+# When the shared (Redis) storage fails, these groups refuse the request (503): they guard the
+# ID-number checks (identity verification, binding), where a limit that silently stops counting
+# would let someone test ID numbers at full speed. Every other group keeps counting in this
+# process's memory (looser by the number of processes, never unlimited) and logs that it does.
+FAIL_CLOSED_GROUPS = frozenset({"identity", "binding"})
+FALLBACK_LOG_EVERY_SECONDS = 30.0
+
+
 class RateLimiter:
     """Per-user and per-IP limits on endpoint groups (R19), on the ``limits`` library (the core of
     Flask-Limiter): Redis storage when configured, memory otherwise."""
@@ -167,17 +178,49 @@ class RateLimiter:
         self.strategy = MovingWindowRateLimiter(self.storage)
         self.per_user = parse_many(f"{per_user[0]}/{per_user[1]} seconds")[0] if per_user else None
         self.per_ip = parse_many(f"{per_ip[0]}/{per_ip[1]} seconds")[0] if per_ip else None
+        self.shared = not storage_uri.startswith("memory://")
+        self._fallback: MovingWindowRateLimiter | None = None
+        self._fallback_logged_at = 0.0
 
     def hit(self, group: str, user_key: str | None, ip: str) -> int | None:
-        """Count one request; return seconds to wait when a limit is exceeded, else None."""
+        """Count one request; return seconds to wait when a limit is exceeded, else None.
+
+        If the shared storage fails: ``UpstreamUnavailable`` (503) for ``FAIL_CLOSED_GROUPS``, else
+        the count goes on in this process's memory. Never an unhandled Redis error."""
+        if not self.shared:
+            return self._hit(self.strategy, group, user_key, ip)
+        try:
+            return self._hit(self.strategy, group, user_key, ip)
+        except Exception as exc:  # noqa: BLE001 — any storage failure is handled below, by group
+            return self._storage_failed(exc, group, user_key, ip)
+
+    def _storage_failed(self, exc: Exception, group: str, user_key: str | None, ip: str) -> int | None:
+        from app import errors
+
+        now = time.monotonic()
+        if group in FAIL_CLOSED_GROUPS:
+            log.warning("rate-limit storage unavailable (%s): %s refused (fail closed)", type(exc).__name__, group)
+            raise errors.UpstreamUnavailable(
+                "This check cannot be counted right now; try again shortly.",
+                details={"unavailable": "rate_limiter", "retry_after": 5},
+            ) from None
+        if now - self._fallback_logged_at > FALLBACK_LOG_EVERY_SECONDS:
+            self._fallback_logged_at = now
+            log.warning("rate-limit storage unavailable (%s): counting %s in process memory (fail local)",
+                        type(exc).__name__, group)
+        if self._fallback is None:
+            self._fallback = MovingWindowRateLimiter(storage_from_string("memory://"))
+        return self._hit(self._fallback, group, user_key, ip)
+
+    def _hit(self, strategy: MovingWindowRateLimiter, group: str, user_key: str | None, ip: str) -> int | None:
         checks = []
         if self.per_user is not None and user_key is not None:
             checks.append((self.per_user, f"{group}:user:{user_key}"))
         if self.per_ip is not None:
             checks.append((self.per_ip, f"{group}:ip:{ip}"))
         for item, key in checks:
-            if not self.strategy.hit(item, key):
-                reset_at, _remaining = self.strategy.get_window_stats(item, key)
+            if not strategy.hit(item, key):
+                reset_at, _remaining = strategy.get_window_stats(item, key)
                 return max(1, int(reset_at - time.time()) + 1)
         return None
 

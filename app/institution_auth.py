@@ -156,7 +156,8 @@ class InstitutionAuthenticator:
                 fresh = self.redis.set(f"copay:inst-nonce:{institution_id}:{nonce}", b"1", nx=True, ex=keep_seconds)
             except Exception as exc:  # noqa: BLE001 — any Redis failure: fail closed, never reuse a nonce
                 log.error("nonce store unavailable: %s", type(exc).__name__)
-                raise errors.UpstreamUnavailable("The request cannot be checked right now; try again.") from None
+                raise errors.UpstreamUnavailable("The request cannot be checked right now; try again.",
+                                                 details={"unavailable": "nonce_store", "retry_after": 2}) from None
             if not fresh:
                 raise errors.NonceReused()
             return

@@ -182,6 +182,8 @@ class PledgeRecordSchema(StrictSchema):
     record = fields.Dict(metadata={"description": "the signed attestation, as stored"})
     signature = fields.String()
     verified = fields.Boolean()
+    redacted = fields.List(fields.String(), metadata={
+        "description": "record fields withheld from this caller (verify with the full record at the window)"})
 
 
 class AuthorizationRecordSchema(StrictSchema):

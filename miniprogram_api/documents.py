@@ -22,7 +22,8 @@ def upload(files):
     """Upload a proof (JPEG, PNG or PDF, at most 5 MB); the same file again returns the first upload."""
     config = current_app.config
     view, created = documents.upload_document(session(), config["DOCUMENT_DIR"], config["MAX_DOCUMENT_BYTES"],
-                                              principal(), files["file"].stream, now(), client_ip())
+                                              principal(), files["file"].stream, now(), client_ip(),
+                                              quota_bytes=config.get("DOCUMENT_QUOTA_BYTES_PER_PERSON"))
     return view, 201 if created else 200
 
 
@@ -32,8 +33,9 @@ def download(document_id):
     """The file, to its uploader, the parties of a binding that uses it, and staff (404 otherwise)."""
     stored = documents.open_document(session(), current_app.config["DOCUMENT_DIR"], principal(), document_id,
                                      now(), client_ip())
+    # An attachment, never rendered inline: an uploaded PDF or image cannot run in our origin.
     response = send_file(stored.path, mimetype=stored.content_type, download_name=stored.download_name,
-                         etag=stored.sha256, max_age=0)
+                         as_attachment=True, etag=stored.sha256, max_age=0)
     response.headers["Cache-Control"] = "private, no-store"
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response

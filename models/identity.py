@@ -97,6 +97,10 @@ class StaffUser(IdMixin, CreatedMixin, Base):
     role: Mapped[str] = mapped_column(String(16))  # window | admin | auditor
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     active: Mapped[bool] = mapped_column(default=True)
+    # The API token's end (STAFF_TOKEN_TTL_SECONDS after it was issued) and its revocation; a token
+    # without an end is not accepted.
+    token_expires_at: Mapped[datetime | None]
+    token_revoked_at: Mapped[datetime | None]
 
     __table_args__ = (CheckConstraint("role IN ('window', 'admin', 'auditor')", name="role"),)
 

@@ -97,6 +97,10 @@ def _flask(env: dict[str, str], *args: str) -> None:
 def main() -> None:
     INSTANCE_DIR.mkdir(exist_ok=True)
     env = dict(os.environ)
+    if HOST not in ("127.0.0.1", "::1", "localhost") and env.get("APP_ENV", "development") != "production":
+        print(f"WARNING: development mode serving on the non-loopback address {HOST}: its secrets live under "
+              "instance/ and sign-in goes to the emulator; do not expose it. Set APP_ENV=production for real use.",
+              file=sys.stderr)
     children: list[subprocess.Popen] = []
     use_sandbox = not env.get("WECHAT_APPID")
     if use_sandbox:

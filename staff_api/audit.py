@@ -12,7 +12,7 @@ bp = Blueprint("staff_audit", __name__, description="Staff: audit log")
 
 
 @bp.get("")
-@staff_required("window", "admin", "auditor")
+@staff_required("admin", "auditor")
 @bp.arguments(AuditQuerySchema, location="query")
 @bp.response(200, AuditPageSchema)
 def audit_log(query):

@@ -174,7 +174,7 @@ def resolve_token(session: Session, token: str, now: datetime) -> Principal:
     use case then commits: one transaction per request)."""
     hashed = token_hash(token)
     if token.startswith("st_"):
-        staff = session.execute(_STAFF_BY_TOKEN, {"token_hash": hashed}).first()
+        staff = session.execute(_STAFF_BY_TOKEN, {"token_hash": hashed, "now": now}).first()
         if staff is not None:
             return Principal(kind="staff", id=staff.id, role=staff.role)
     elif token.startswith("at_"):
@@ -187,7 +187,8 @@ def resolve_token(session: Session, token: str, now: datetime) -> Principal:
 
 # Built once: the look-up runs on every signed-in request.
 _STAFF_BY_TOKEN = select(StaffUser.id, StaffUser.role).where(
-    StaffUser.token_hash == bindparam("token_hash"), StaffUser.active)
+    StaffUser.token_hash == bindparam("token_hash"), StaffUser.active, StaffUser.token_revoked_at.is_(None),
+    StaffUser.token_expires_at > bindparam("now", type_=UTCDateTime()))
 _USER_BY_TOKEN = (
     select(AuthToken.user_id, AuthToken.chain_id, User.person_id, User.channel)
     .join(User, User.id == AuthToken.user_id)

@@ -674,12 +674,25 @@ def get_binding(session: Session, *, pii: PiiCipher, caller: Principal, binding_
 def get_pledge(session: Session, *, signer: PledgeSigner, caller: Principal, binding_id: int) -> dict[str, Any]:
     """R4: the binding's signed pledge attestation and whether it verifies now."""
     with session.begin():
-        binding, _role = _visible_binding(session, caller, binding_id)
+        binding, role = _visible_binding(session, caller, binding_id)
         pledge = session.scalar(select(Pledge).where(Pledge.binding_id == binding.id)
                                 .execution_options(populate_existing=True))
         if pledge is None:
             raise errors.NotFound("This binding has no pledge.")
     verified = verify_attestation(signer, pledge.record, pledge.signature, binding_id=binding.id,
                                   version=pledge.version, text_sha256=pledge.text_sha256, key_id=pledge.key_id)
+    hidden = _pledge_fields_hidden_from(role)
+    stored = pledge.record if isinstance(pledge.record, dict) else {}
+    record = {k: v for k, v in stored.items() if k not in hidden}
     return {"binding_id": binding.id, "version": pledge.version, "sha256": pledge.text_sha256,
-            "key_id": pledge.key_id, "record": pledge.record, "signature": pledge.signature, "verified": verified}
+            "key_id": pledge.key_id, "record": record, "signature": pledge.signature, "verified": verified,
+            "redacted": sorted(hidden & set(stored))}
+
+
+def _pledge_fields_hidden_from(role: str | None) -> frozenset[str]:
+    """What of the signed record the beneficiary may not see: the owner's IP address and the blind
+    index of the beneficiary's ID number (a keyed pseudonym that links records). The owner, who
+    signed it, and staff see the whole record, which is what the signature covers (offline check)."""
+    if role in (None, "owner"):
+        return frozenset()
+    return frozenset({"beneficiary_id_bidx", "client_ip"})

@@ -1,8 +1,9 @@
 """Proof documents (R3, R17): upload, de-duplicate, store by SHA-256, read back to allowed people.
 
 The bytes live outside the database under ``DOCUMENT_DIR/ab/cd/<sha256>``, written atomically
-(temporary file, fsync, rename) before the row that points at them is committed, so a committed
-row never points at a missing or half-written file. One row per (uploader, sha256): uploading
+(temporary file, fsync, rename) after every check and before the row that points at them is
+committed, so a committed row never points at a missing or half-written file (and a failed upload
+removes the file it wrote). One row per (uploader, sha256): uploading
 the same file again returns the first row. A document is readable by its uploader (the person,
 from either mini-program), by the parties of a binding that uses it, and by staff; anyone else
 gets 404, the same as for a document that does not exist.
@@ -19,14 +20,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import exists, or_, select
+from sqlalchemy import exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import errors
 from app.services import audit
 from app.services.auth import Principal
-from models import Binding, BindingDocument, Document
+from models import Binding, BindingDocument, Document, Person
 
 log = logging.getLogger(__name__)
 
@@ -113,24 +114,42 @@ def _check_may_upload(caller: Principal) -> None:
 
 
 def upload_document(session: Session, root: str | Path, max_bytes: int, caller: Principal, stream: IO[bytes],
-                    now: datetime, ip: str | None = None) -> tuple[dict[str, Any], bool]:
+                    now: datetime, ip: str | None = None,
+                    quota_bytes: int | None = None) -> tuple[dict[str, Any], bool]:
     """Store an uploaded proof (JPEG/PNG/PDF by magic bytes, at most ``max_bytes``).
 
     Returns the document view and whether a new row was created (False: this uploader had
-    already uploaded the same bytes, and gets that row back).
+    already uploaded the same bytes, and gets that row back). A person's uploads together may
+    not exceed ``quota_bytes`` (413 with ``reason: quota``); the person row is locked while the
+    sum is checked, so parallel uploads cannot overshoot it together.
+
+    The file is written only after every check passed, inside the transaction and under a lock on
+    its SHA-256, before the commit: a committed row never points at a missing file, and if the
+    transaction fails a file that this upload created and no row uses is removed again.
     """
     _check_may_upload(caller)
     data = _read_limited(stream, max_bytes)
     kind = sniff_kind(data[:16])
     if kind is None:
         raise errors.UnsupportedMediaType("Upload a JPEG, PNG or PDF file.", details={"accepted": list(CONTENT_TYPES)})
-    sha256 = store_bytes(root, data)
+    sha256 = hashlib.sha256(data).hexdigest()
     for attempt in (1, 2):
+        created_file = False
         try:
             with session.begin():
+                if caller.kind == "user":
+                    session.execute(select(Person.id).where(Person.id == caller.person_id).with_for_update())
                 found = session.scalar(select(Document).where(_uploader_filter(caller), Document.sha256 == sha256))
                 if found is not None:
                     return document_view(found), False
+                if quota_bytes is not None and caller.kind == "user":
+                    used = session.scalar(select(func.coalesce(func.sum(Document.size_bytes), 0))
+                                          .where(Document.uploader_person_id == caller.person_id)) or 0
+                    if used + len(data) > quota_bytes:
+                        raise errors.PayloadTooLarge(
+                            "Your uploaded documents have reached their storage limit.",
+                            details={"reason": "quota", "quota_bytes": quota_bytes, "used_bytes": int(used)},
+                        )
                 document = Document(
                     sha256=sha256, kind=kind, size_bytes=len(data), created_at=now,
                     uploader_user_id=caller.id if caller.kind == "user" else None,
@@ -142,12 +161,39 @@ def upload_document(session: Session, root: str | Path, max_bytes: int, caller: 
                 audit.record(session, actor_kind=caller.kind, actor_id=caller.id, action="document.upload", at=now,
                              target_kind="document", target_id=document.id, ip=ip,
                              details={"sha256": sha256, "kind": kind, "size_bytes": len(data)})
+                _lock_content(session, sha256)
+                created_file = not document_path(root, sha256).is_file()
+                store_bytes(root, data)
                 return document_view(document), True
         except IntegrityError:
+            _remove_unused(session, root, sha256, created_file)
             # The same uploader sent the same file twice at once; the other request's row wins.
             if attempt == 2:
                 raise
+        except BaseException:
+            _remove_unused(session, root, sha256, created_file)
+            raise
     raise AssertionError("unreachable")
+
+
+def _lock_content(session: Session, sha256: str) -> None:
+    """Serialise writers and cleaners of one content hash until the end of the transaction
+    (PostgreSQL advisory lock; SQLite already runs one writing transaction at a time)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(int(sha256[:15], 16))))
+
+
+def _remove_unused(session: Session, root: str | Path, sha256: str, created_file: bool) -> None:
+    """After a failed upload: delete the file it created unless a committed row uses it."""
+    if not created_file:
+        return
+    try:
+        with session.begin():
+            _lock_content(session, sha256)
+            if session.scalar(select(Document.id).where(Document.sha256 == sha256).limit(1)) is None:
+                document_path(root, sha256).unlink(missing_ok=True)
+    except Exception:  # noqa: BLE001 — the database is away: an orphan file is harmless, a dangling row is not
+        log.warning("could not check the file of a failed upload; left in place")
 
 
 @dataclass(frozen=True)

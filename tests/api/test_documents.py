@@ -154,3 +154,43 @@ def test_a_multipart_upload_without_the_right_content_type_is_a_400(client, owne
     response = client.post("/api/v1/documents", data=io.BytesIO(PNG).read(), headers=bearer(owner),
                            content_type="image/png")
     assert response.status_code == 400
+
+
+def test_a_document_is_served_as_an_attachment_never_inline(client, owner):
+    document = created(upload(client, owner, PDF))
+    response = client.get(f"/api/v1/documents/{document['id']}", headers=bearer(owner))
+    assert response.headers["Content-Disposition"].startswith("attachment;")
+    assert response.headers["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'none'"
+
+
+def test_a_person_has_a_storage_quota_for_uploads(app, client, owner, monkeypatch):
+    monkeypatch.setitem(app.config, "DOCUMENT_QUOTA_BYTES_PER_PERSON", len(PNG) + len(JPEG))
+    created(upload(client, owner, PNG))
+    created(upload(client, owner, JPEG))
+    assert upload(client, owner, PNG).status_code == 200  # the same file again takes no more room
+    third = PDF + b"% quota test"
+    refused = upload(client, owner, third)
+    assert refused.status_code == 413 and error_code(refused) == "PAYLOAD_TOO_LARGE"
+    assert refused.get_json()["error"]["details"]["reason"] == "quota"
+    sha = hashlib.sha256(third).hexdigest()
+    assert not (docs_dir(app) / sha[:2] / sha[2:4] / sha).exists()  # refused before any byte is written
+
+
+def test_a_failed_upload_leaves_no_file_behind(app, client, owner, monkeypatch):
+    from app.services import documents
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("audit store down")
+
+    data = PNG + b"unique-to-this-test"
+    written = []
+    real_store = documents.store_bytes
+    monkeypatch.setattr(documents, "store_bytes", lambda root, data: written.append(real_store(root, data)))
+    monkeypatch.setattr(documents, "document_view", broken)  # fails after the file was written
+    assert upload(client, owner, data).status_code == 500
+    monkeypatch.undo()
+    sha = hashlib.sha256(data).hexdigest()
+    assert written == [sha]
+    assert not (docs_dir(app) / sha[:2] / sha[2:4] / sha).exists()
+    with app_session() as session, session.begin():
+        assert session.scalar(select(AuditEvent.id).where(AuditEvent.action == "document.upload")) is None

@@ -163,6 +163,22 @@ def test_r4_the_beneficiary_and_staff_can_see_and_verify_the_pledge(client, sand
     assert staff.status_code == 200 and staff.get_json()["verified"] is True
 
 
+def test_the_beneficiary_sees_the_pledge_without_the_owners_ip_and_the_blind_index(client, sandbox, demo):
+    owner = sign_in(client, sandbox, OWNER)
+    binding = created(bind(client, owner, SPOUSE, "spouse"))
+    spouse = sign_in(client, sandbox, SPOUSE)
+    seen = _pledge_of(client, spouse, binding["id"])
+    assert "client_ip" not in seen["record"] and "beneficiary_id_bidx" not in seen["record"]
+    assert seen["redacted"] == ["beneficiary_id_bidx", "client_ip"]
+    assert "127.0.0.1" not in json.dumps(seen)
+    # the signer and staff keep the whole signed record (it is what the signature covers)
+    full = _pledge_of(client, owner, binding["id"])
+    assert full["redacted"] == [] and full["record"]["client_ip"] == "127.0.0.1"
+    assert full["record"]["beneficiary_id_bidx"]
+    staff = client.get(f"/api/v1/staff/bindings/{binding['id']}/pledge", headers=bearer(demo.tokens["auditor1"]))
+    assert "beneficiary_id_bidx" in staff.get_json()["record"]
+
+
 def test_r4_at_the_window_the_owner_signs_and_the_staff_member_is_recorded_as_witness(client, demo):
     response = bind_at_window(client, demo.tokens["window1"], OWNER, CHILD, "child")
     binding = created(response)

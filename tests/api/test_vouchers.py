@@ -105,11 +105,18 @@ def test_a_staff_token_cannot_issue_vouchers(app, client, demo, owner):
 
 def test_r12_the_holder_sees_the_voucher_as_png_and_svg(app, client, owner):
     code = issue(client, owner)
-    png = client.get(f"/api/v1/vouchers/{code}/qr.png", headers=bearer(owner))
-    svg = client.get(f"/api/v1/vouchers/{code}/qr.svg", headers=bearer(owner))
+    png = client.post("/api/v1/vouchers/qr.png", json={"code": code}, headers=bearer(owner))
+    svg = client.post("/api/v1/vouchers/qr.svg", json={"code": code}, headers=bearer(owner))
     assert png.status_code == 200 and png.mimetype == "image/png" and png.data.startswith(b"\x89PNG\r\n\x1a\n")
     assert svg.status_code == 200 and svg.mimetype == "image/svg+xml" and b"<svg" in svg.data
     assert png.headers["Cache-Control"] == "no-store"
+
+
+def test_the_voucher_code_never_appears_in_a_url(app, client, owner):
+    code = issue(client, owner)
+    assert client.get(f"/api/v1/vouchers/{code}/qr.png", headers=bearer(owner)).status_code == 404
+    for rule in app.url_map.iter_rules():
+        assert "code" not in rule.arguments, rule.rule
 
 
 def test_r12_the_qr_image_encodes_exactly_the_voucher_code(app, client, owner):
@@ -118,7 +125,7 @@ def test_r12_the_qr_image_encodes_exactly_the_voucher_code(app, client, owner):
     from app.services.vouchers import render_qr
 
     code = issue(client, owner)
-    png = client.get(f"/api/v1/vouchers/{code}/qr.png", headers=bearer(owner)).data
+    png = client.post("/api/v1/vouchers/qr.png", json={"code": code}, headers=bearer(owner)).data
     assert png == render_qr(code, "png")
     assert segno.make(code, error="m", micro=False).mode == "numeric"  # digits: the smallest symbol
 
@@ -126,16 +133,17 @@ def test_r12_the_qr_image_encodes_exactly_the_voucher_code(app, client, owner):
 def test_r16_no_one_else_sees_the_voucher_image(app, client, sandbox, owner):
     code = issue(client, owner)
     other = sign_in(client, sandbox, SPOUSE)
-    assert client.get(f"/api/v1/vouchers/{code}/qr.png", headers=bearer(other)).status_code == 404
-    assert client.get("/api/v1/vouchers/4240000000000000000000530000/qr.png", headers=bearer(owner)).status_code == 404
-    assert client.get(f"/api/v1/vouchers/{code}/qr.png").status_code == 401
+    assert client.post("/api/v1/vouchers/qr.png", json={"code": code}, headers=bearer(other)).status_code == 404
+    assert client.post("/api/v1/vouchers/qr.png", json={"code": "4240000000000000000000530000"},
+                       headers=bearer(owner)).status_code == 404
+    assert client.post("/api/v1/vouchers/qr.png", json={"code": code}).status_code == 401
 
 
 def test_r12_an_expired_voucher_is_not_rendered(app, client, owner):
     code = issue(client, owner)
     with app_session() as s, s.begin():
         s.execute(update(Voucher).values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
-    response = client.get(f"/api/v1/vouchers/{code}/qr.svg", headers=bearer(owner))
+    response = client.post("/api/v1/vouchers/qr.svg", json={"code": code}, headers=bearer(owner))
     assert response.status_code == 422 and response.get_json()["error"]["code"] == "VOUCHER_EXPIRED"
 
 
