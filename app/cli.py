@@ -88,6 +88,9 @@ def register_cli(app: Flask) -> None:
     for command in (load_registry_command, create_staff_command, seed_demo_command, notify_worker_command,
                     verify_ledger_command):
         app.cli.add_command(command)
+    from app.ops_cli import register_ops_cli
+
+    register_ops_cli(app)
 
 
 
