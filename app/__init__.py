@@ -47,6 +47,10 @@ def create_app(config: Config | None = None) -> Flask:
     register_blueprints(app)
     register_error_handlers(app)
 
+    from app import metrics
+
+    metrics.init_app(app)
+
     from app.cli import register_cli
 
     register_cli(app)
