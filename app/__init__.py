@@ -35,6 +35,9 @@ def create_app(config: Config | None = None) -> Flask:
     Migrate(app, db, directory=str(ROOT / "migrations"))
     init_redis(app)
     init_rate_limiter(app)
+    from app import replica
+
+    replica.init_app(app)
     app.teardown_appcontext(db.close_request_session)
 
     from app.wiring import init_domain
