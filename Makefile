@@ -47,4 +47,5 @@ restore: install
 
 # Needs PostgreSQL and Redis: TEST_DATABASE_URL (a server URL) and TEST_REDIS_URL, as for make test.
 deploy-check: install
-	$(BIN)/python -m pytest -q -m slow tests/deploy/test_deploy_check.py
+	@test -n "$(TEST_DATABASE_URL)" -a -n "$(TEST_REDIS_URL)" || { echo "deploy-check needs TEST_DATABASE_URL and TEST_REDIS_URL"; exit 2; }
+	$(BIN)/python -m pytest -q -m slow -rs tests/deploy/test_deploy_check.py

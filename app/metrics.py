@@ -26,7 +26,20 @@ import time
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request
-from prometheus_client import (
+from sqlalchemy import event, func, select
+
+
+def _ensure_multiprocess_dir() -> None:
+    """prometheus_client writes each process's metrics under PROMETHEUS_MULTIPROC_DIR from the moment a
+    metric is created: make sure the directory is there (a CLI command may inherit the variable)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+
+
+_ensure_multiprocess_dir()
+
+from prometheus_client import (  # noqa: E402 — after the directory exists
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
@@ -35,9 +48,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.multiprocess import MultiProcessCollector
-from sqlalchemy import event, func, select
+from prometheus_client.core import GaugeMetricFamily  # noqa: E402
+from prometheus_client.multiprocess import MultiProcessCollector  # noqa: E402
 
 STATE_CACHE_SECONDS = 10.0
 LOCAL_ADDRESSES = frozenset({"127.0.0.1", "::1"})
@@ -58,6 +70,8 @@ COPAY_AMOUNT = Histogram("copay_settlement_copay_fen", "Co-pay amount per settle
 VOUCHERS = Counter("copay_vouchers_issued_total", "E-vouchers issued")
 POOL_CHECKED_OUT = Gauge("copay_db_pool_checked_out", "Database connections in use (all processes)",
                          multiprocess_mode="livesum")
+READS = Counter("copay_record_reads_total", "Record reads by where they went (replica|primary) and why",
+                ["target", "reason"])
 POOL_CAPACITY = Gauge("copay_db_pool_capacity", "pool_size + max_overflow (all live processes)",
                       multiprocess_mode="livesum")
 

@@ -30,9 +30,10 @@ import time
 from typing import Any
 
 from flask import Flask, current_app, g, request
-from prometheus_client import Counter
 from sqlalchemy import event, text
 from sqlalchemy.orm import Session
+
+from app.metrics import READS
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,6 @@ CHECK_EVERY_SECONDS = 1.0
 DOWN_RETRY_SECONDS = 5.0
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
-READS = Counter("copay_record_reads_total", "Record reads by where they went (replica|primary) and why",
-                ["target", "reason"])
 
 LAG_SQL = text("""
 SELECT CASE
