@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, and_, func, not_, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, func, not_, or_, select, update
 
 from app.security.pii import TOKEN_VERSION, PiiCipher, PiiTokenInvalid
 from app.security.pii_columns import ENCRYPTED_COLUMNS, EncryptedColumn, columns_by_table
@@ -113,20 +113,29 @@ def rotate_pii(
                 ).all()
                 if not rows:
                     break
+                # Rows that change the same columns are written with one executemany (pipelined by
+                # psycopg); each UPDATE still compares the old token, so a row a request rewrote
+                # meanwhile is left as the request wrote it.
+                groups: dict[tuple[str, ...], list[dict[str, object]]] = {}
                 for row in rows:
                     report.scanned_rows += 1
                     changed = _rewrite_row(pii, cols, row, report)
-                    if not changed:
-                        continue
-                    conditions = [id_col == row.id] + [table.c[c] == old for c, (old, _new) in changed.items()]
-                    result = conn.execute(
-                        update(table).where(*conditions).values({c: new for c, (_old, new) in changed.items()})
+                    if changed:
+                        params: dict[str, object] = {"b_id": row.id}
+                        for column, (old, new) in changed.items():
+                            params[f"b_old_{column}"] = old
+                            params[f"b_new_{column}"] = new
+                        groups.setdefault(tuple(sorted(changed)), []).append(params)
+                for columns, batch in groups.items():
+                    statement = (
+                        update(table)
+                        .where(id_col == bindparam("b_id"), *(table.c[c] == bindparam(f"b_old_{c}") for c in columns))
+                        .values({c: bindparam(f"b_new_{c}") for c in columns})
                     )
-                    if result.rowcount == 1:
-                        report.rewritten_rows += 1
-                        report.rewritten_values += len(changed)
-                    else:
-                        report.skipped_changed += 1
+                    written = conn.execute(statement, batch).rowcount
+                    report.rewritten_rows += written
+                    report.rewritten_values += written * len(columns)
+                    report.skipped_changed += len(batch) - written
                 last_id = rows[-1].id
                 done_in_table += len(rows)
             report.seconds = time.perf_counter() - started

@@ -202,3 +202,34 @@ def test_look_ups_keep_working_during_rotation(app, make_app, postgres, client, 
     assert lookups[0] > 50
     assert report.rewritten_rows == 601 and not report.unreadable
     assert sum(count_pending(rotated.extensions["db.engine"], pii).values()) == 0
+
+
+@pytest.mark.postgres
+def test_a_value_rewritten_by_the_service_meanwhile_is_not_overwritten(app, make_app, loaded, postgres, monkeypatch):
+    if not postgres:
+        pytest.skip("needs PostgreSQL (TEST_DATABASE_URL): a second writer during the batch")
+    import app.services.pii_rotation as rotation
+
+    rotated = _rotated_app(make_app)
+    pii = rotated.extensions["domain"].pii
+    engine = rotated.extensions["db.engine"]
+    fresh_token = pii.encrypt("新名字", context="person.name")
+    original = rotation._rewrite_row
+    done = []
+
+    def rewrite_while_someone_writes(pii_, cols, row, report):
+        if not done and cols[0].table == "persons":
+            done.append(row.id)
+            with engine.begin() as other:  # the service updates this person's name right now
+                other.execute(text("UPDATE persons SET name_enc = :t WHERE id = :id"), {"t": fresh_token, "id": row.id})
+        return original(pii_, cols, row, report)
+
+    monkeypatch.setattr(rotation, "_rewrite_row", rewrite_while_someone_writes)
+    report = rotate_pii(engine, pii, batch_size=50)
+    assert report.skipped_changed == 1
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT name_enc FROM persons WHERE id = :id"), {"id": done[0]}) == fresh_token
+    # The next run picks up that row's other (still old) columns.
+    assert sum(count_pending(engine, pii).values()) == 1
+    assert rotate_pii(engine, pii).rewritten_rows == 1
+    assert sum(count_pending(engine, pii).values()) == 0
