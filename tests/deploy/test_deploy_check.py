@@ -42,8 +42,9 @@ def unit_environment(unit: str) -> dict[str, str]:
     found = {}
     for line in (UNITS / unit).read_text().splitlines():
         if line.startswith("Environment="):
-            name, _, value = line[len("Environment="):].partition("=")
-            found[name] = value
+            for assignment in shlex.split(line[len("Environment="):]):
+                name, _, value = assignment.partition("=")
+                found[name] = value
     return found
 
 
@@ -69,8 +70,10 @@ def deployment(postgres, redis_url, sandbox, alipay_app_key, tmp_path):
                    "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "2",
                    "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus")}
         worker_env = {**env, **unit_environment("copay-notify.service")}
-        migrated = subprocess.run(unit_command("copay-migrate.service"), env=env, cwd=ROOT, capture_output=True,
-                                  text=True)
+        migrate_env = {**env, **unit_environment("copay-migrate.service")}
+        assert "lock_timeout" in migrate_env["PGOPTIONS"]
+        migrated = subprocess.run(unit_command("copay-migrate.service"), env=migrate_env, cwd=ROOT,
+                                  capture_output=True, text=True)
         assert migrated.returncode == 0, migrated.stderr[-3000:]
         seeded = subprocess.run([str(ROOT / ".venv/bin/flask"), "--app", "wsgi", "seed-demo"], env=env, cwd=ROOT,
                                 check=True, capture_output=True, text=True)
