@@ -39,3 +39,17 @@ clean:
 # Autogenerate a migration against a scratch database at head: make migration MESSAGE="add x"
 migration: install
 	$(BIN)/python -m scripts.make_migration "$(MESSAGE)"
+
+# Issue 14 (docs/OPERATIONS.md): backups, and a check that the deploy/ config starts and settles.
+.PHONY: backup restore deploy-check
+backup: install
+	$(BIN)/python -m scripts.backup backup $(if $(BACKUP_DIR),--dir $(BACKUP_DIR))
+
+# make restore BACKUP=backups/copay-20261207T020000Z [RESTORE_DATABASE_URL=…] [RESTORE_DOCUMENT_DIR=…]
+restore: install
+	$(BIN)/python -m scripts.backup restore "$(BACKUP)" $(if $(RESTORE_DATABASE_URL),--database-url "$(RESTORE_DATABASE_URL)") $(if $(RESTORE_DOCUMENT_DIR),--document-dir "$(RESTORE_DOCUMENT_DIR)")
+
+# Needs PostgreSQL and Redis: TEST_DATABASE_URL (a server URL) and TEST_REDIS_URL, as for make test.
+deploy-check: install
+	@test -n "$(TEST_DATABASE_URL)" -a -n "$(TEST_REDIS_URL)" || { echo "deploy-check needs TEST_DATABASE_URL and TEST_REDIS_URL"; exit 2; }
+	$(BIN)/python -m pytest -q -m slow -rs tests/deploy/test_deploy_check.py

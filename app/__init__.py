@@ -38,6 +38,9 @@ def create_app(config: Config | None = None) -> Flask:
     Migrate(app, db, directory=str(ROOT / "migrations"))
     init_redis(app)
     init_rate_limiter(app)
+    from app import replica
+
+    replica.init_app(app)
     app.teardown_appcontext(db.close_request_session)
 
     from app.wiring import init_domain
@@ -49,6 +52,10 @@ def create_app(config: Config | None = None) -> Flask:
 
     register_blueprints(app)
     register_error_handlers(app)
+
+    from app import metrics
+
+    metrics.init_app(app)
 
     from app.cli import register_cli
 

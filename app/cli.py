@@ -146,6 +146,9 @@ def register_cli(app: Flask) -> None:
         app.cli.add_command(command)
     app.cli.add_command(deactivate_staff_command)
     app.cli.add_command(revoke_staff_token_command)
+    from app.ops_cli import register_ops_cli
+
+    register_ops_cli(app)
 
 
 

@@ -127,6 +127,11 @@ class Config:
     LOG_LEVEL: str = "INFO"
     # How many reverse proxies in front set X-Forwarded-For/-Proto (0: trust none, use the peer).
     TRUSTED_PROXIES: int = 0
+    # Issue 14: bearer token for /metrics (unset: only from 127.0.0.1); the streaming replica for
+    # record reads, and how far behind it may be before reads go back to the primary.
+    METRICS_TOKEN: str = ""
+    DATABASE_REPLICA_URL: str | None = None
+    REPLICA_MAX_LAG_SECONDS: float = 5.0
     # Set by the demo runner: the local emulator stands in for WeChat and Alipay.
     SANDBOX_URL: str | None = None
     TESTING: bool = False

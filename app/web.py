@@ -25,6 +25,13 @@ def session() -> Session:
     return db.request_session()
 
 
+def read_session() -> Session:
+    """A record read's session: the streaming replica when that is safe (app/replica.py), else ``session()``."""
+    from app.replica import read_session as routed
+
+    return routed()
+
+
 def domain() -> Any:
     """The domain singletons built at start-up (``app.wiring.Domain``)."""
     return current_app.extensions["domain"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import jsonify, make_response, request
+from flask import g, jsonify, make_response, request
 from flask_smorest import Blueprint
 from marshmallow import ValidationError, fields, validate, validates_schema
 
@@ -118,6 +118,7 @@ class RefundSchema(StrictSchema):
 
 def _sent(outcome: Outcome) -> Any:
     # The body is sent as stored, so a replay (R13) repeats the original response.
+    g.money_outcome = outcome  # counted by app/metrics.py
     return make_response(jsonify(outcome.body), outcome.status)
 
 

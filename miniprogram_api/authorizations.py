@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask_smorest import Blueprint
 
 from app.services import authorizations
-from app.web import principal, session, user_required
+from app.web import principal, read_session, user_required
 from miniprogram_api.binding_schemas import AuthorizationPageSchema, RecordsQuerySchema
 
 bp = Blueprint("authorization_records", __name__, description="Authorization records")
@@ -17,4 +17,4 @@ bp = Blueprint("authorization_records", __name__, description="Authorization rec
 @bp.response(200, AuthorizationPageSchema)
 def list_authorizations(query):
     """Every change of the bindings I am party to, newest first."""
-    return authorizations.list_authorization_records(session(), caller=principal(), **query)
+    return authorizations.list_authorization_records(read_session(), caller=principal(), **query)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, fields, validate
 
-from app.web import now, principal, session, user_required
+from app.web import now, principal, read_session, session, user_required
 from notify import inbox
 
 bp = Blueprint("notifications", __name__, description="Notices of account movements, with their push status")
@@ -56,7 +56,7 @@ class NotificationPageSchema(Schema):
 @bp.response(200, NotificationPageSchema)
 def list_notifications(query):
     """The signed-in person's notices, newest first (keyset pagination)."""
-    return inbox.list_notifications(session(), principal().person_id, query.get("cursor"), query.get("limit"))
+    return inbox.list_notifications(read_session(), principal().person_id, query.get("cursor"), query.get("limit"))
 
 
 @bp.post("/<int:notice_id>/read")

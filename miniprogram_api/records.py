@@ -11,7 +11,7 @@ from marshmallow import fields, validate
 
 from app.policy import shanghai_date
 from app.services import records
-from app.web import domain, now, principal, session, user_required
+from app.web import domain, now, principal, read_session, user_required
 from miniprogram_api.schemas import MaskedPersonSchema, StrictSchema
 
 bp = Blueprint("deduction_records", __name__, description="Deduction records")
@@ -81,7 +81,7 @@ class QuotaSchema(StrictSchema):
 @bp.response(200, DeductionPageSchema)
 def list_deductions(query):
     """Deductions from your account (``role=owner``) or paid for you (``role=beneficiary``), newest first."""
-    return records.deductions(session(), domain().pii, principal().person_id, **query)
+    return records.deductions(read_session(), domain().pii, principal().person_id, **query)
 
 
 @quota_bp.get("")
@@ -92,4 +92,4 @@ def get_quota(query):
     """Annual-cap use of you and of each family member bound to you (default: this year)."""
     today = shanghai_date(now())
     d = domain()
-    return records.quota(session(), d.pii, d.policy, principal().person_id, query["year"] or today.year, today)
+    return records.quota(read_session(), d.pii, d.policy, principal().person_id, query["year"] or today.year, today)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask_smorest import Blueprint
 
 from app.services import authorizations
-from app.web import session, staff_required
+from app.web import read_session, staff_required
 from miniprogram_api.binding_schemas import AuditPageSchema, AuditQuerySchema
 
 bp = Blueprint("staff_audit", __name__, description="Staff: audit log")
@@ -17,4 +17,4 @@ bp = Blueprint("staff_audit", __name__, description="Staff: audit log")
 @bp.response(200, AuditPageSchema)
 def audit_log(query):
     """Audit events, newest first, optionally narrowed by action, actor or target."""
-    return authorizations.list_audit_log(session(), **query)
+    return authorizations.list_audit_log(read_session(), **query)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask_smorest import Blueprint
 
 from app.services import authorizations, bindings
-from app.web import client_ip, domain, now, principal, rate_limited, session, staff_required
+from app.web import client_ip, domain, now, principal, rate_limited, read_session, session, staff_required
 from miniprogram_api.binding_schemas import (
     AuthorizationPageSchema,
     BindingPageSchema,
@@ -67,7 +67,7 @@ def search(body):
 @bp.response(200, BindingSchema)
 def get_binding(binding_id):
     """One binding with its proof documents."""
-    return bindings.get_binding(session(), pii=domain().pii, caller=principal(), binding_id=binding_id,
+    return bindings.get_binding(read_session(), pii=domain().pii, caller=principal(), binding_id=binding_id,
                                 province=domain().policy.province)
 
 
@@ -85,7 +85,7 @@ def get_pledge(binding_id):
 @bp.response(200, AuthorizationPageSchema)
 def list_authorizations(query, binding_id):
     """The binding's authorization records, newest first."""
-    return authorizations.list_binding_records_for_staff(session(), binding_id=binding_id, **query)
+    return authorizations.list_binding_records_for_staff(read_session(), binding_id=binding_id, **query)
 
 
 @bp.post("/<int:binding_id>/approve")

@@ -6,7 +6,7 @@ from flask import g
 from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, fields, validate
 
-from app.web import client_ip, domain, now, principal, session, staff_required
+from app.web import client_ip, domain, now, principal, read_session, session, staff_required
 from models.notice import DELIVERY_STATES
 from notify import inbox
 
@@ -66,7 +66,7 @@ class StaffDeliveryPageSchema(Schema):
 @bp.response(200, StaffDeliveryPageSchema)
 def list_deliveries(query):
     """Push deliveries newest first, by state, channel or settlement number."""
-    return inbox.list_deliveries(session(), state=query.get("state"), channel=query.get("channel"),
+    return inbox.list_deliveries(read_session(), state=query.get("state"), channel=query.get("channel"),
                                  settlement_no=query.get("settlement_no"), cursor=query.get("cursor"),
                                  limit=query.get("limit"))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask_smorest import Blueprint
 
 from app.services import suspensions
-from app.web import client_ip, domain, now, principal, session, staff_required
+from app.web import client_ip, domain, now, principal, read_session, session, staff_required
 from miniprogram_api.binding_schemas import (
     ReasonSchema,
     SuspendRequestSchema,
@@ -43,4 +43,4 @@ def lift(body, suspension_id):
 @bp.response(200, SuspensionPageSchema)
 def list_suspensions(query):
     """Suspensions, newest first (``active=true`` for those in force)."""
-    return suspensions.list_suspensions(session(), pii=domain().pii, **query)
+    return suspensions.list_suspensions(read_session(), pii=domain().pii, **query)

@@ -98,7 +98,7 @@ def _replay(session: Session, institution_id: int, out_refund_no: str, request_h
         return None
     if row.request_hash != request_hash:
         raise errors.IdempotencyConflict(details={"out_refund_no": out_refund_no})
-    return Outcome(201, row.response)
+    return Outcome(201, row.response, replayed=True)
 
 
 def _apply(session: Session, deps: MoneyDeps, institution: InstitutionIdentity, settlement: Any,

@@ -159,6 +159,8 @@ class Outcome:
 
     status: int
     body: dict[str, Any]
+    # True when this answers a repeated request from what was stored (R13): no new money moved.
+    replayed: bool = False
 
 
 def request_hash(parsed_body: Any) -> str:
@@ -296,7 +298,7 @@ def _replay(session: Session, institution_id: int, request: SettlementRequest) -
         return None
     if row.request_hash != request.request_hash:
         raise errors.IdempotencyConflict(details={"out_settlement_no": request.out_settlement_no})
-    return Outcome(201, row.response)
+    return Outcome(201, row.response, replayed=True)
 
 
 def _patient(session: Session, deps: MoneyDeps, institution: InstitutionIdentity, request: SettlementRequest,

@@ -1,0 +1,53 @@
+"""Helpers for the operations tests (issue 14): scratch databases, free ports, a money history."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from app.config import normalize_database_url
+from tests.money_helpers import CHILD, OWNER, fresh, issue, make_binding, person_id, refund, settle, sign_in
+
+
+@contextmanager
+def scratch_database(prefix: str = "copay_ops") -> Iterator[str]:
+    """A new empty database on the TEST_DATABASE_URL server, dropped afterwards."""
+    server = normalize_database_url(os.environ["TEST_DATABASE_URL"])
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def money_history(app: Any, client: Any, sandbox: Any, settlements: int = 3) -> list[str]:
+    """The demo family with a binding, ``settlements`` settlements (co-pay from the owner) and a
+    partial refund of the first: journals, payments, refunds, notices and deliveries all exist."""
+    fresh(app)
+    make_binding(app, OWNER, CHILD, "child")
+    token = sign_in(client, sandbox, OWNER)
+    numbers = []
+    for _ in range(settlements):
+        response = settle(client, issue(client, token, person_id(app, CHILD)))
+        assert response.status_code == 201, response.get_json()
+        numbers.append(response.get_json()["settlement_no"])
+    assert refund(client, numbers[0], 500).status_code == 201
+    return numbers
