@@ -21,6 +21,8 @@ ENCRYPTED_COLUMNS: tuple[EncryptedColumn, ...] = (
     EncryptedColumn("persons", "id_number_enc", "person.id_number"),
     EncryptedColumn("persons", "name_enc", "person.name"),
     EncryptedColumn("persons", "social_card_no_enc", "person.social_card_no"),
+    EncryptedColumn("persons", "phone_enc", "person.phone"),
+    EncryptedColumn("users", "phone_enc", "user.phone"),
     EncryptedColumn("institutions", "api_secret_enc", "institution.api_secret"),
     EncryptedColumn("users", "wechat_session_key_enc", "user.wechat_session_key"),
 )
