@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, CreatedMixin, IdMixin
@@ -58,6 +58,12 @@ class StaffUser(IdMixin, CreatedMixin, Base):
     role: Mapped[str] = mapped_column(String(16))  # window | admin | auditor
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     active: Mapped[bool] = mapped_column(default=True)
+    # Issue 12: the console's sign-in — argon2id password hash (PHC string), the TOTP secret
+    # encrypted like personal data, and the last TOTP time step used (a code is accepted once).
+    password_hash: Mapped[str | None] = mapped_column(Text)
+    totp_secret_enc: Mapped[str | None] = mapped_column(Text)
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
+    password_changed_at: Mapped[datetime | None]
 
     __table_args__ = (CheckConstraint("role IN ('window', 'admin', 'auditor')", name="role"),)
 
