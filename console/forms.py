@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField
-from wtforms import BooleanField, DateField, IntegerField, PasswordField, SelectField, StringField, TextAreaField
+from wtforms import (
+    BooleanField,
+    DateField,
+    IntegerField,
+    PasswordField,
+    SelectChoice,
+    SelectField,
+    StringField,
+    TextAreaField,
+)
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional
 
 from console.messages import RELATIONSHIPS
@@ -35,15 +44,17 @@ class WindowBindingForm(FlaskForm):
     beneficiary_name = StringField("家庭成员姓名", validators=[DataRequired(REQUIRED), Length(max=64)])
     beneficiary_id_number = StringField("家庭成员身份证号码", validators=[DataRequired(REQUIRED), Length(max=32)])
     beneficiary_card_no = StringField("家庭成员社保卡号", validators=[DataRequired(REQUIRED), Length(max=32)])
-    relationship = SelectField("家庭成员是账户所有人的", choices=list(RELATIONSHIPS.items()))
+    relationship = SelectField("家庭成员是账户所有人的",
+                               choices=[SelectChoice(value, label) for value, label in RELATIONSHIPS.items()])
     proofs_checked = BooleanField("已核验纸质关系证明材料原件", validators=[InputRequired("须核验纸质材料")])
     pledge_signed = BooleanField("账户所有人已在窗口阅读并签署承诺书", validators=[InputRequired("须签署承诺书")])
     scan = FileField("材料扫描件（可选，JPEG/PNG/PDF，≤5 MB）")
 
 
 class SuspendForm(FlaskForm):
-    scope = SelectField("暂停范围", choices=[("owner", "账户所有人（其全部共济）"), ("beneficiary", "家庭成员"),
-                                            ("binding", "单个绑定")])
+    scope = SelectField("暂停范围", choices=[
+        SelectChoice("owner", "账户所有人（其全部共济）"),
+        SelectChoice("beneficiary", "家庭成员"), SelectChoice("binding", "单个绑定")])
     id_number = StringField("身份证号码（账户所有人或家庭成员）", validators=[Optional(), Length(max=32)])
     binding_id = IntegerField("绑定编号（单个绑定）", validators=[Optional(), NumberRange(min=1)])
     reason = TextAreaField("原因（如：套现、倒卖药品）", validators=[DataRequired(REQUIRED), Length(max=500)])

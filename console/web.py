@@ -9,6 +9,7 @@ before any view runs, so no form can forget it. Errors become a Chinese page, ne
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -25,6 +26,7 @@ from app.web import session as db_session
 from console import messages
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
 WRITE = ("window", "admin")
 ADMIN = ("admin",)
 ALL = ("window", "admin", "auditor")
@@ -111,6 +113,12 @@ def install(bp: Blueprint) -> None:
 
     bp.add_app_template_filter(yuan, "yuan")
     bp.add_app_template_filter(shanghai_time, "t")
+
+    @bp.errorhandler(Exception)
+    def _unexpected(_err: Exception) -> Any:
+        log.exception("unhandled console error")
+        g.error_code = "INTERNAL_ERROR"
+        return render_error("INTERNAL_ERROR", 500)
 
     @bp.app_context_processor
     def _template_globals() -> dict[str, Any]:

@@ -217,3 +217,18 @@ def test_an_unknown_console_address_is_a_chinese_page(app, client):
 def test_signed_out_visitors_are_sent_to_the_sign_in_page(client):
     response = client.get("/console/persons")
     assert response.status_code == 302 and "/console/login" in response.headers["Location"]
+
+
+def test_an_unexpected_failure_is_a_chinese_page_without_a_stack_trace(app, client, monkeypatch):
+    from app.services import overview
+
+    signed_in(client, app, "clerk", "window")
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(overview, "overview", broken)
+    response = client.get("/console/")
+    html = response.get_data(as_text=True)
+    assert response.status_code == 500 and "系统出错" in html
+    assert "secret internals" not in html and "Traceback" not in html
