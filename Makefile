@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint install migrate migration bench clean
+.PHONY: run test lint install migrate migration bench clean screenshots
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,3 +35,8 @@ clean:
 # Autogenerate a migration against a scratch database at head: make migration MESSAGE="add x"
 migration: install
 	$(BIN)/python -m scripts.make_migration "$(MESSAGE)"
+
+# The console's main pages as PNG under docs/console/ (needs chromium and a CJK font:
+# apt-get install chromium fonts-wqy-microhei).
+screenshots: install
+	$(BIN)/python -m pytest -q tests/browser/screenshots.py

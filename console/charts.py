@@ -8,8 +8,8 @@ from html import escape
 from markupsafe import Markup
 
 
-def bar_chart(labels: Sequence[str], values: Sequence[int], *, title: str, unit: str = "", width: int = 640,
-              height: int = 180, money: bool = False) -> Markup:
+def bar_chart(labels: Sequence[str], values: Sequence[int], *, title: str, unit: str = "", width: int = 1000,
+              height: int = 170, money: bool = False) -> Markup:
     """A bar chart as an inline ``<svg>``; ``money`` values are fen shown as yuan."""
     top = max([*values, 1])
     left, bottom, pad = 44, 22, 6
@@ -33,7 +33,7 @@ def bar_chart(labels: Sequence[str], values: Sequence[int], *, title: str, unit:
     return Markup("".join(parts))  # noqa: S704 — every interpolated text above is escaped
 
 
-def split_bar(parts: Sequence[tuple[str, int, str]], *, width: int = 640, height: int = 28) -> Markup:
+def split_bar(parts: Sequence[tuple[str, int, str]], *, width: int = 1000, height: int = 24) -> Markup:
     """One horizontal bar split by share (label, count, css class), e.g. notices by state."""
     total = sum(count for _label, count, _cls in parts) or 1
     out = [f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">']
