@@ -94,7 +94,7 @@ def account() -> Any:
 def totp() -> Any:
     """Enrol a new TOTP secret: the otpauth QR (segno, inline SVG), confirmed by password and a code."""
     form, done, error = TotpForm(), False, None
-    if request.method == "GET" or "totp_pending" not in session:
+    if "totp_pending" not in session:  # the same QR until it is confirmed (a reload must not change it)
         session["totp_pending"] = console_auth.new_totp_secret()
     secret = session["totp_pending"]
     if form.validate_on_submit():
@@ -149,7 +149,8 @@ def reviews() -> Any:
 def _binding_page(binding_id: int, error: str | None = None, status: int = 200) -> Any:
     caller = user().principal
     binding = bindings.get_binding(db_session(), pii=domain().pii, caller=caller, binding_id=binding_id)
-    pledge = bindings.get_pledge(db_session(), signer=domain().pledge_signer, caller=caller, binding_id=binding_id)
+    pledge, _missing = attempt(lambda: bindings.get_pledge(db_session(), signer=domain().pledge_signer, caller=caller,
+                                                           binding_id=binding_id))
     records = authorizations.list_binding_records_for_staff(db_session(), binding_id=binding_id)
     return render_template("console/binding.html", b=binding, pledge=pledge, records=records["items"],
                            form=ReasonForm(), reject_form=RequiredReasonForm(), error=error), status

@@ -232,3 +232,21 @@ def test_an_unexpected_failure_is_a_chinese_page_without_a_stack_trace(app, clie
     html = response.get_data(as_text=True)
     assert response.status_code == 500 and "系统出错" in html
     assert "secret internals" not in html and "Traceback" not in html
+
+
+def test_re_enrolling_totp_replaces_the_secret_after_password_and_code(app, client):
+    import re
+
+    old_secret = signed_in(client, app, "clerk", "window")
+    page = client.get("/console/account/totp").get_data(as_text=True)
+    new_secret = re.search(r'<span class="mono">([A-Z2-7]{32})</span>', page).group(1)
+    wrong = post(client, "/console/account/totp", {"password": "not my password", "code": code(new_secret)},
+                 page="/console/account/totp")
+    assert "密码或动态验证码错误" in wrong.get_data(as_text=True)
+    done = post(client, "/console/account/totp", {"password": PASSWORD, "code": code(new_secret)},
+                page="/console/account/totp")
+    assert 'id="totp-enrolled"' in done.get_data(as_text=True)
+    later = datetime.now(UTC) + timedelta(seconds=30)
+    assert sign_in(app.test_client(), "clerk", old_secret, at=later).status_code == 401
+    assert sign_in(app.test_client(), "clerk", new_secret, at=later).status_code == 303
+    assert {"console.totp_enrol_failed", "console.totp_enrol"} <= set(_actions(app))

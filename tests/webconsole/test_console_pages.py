@@ -296,3 +296,26 @@ def test_the_audit_log_filters_and_pages_by_keyset(app, client):
     assert "n=5" not in none
     bad = client.get("/console/audit?since=yesterday")
     assert bad.status_code == 400 and "输入有误" in bad.get_data(as_text=True)
+
+
+def test_unbinding_at_the_window_needs_a_reason_and_ends_the_binding(app, client, demo):
+    binding_id = make_binding(app, OWNER, CHILD, "child")
+    signed_in(client, app, "clerk", "window")
+    page = f"/console/bindings/{binding_id}"
+    assert post(client, f"{page}/unbind", {"reason": ""}, page=page).status_code == 400
+    assert post(client, f"{page}/unbind", {"reason": "本人持身份证申请解绑"}, page=page).status_code == 303
+    assert "badge-unbound" in client.get(page).get_data(as_text=True)
+    (event,) = _audit("binding.unbind")
+    assert event.details["reason"] == "本人持身份证申请解绑"
+
+
+def test_a_tampered_pledge_shows_as_failing_verification(app, client, demo, sandbox):
+    from models import Pledge
+
+    binding_id, _ = _pending_binding_with_document(client, sandbox)
+    with app_session() as session, session.begin():
+        pledge = session.scalars(select(Pledge).where(Pledge.binding_id == binding_id)).one()
+        pledge.record = {**pledge.record, "relationship": "spouse"}
+    signed_in(client, app, "clerk", "window")
+    page = client.get(f"/console/bindings/{binding_id}").get_data(as_text=True)
+    assert "签名验证失败" in page and "签名验证通过" not in page
