@@ -22,7 +22,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pyotp
-from sqlalchemy import create_engine, insert, select, text
+from sqlalchemy import create_engine, event, insert, select, text
 from sqlalchemy.engine import make_url
 
 from app.config import normalize_database_url
@@ -101,13 +101,19 @@ def main(n: int) -> None:
             domain = app.extensions["domain"]
             caller = Principal(kind="staff", id=1, role="window")
             service_ms = []
+            statements = [0]
+            engine = app.extensions["db.engine"]
+            count = lambda *_args: statements.__setitem__(0, statements[0] + 1)  # noqa: E731
+            event.listen(engine, "before_cursor_execute", count)
             for number in sample:
                 with app_session() as session:
                     started = time.perf_counter()
                     person_lookup.look_up_person(session, pii=domain.pii, policy=domain.policy, caller=caller,
                                                  id_number=number, now=datetime.now(UTC))
                     service_ms.append((time.perf_counter() - started) * 1000)
-        print(f"person_lookup.look_up_person (service):   {_percentiles(service_ms)}")
+        event.remove(engine, "before_cursor_execute", count)
+        print(f"person_lookup.look_up_person (service):   {_percentiles(service_ms)}; "
+              f"{statements[0] / len(sample):.1f} SQL statements per look-up")
         app.extensions["db.engine"].dispose()
     finally:
         with admin.connect() as conn:

@@ -45,6 +45,8 @@ ERRORS = {
 # Messages that say more than the code alone (same error class, a different situation).
 SIGN_IN_FAILED = "用户名、密码或动态验证码错误。"
 SIGN_IN_LOCKED = "登录失败次数过多，账户或本机已被暂时锁定，请 {seconds} 秒后再试。"
+WRONG_PASSWORD = "当前密码错误。"
+WEAK_PASSWORD = "新密码至少 12 位，且不能与用户名相同。"
 
 RELATIONSHIPS = {"spouse": "配偶", "parent": "父母", "child": "子女", "sibling": "兄弟姐妹",
                  "grandparent": "祖父母/外祖父母", "grandchild": "孙子女/外孙子女"}
@@ -66,9 +68,6 @@ NOTICE_KINDS = {"deduction": "扣款通知", "refund": "退款通知", "receipt"
 
 def error_text(code: str, details: dict[str, Any] | None = None) -> str:
     """The Chinese sentence for an error code (SPEC §5)."""
-    details = details or {}
-    if code == "RATE_LIMITED" and "retry_after" in details and details.get("group") is None:
-        return SIGN_IN_LOCKED.format(seconds=details["retry_after"])
     return ERRORS.get(code, ERRORS["INTERNAL_ERROR"])
 
 

@@ -20,7 +20,7 @@ from app.services import (
     suspensions,
 )
 from app.web import session as db_session
-from console import charts
+from console import charts, messages
 from console.forms import (
     CertificationForm,
     FilingForm,
@@ -55,9 +55,9 @@ def sign_in() -> Any:
                                          password=form.password.data, code=form.code.data.strip(),
                                          ip=client_ip(), now=now())
         except errors.SignInLocked as err:
-            error = m_locked(err.details["retry_after"])
+            error = messages.SIGN_IN_LOCKED.format(seconds=err.details["retry_after"])
         except errors.SignInFailed:
-            error = "用户名、密码或动态验证码错误。"
+            error = messages.SIGN_IN_FAILED
         else:
             session.clear()  # a new CSRF secret for the new session: nothing carries over from before
             session["sid"] = token
@@ -65,10 +65,6 @@ def sign_in() -> Any:
     elif request.method == "POST":
         error = "请填写用户名、密码和 6 位动态验证码。"
     return render_template("console/login.html", form=form, error=error), 200 if error is None else 401
-
-
-def m_locked(seconds: int) -> str:
-    return f"登录失败次数过多，账户或本机已被暂时锁定，请 {seconds} 秒后再试。"
 
 
 @bp.post("/logout")
@@ -84,9 +80,14 @@ def account() -> Any:
     """Change one's password (other sessions end)."""
     form, done, error = PasswordForm(), False, None
     if form.validate_on_submit():
-        done, error = attempt(lambda: console_auth.change_password(
-            db_session(), user=user(), current_password=form.current_password.data,
-            new_password=form.new_password.data, now=now(), ip=client_ip()) or True)
+        try:
+            console_auth.change_password(db_session(), user=user(), current_password=form.current_password.data,
+                                         new_password=form.new_password.data, now=now(), ip=client_ip())
+            done = True
+        except errors.SignInFailed:
+            error = messages.WRONG_PASSWORD
+        except errors.ValidationFailed:
+            error = messages.WEAK_PASSWORD
     return render_template("console/account.html", form=form, done=done, error=error, totp_form=None)
 
 

@@ -196,8 +196,11 @@ def test_a_wrong_current_password_changes_nothing(app, client):
     response = post(client, "/console/account", {"current_password": "not my password",
                                                  "new_password": "a much longer new password"},
                     page="/console/account")
-    assert "alert-error" in response.get_data(as_text=True)
+    assert "当前密码错误" in response.get_data(as_text=True)
     assert "console.password_change_failed" in _actions(app)
+    short = post(client, "/console/account", {"current_password": PASSWORD, "new_password": "short"},
+                 page="/console/account")
+    assert "至少 12 位" in short.get_data(as_text=True)
 
 
 def test_totp_enrolment_shows_the_otpauth_qr_inline(app, client):
