@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint install migrate migration bench bench-records clean
+.PHONY: run test lint install migrate migration bench bench-records clean screenshots
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,3 +53,7 @@ restore: install
 deploy-check: install
 	@test -n "$(TEST_DATABASE_URL)" -a -n "$(TEST_REDIS_URL)" || { echo "deploy-check needs TEST_DATABASE_URL and TEST_REDIS_URL"; exit 2; }
 	$(BIN)/python -m pytest -q -m slow -rs tests/deploy/test_deploy_check.py
+# The console's main pages as PNG under docs/console/ (needs chromium and a CJK font:
+# apt-get install chromium fonts-wqy-microhei).
+screenshots: install
+	$(BIN)/python -m pytest -q tests/browser/screenshots.py

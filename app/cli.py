@@ -71,13 +71,46 @@ def _stale_lines(report: Any) -> list[str]:
 @click.command("create-staff")
 @click.argument("username")
 @click.option("--role", type=click.Choice(["window", "auditor", "admin"]), required=True)
-def create_staff_command(username: str, role: str) -> None:
+@click.option("--console", "console_access", is_flag=True,
+              help="Also set a console password (prompted, or one line on stdin) and enrol TOTP.")
+def create_staff_command(username: str, role: str, console_access: bool) -> None:
     """Create a staff user (or give an existing one a new token) and print the token once."""
     from app.services.staff_accounts import create_staff
 
+    password = _console_password() if console_access else None
     with app_session() as session:
         token = create_staff(session, username, role, _now(), current_app.config["STAFF_TOKEN_TTL_SECONDS"])
+        if password is not None:
+            from app.services.console_auth import provisioning_uri, set_console_credentials
+
+            secret = set_console_credentials(session, current_app.extensions["domain"].pii, username, password,
+                                             _now())
     click.echo(token)
+    if password is not None:
+        import segno
+
+        uri = provisioning_uri(secret, username)
+        click.echo("console: password set; add this TOTP account to an authenticator app (shown once):")
+        click.echo(f"  secret: {secret}")
+        click.echo(f"  otpauth: {uri}")
+        segno.make(uri, error="m").terminal(compact=True)
+
+
+def _console_password() -> str:
+    import sys
+
+    from app.errors import ValidationFailed
+    from app.services.console_auth import check_password_rules
+
+    if sys.stdin.isatty():
+        password = click.prompt("console password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        check_password_rules(password, "")
+    except ValidationFailed as exc:
+        raise click.ClickException(exc.message) from None
+    return password
 
 
 @click.command("deactivate-staff")

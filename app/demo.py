@@ -74,8 +74,27 @@ def demo_registry(as_of: datetime | None = None) -> dict[str, Any]:
     }
 
 
+# The console sign-in of the demo staff (issue 12). Published on purpose: a demo, never production.
+DEMO_CONSOLE_PASSWORD = "demo-console-2026"
+DEMO_TOTP_SECRETS = {"window1": "DEMOWINDOWSTAFFTOTPKEYAAAAAAAAAA", "admin1": "DEMOADMINSTAFFTOTPKEYAAAAAAAAAAA",
+                     "auditor1": "DEMOAUDITORSTAFFTOTPKEYAAAAAAAAA"}
+
+
+def totp_now(username: str) -> str:
+    """The demo staff member's current console code: ``python -c 'from app.demo import totp_now; …'``."""
+    import pyotp
+
+    return pyotp.TOTP(DEMO_TOTP_SECRETS[username]).now()
+
+
 def seed_demo(session: Session, pii: PiiCipher, now: datetime) -> dict[str, str]:
-    """Load the demo registry and create one staff user per role; return their new tokens."""
+    """Load the demo registry and create one staff user per role, each with a console password
+    and TOTP secret; return their new API tokens."""
+    from app.services.console_auth import set_console_credentials
+
     load_registry(session, pii, demo_registry(now), now)
-    return {name: create_staff(session, name, role, now)
-            for name, role in (("window1", "window"), ("admin1", "admin"), ("auditor1", "auditor"))}
+    tokens = {name: create_staff(session, name, role, now)
+              for name, role in (("window1", "window"), ("admin1", "admin"), ("auditor1", "auditor"))}
+    for name in tokens:
+        set_console_credentials(session, pii, name, DEMO_CONSOLE_PASSWORD, now, totp_secret=DEMO_TOTP_SECRETS[name])
+    return tokens

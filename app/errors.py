@@ -112,3 +112,12 @@ TimestampOutOfWindow = _error(
     "TimestampOutOfWindow", "TIMESTAMP_OUT_OF_WINDOW", 401, "The request timestamp is outside the allowed window."
 )
 NonceReused = _error("NonceReused", "NONCE_REUSED", 401, "The request nonce was already used.")
+
+# Issue 12: the service-window console's sign-in (the same codes as the API's: 401 and 429).
+SignInFailed = _error(
+    "SignInFailed", "UNAUTHENTICATED", 401, "The username, password or one-time code is wrong.",
+)
+SignInLocked = _error(
+    "SignInLocked", "RATE_LIMITED", 429, "Too many failed sign-ins; wait before trying again.",
+)
+SessionExpired = _error("SessionExpired", "UNAUTHENTICATED", 401, "The console session has ended; sign in again.")

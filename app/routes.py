@@ -105,3 +105,8 @@ def register_blueprints(app: Flask) -> None:
 
     api.register_blueprint(staff_identity_bp, url_prefix="/api/v1/staff")
     app.register_blueprint(health)
+
+    # Issue 12: the service-window web console (HTML for people, same services as staff_api).
+    import console
+
+    console.init_app(app)

@@ -13,6 +13,7 @@ from models.binding import (
     Pledge,
     Suspension,
 )
+from models.console import ConsoleLockout, ConsoleSession
 from models.identity import AuthToken, IdentityLinkCode, PhoneProof, StaffUser, User
 from models.money import (
     BindingUsage,
@@ -35,4 +36,5 @@ __all__ = [
     "Delivery", "Document", "Household", "Institution", "InstitutionNonce", "Journal", "LedgerEntry",
     "Notice", "OffsiteFiling", "Payment", "Person", "Pledge", "Refund", "RefundPart", "Settlement",
     "StaffUser", "Suspension", "User", "Voucher", "utcnow", "IdentityLinkCode", "PhoneProof",
+    "ConsoleLockout", "ConsoleSession",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, CreatedMixin, IdMixin
@@ -101,6 +101,12 @@ class StaffUser(IdMixin, CreatedMixin, Base):
     # without an end is not accepted.
     token_expires_at: Mapped[datetime | None]
     token_revoked_at: Mapped[datetime | None]
+    # Issue 12: the console's sign-in — argon2id password hash (PHC string), the TOTP secret
+    # encrypted like personal data, and the last TOTP time step used (a code is accepted once).
+    password_hash: Mapped[str | None] = mapped_column(Text)
+    totp_secret_enc: Mapped[str | None] = mapped_column(Text)
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
+    password_changed_at: Mapped[datetime | None]
 
     __table_args__ = (CheckConstraint("role IN ('window', 'admin', 'auditor')", name="role"),)
 

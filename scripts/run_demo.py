@@ -118,6 +118,7 @@ def main() -> None:
         children.append(server)
         _wait_for(f"http://{HOST}:{PORT}/healthz")
         print(f"\nServing on http://{HOST}:{PORT}  (API docs: /api/docs, OpenAPI: /api/openapi.json)")
+        _print_console_sign_in()
         if use_sandbox:
             print(f"Local WeChat/Alipay emulator on {SANDBOX_URL}. Get a demo login code with:\n"
                   f"  curl -s -X POST {SANDBOX_URL}/_sandbox/wechat/login-code "
@@ -139,6 +140,16 @@ def main() -> None:
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 child.kill()
+
+
+def _print_console_sign_in() -> None:
+    """Issue 12: how to sign in to the service-window console as a demo staff member."""
+    from app.demo import DEMO_CONSOLE_PASSWORD
+
+    print(f"Service-window console: http://{HOST}:{PORT}/console/  — users window1 (窗口经办), admin1 (管理员), "
+          f"auditor1 (审计, read-only), password {DEMO_CONSOLE_PASSWORD}\n"
+          f"  current one-time code: .venv/bin/python -c \"from app.demo import totp_now; print(totp_now('window1'))\"",
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ ENCRYPTED_COLUMNS: tuple[EncryptedColumn, ...] = (
     EncryptedColumn("persons", "social_card_no_enc", "person.social_card_no"),
     EncryptedColumn("persons", "phone_enc", "person.phone"),
     EncryptedColumn("users", "phone_enc", "user.phone"),
+    EncryptedColumn("staff_users", "totp_secret_enc", "staff.totp_secret"),
     EncryptedColumn("institutions", "api_secret_enc", "institution.api_secret"),
     EncryptedColumn("users", "wechat_session_key_enc", "user.wechat_session_key"),
 )

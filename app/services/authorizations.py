@@ -9,6 +9,7 @@ user can quote the staff number when asking about a change.
 
 from __future__ import annotations
 
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from app import errors
 from app.pagination import clamp_limit, decode_cursor, page
+from app.policy import SHANGHAI
 from app.services.auth import Principal
 from app.services.bindings import require_person
 from models import AuditEvent, AuthorizationEvent, Binding
@@ -93,11 +95,17 @@ def audit_view(event: AuditEvent) -> dict[str, Any]:
 
 def list_audit_log(session: Session, *, action: str | None = None, actor_kind: str | None = None,
                    actor_id: int | None = None, target_kind: str | None = None, target_id: int | None = None,
-                   cursor: str | None = None, limit: int | None = None) -> dict[str, Any]:
-    """The audit log, newest first, optionally narrowed by action, actor or target."""
+                   cursor: str | None = None, limit: int | None = None, since: str | date | None = None,
+                   until: str | date | None = None) -> dict[str, Any]:
+    """The audit log, newest first, optionally narrowed by action, actor, target or an inclusive
+    range of Asia/Shanghai dates (``since``/``until``, ``YYYY-MM-DD``)."""
     limit = clamp_limit(limit)
     last_id = decode_cursor(cursor)
     query = select(AuditEvent)
+    if since is not None:
+        query = query.where(AuditEvent.created_at >= _day_start(since, "since"))
+    if until is not None:
+        query = query.where(AuditEvent.created_at < _day_start(until, "until") + timedelta(days=1))
     for column, value in ((AuditEvent.action, action), (AuditEvent.actor_kind, actor_kind),
                           (AuditEvent.actor_id, actor_id), (AuditEvent.target_kind, target_kind),
                           (AuditEvent.target_id, target_id)):
@@ -108,3 +116,12 @@ def list_audit_log(session: Session, *, action: str | None = None, actor_kind: s
     with session.begin():
         rows = list(session.scalars(query.order_by(AuditEvent.id.desc()).limit(limit + 1)))
     return page(rows, limit, lambda event: event.id, audit_view)
+
+
+def _day_start(value: str | date, field: str) -> datetime:
+    """Midnight in Shanghai of a date given as ``YYYY-MM-DD`` (400 otherwise)."""
+    try:
+        day = value if isinstance(value, date) else date.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise errors.ValidationFailed("Dates are YYYY-MM-DD.", details={"field": field}) from None
+    return datetime.combine(day, time(0), SHANGHAI)

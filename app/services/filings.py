@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app import errors
 from app.security.id_number import PROVINCE_CODES, validate_id_number
-from app.security.pii import PiiCipher
+from app.security.pii import PiiCipher, mask_text
 from app.services import audit
 from app.services.settlements import masked_person
 from app.timefmt import iso
@@ -28,7 +28,8 @@ _DISEASE_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-]{0,31}")
 
 
 def file_offsite(session: Session, pii: PiiCipher, staff_id: int, id_number: str, region_prefix: str,
-                 valid_from: date, valid_to: date, now: datetime, ip: str | None = None) -> dict[str, Any]:
+                 valid_from: date, valid_to: date, now: datetime, ip: str | None = None,
+                 reason: str | None = None) -> dict[str, Any]:
     """Record an off-site treatment filing (异地就医备案) for the insured person with this ID number."""
     if not _REGION_PREFIX.fullmatch(region_prefix) or region_prefix[:2] not in PROVINCE_CODES:
         raise errors.ValidationFailed("region_prefix must be a 2-digit province or a 4-digit prefecture code.",
@@ -45,14 +46,16 @@ def file_offsite(session: Session, pii: PiiCipher, staff_id: int, id_number: str
         audit.record(session, actor_kind="staff", actor_id=staff_id, action="offsite_filing.create", at=now, ip=ip,
                      target_kind="offsite_filing", target_id=filing_id,
                      details={"person_id": person.id, "region_prefix": region_prefix,
-                              "valid_from": valid_from.isoformat(), "valid_to": valid_to.isoformat()})
+                              "valid_from": valid_from.isoformat(), "valid_to": valid_to.isoformat(),
+                              **_reason(reason)})
     return {"id": filing_id, "person": masked_person(pii, person.id, person.name_enc, person.id_number_enc),
             "region_prefix": region_prefix, "valid_from": valid_from.isoformat(), "valid_to": valid_to.isoformat(),
             "created_at": iso(now)}
 
 
 def certify_chronic(session: Session, pii: PiiCipher, staff_id: int, id_number: str, disease_code: str,
-                    valid_from: date, valid_to: date, now: datetime, ip: str | None = None) -> dict[str, Any]:
+                    valid_from: date, valid_to: date, now: datetime, ip: str | None = None,
+                    reason: str | None = None) -> dict[str, Any]:
     """Record a chronic-disease certification (raises the beneficiary's annual cap, R8).
 
     The same person, disease and start date twice is ``INVALID_STATE``: certifications are never
@@ -76,13 +79,19 @@ def certify_chronic(session: Session, pii: PiiCipher, staff_id: int, id_number: 
                          at=now, ip=ip, target_kind="chronic_certification", target_id=cert_id,
                          # The disease is health data: the audit row points at the record, it does not copy it.
                          details={"person_id": person.id, "valid_from": valid_from.isoformat(),
-                                  "valid_to": valid_to.isoformat()})
+                                  "valid_to": valid_to.isoformat(), **_reason(reason)})
     except IntegrityError:
         raise errors.InvalidState("This certification is already recorded.",
                                   details={"valid_from": valid_from.isoformat()}) from None
     return {"id": cert_id, "person": masked_person(pii, person.id, person.name_enc, person.id_number_enc),
             "disease_code": disease_code, "valid_from": valid_from.isoformat(), "valid_to": valid_to.isoformat(),
             "created_at": iso(now)}
+
+
+def _reason(reason: str | None) -> dict[str, str]:
+    """The console's optional note, as the audit row keeps it (ID and phone numbers masked, R17)."""
+    text = mask_text(reason.strip())[:500] if isinstance(reason, str) else ""
+    return {"reason": text} if text else {}
 
 
 def _check_dates(valid_from: date, valid_to: date) -> None:
