@@ -302,7 +302,7 @@ def bind_member_at_window(session: Session, *, pii: PiiCipher, policy: RegionPol
     """R3–R5 at the service window: staff checked the paper proofs, the owner signs the pledge there,
     and the binding is created active (channel ``window``)."""
     require_staff_writer(caller)
-    number = validate_id_number(owner_id_number)
+    number = validate_id_number(owner_id_number, today=shanghai_date(now))
     return _bind(
         session, pii=pii, policy=policy, pledges=pledges, signer=signer,
         owner_where=Person.id_number_bidx == pii.blind_index(number, kind="id_number"),
@@ -318,7 +318,7 @@ def _bind(session: Session, *, pii: PiiCipher, policy: RegionPolicy, pledges: Pl
           created_by_user_id: int | None, created_by_staff_id: int | None) -> dict[str, Any]:
     text = pledges.check_agreed(pledge.get("version"), pledge.get("sha256"), pledge.get("agreed"))
     check_relationship(relationship, policy)
-    number = validate_id_number(beneficiary["id_number"])
+    number = validate_id_number(beneficiary["id_number"], today=shanghai_date(now))
     beneficiary_bidx = pii.blind_index(number, kind="id_number")
     try:
         with session.begin():
@@ -554,7 +554,7 @@ def list_bindings(session: Session, *, pii: PiiCipher, caller: Principal, role: 
         for label, alias, raw in (("owner", owner_p, owner_id_number), ("beneficiary", member_p,
                                                                         beneficiary_id_number)):
             if raw is not None:
-                number = validate_id_number(raw)
+                number = validate_id_number(raw, today=shanghai_date(now))
                 query = query.where(alias.id_number_bidx == pii.blind_index(number, kind="id_number"))
                 looked_up[f"{label}_id_number"] = mask_id_number(number)
     else:

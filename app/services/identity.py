@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import errors
-from app.policy import names_match
+from app.policy import names_match, shanghai_date
 from app.security.id_number import validate_id_number
 from app.security.pii import PiiCipher, mask_id_number, mask_name
 from app.services import audit
@@ -23,7 +23,7 @@ def verify_identity(session: Session, pii: PiiCipher, user_id: int, name: str, i
     A wrong name and an unknown ID number give the same ``IDENTITY_MISMATCH``, so the endpoint
     cannot be used to find out who is insured.
     """
-    number = validate_id_number(id_number)
+    number = validate_id_number(id_number, today=shanghai_date(now))
     with session.begin():
         user = session.get_one(User, user_id, with_for_update=True)
         bidx = pii.blind_index(number, kind="id_number")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, String, any_, bindparam, func, select, update
@@ -21,6 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app import errors
+from app.policy import shanghai_date
 from app.security.id_number import validate_id_number
 from app.security.pii import PiiCipher
 from app.services import audit
@@ -63,9 +64,10 @@ def _text(row: Mapping[str, Any], key: str, where: str, problems: list[str], max
     return value.strip()
 
 
-def validate(data: Any) -> tuple[list[str], dict[str, str]]:
+def validate(data: Any, today: date) -> tuple[list[str], dict[str, str]]:
     """Every problem in the file, by section and row number (1-based), and each person row's ID
-    number as given → validated (so the load validates each number once)."""
+    number as given → validated (so the load validates each number once). ``today`` is the
+    Shanghai date of the load: a birth date after it is refused (R18)."""
     problems: list[str] = []
     numbers: dict[str, str] = {}
     if not isinstance(data, dict):
@@ -81,7 +83,7 @@ def validate(data: Any) -> tuple[list[str], dict[str, str]]:
             continue
         raw = str(row.get("id_number", ""))
         try:
-            number = validate_id_number(raw)
+            number = validate_id_number(raw, today=today)
             numbers[raw] = number
         except errors.IdNumberInvalid as exc:
             _problem(problems, where, f"id_number: {exc.message}")
@@ -135,7 +137,8 @@ def _insert(session: Session):
 
 def load_registry(session: Session, pii: PiiCipher, data: Any, now: datetime) -> LoadReport:
     """Validate then upsert everything in one transaction (nothing half-loaded)."""
-    problems, numbers = validate(data)
+    today = shanghai_date(now)
+    problems, numbers = validate(data, today)
     if problems:
         raise RegistryInvalid(problems)
     report = LoadReport()
@@ -151,7 +154,7 @@ def load_registry(session: Session, pii: PiiCipher, data: Any, now: datetime) ->
             number = numbers.get(str(raw))
             if number is None:  # a person already in the registry, not in this file
                 try:
-                    number = validate_id_number(str(raw))
+                    number = validate_id_number(str(raw), today=today)
                 except errors.IdNumberInvalid as exc:
                     raise RegistryInvalid([f"{where}: {exc.message}"]) from None
             bidx = pii.blind_index(number, kind="id_number")
