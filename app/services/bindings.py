@@ -95,7 +95,7 @@ def clean_reason(reason: str | None, *, required: bool = False) -> str | None:
     masked (R17: staff sometimes paste one into a reason)."""
     text = mask_text(reason.strip()) if isinstance(reason, str) else ""
     if len(text) > MAX_REASON_CHARS:
-        raise errors.ValidationFailed(f"reason may be at most {MAX_REASON_CHARS} characters.",
+        raise errors.ValidationFailed("reason may be at most {count} characters.", params={"count": MAX_REASON_CHARS},
                                       details={"field": "reason"})
     if required and not text:
         raise errors.ValidationFailed("A reason is required.", details={"field": "reason"})
@@ -422,7 +422,7 @@ def _age(born: date, now: datetime) -> int:
 
 def _require_status(binding: Binding, *allowed: str) -> None:
     if binding.status not in allowed:
-        raise errors.InvalidState(f"Not allowed while the binding is {binding.status}.",
+        raise errors.InvalidState("Not allowed while the binding is {status}.", params={"status": binding.status},
                                   details={"status": binding.status})
 
 

@@ -79,7 +79,8 @@ def suspend_copay(session: Session, *, pii: PiiCipher, caller: Principal, reason
             if binding is None:
                 raise errors.NotFound("No such binding.")
             if binding.status != "active":
-                raise errors.InvalidState(f"Only an active binding can be suspended; it is {binding.status}.",
+                raise errors.InvalidState("Only an active binding can be suspended; it is {status}.",
+                                          params={"status": binding.status},
                                           details={"status": binding.status})
             binding.status = "suspended"
             affected = [binding]
