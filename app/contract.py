@@ -77,6 +77,9 @@ OPERATION_CODES: dict[str, dict[int, list[str]]] = {
     "subscriptions.record": {409: [], 422: []},
     "staff_notices.resend": {409: ["INVALID_STATE"], 422: []},
     "notifications.mark_read": {409: [], 422: []},
+    # WeChat's message push: signed with the push token in the query (signature, timestamp, nonce).
+    "wechat_callbacks.verify_url": {401: ["SIGNATURE_INVALID"], 404: ["NOT_FOUND"]},
+    "wechat_callbacks.receive_push": {400: ["VALIDATION_ERROR"], 401: ["SIGNATURE_INVALID"], 404: ["NOT_FOUND"]},
 }
 
 # Successful answers that are not JSON (flask-smorest documents only the JSON ones).
@@ -136,8 +139,27 @@ _STATUS_TEXT = {400: "Malformed request", 401: "Not authenticated", 403: "Not al
                 422: "Rule violation", 429: "Too many requests", 503: "Platform unavailable"}
 
 
+def _up_to(limit: int) -> str:
+    """A regular expression for the decimal numbers 1 … ``limit`` without leading zeros."""
+    digits = str(limit)
+    shorter = f"[1-9][0-9]{{0,{len(digits) - 2}}}" if len(digits) > 1 else ""
+    same_length = []
+    for i, digit in enumerate(digits):
+        low = "1" if i == 0 else "0"
+        if int(digit) > int(low):
+            same_length.append(f"{digits[:i]}[{low}-{int(digit) - 1}][0-9]{{{len(digits) - i - 1}}}")
+    same_length.append(digits)
+    return "(?:" + "|".join(filter(None, [shorter, *same_length])) + ")"
+
+
 class IdConverter(IntegerConverter):
-    """``<int:…>`` path parts: ids 1 … 2^63 − 1 (an out-of-range id is a 404, not a driver error)."""
+    """``<int:…>`` path parts: ids 1 … 2^63 − 1 (an out-of-range id is a 404, not a driver error).
+
+    The range is in the pattern itself: a converter that refuses a value only in ``to_python``
+    makes Werkzeug answer 405 instead of 404 when another method is routed on the same path.
+    """
+
+    regex = _up_to(MAX_ID)
 
     def __init__(self, map: Any, *args: Any, **kwargs: Any) -> None:  # noqa: A002 — werkzeug's name
         kwargs.setdefault("min", 1)

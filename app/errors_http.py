@@ -64,7 +64,8 @@ def register_error_handlers(app: Flask) -> None:
                                            params={"mb": limit // (1024 * 1024)}, details={"max_bytes": limit}))
         # The code's own short message, never Werkzeug's long English description.
         code = _HTTP_CODES.get(status, "HTTP_ERROR")
-        return envelope(code, message_for(code, locale()), status, details)
+        allow = {"Allow": ", ".join(err.valid_methods)} if getattr(err, "valid_methods", None) else None
+        return envelope(code, message_for(code, locale()), status, details, allow)
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):
