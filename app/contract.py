@@ -134,6 +134,41 @@ REQUEST_EXAMPLES: dict[str, dict[str, Any]] = {
     "institution_settlements.refund": {"out_refund_no": "H5326001-R-0001", "amount_fen": 1000},
 }
 
+# Stateful links (OpenAPI 3 ``links``): what a client can do next with what an answer gave it.
+# source endpoint → (status, {link name: (target endpoint, {parameter: expression}, request body)}).
+_BINDING_ID = {"binding_id": "$response.body#/id"}
+LINKS: dict[str, tuple[str, dict[str, tuple[str, dict[str, str], dict[str, Any] | None]]]] = {
+    "bindings.bind": ("201", {
+        "GetBinding": ("bindings.get_binding", _BINDING_ID, None),
+        "SetYearlyLimit": ("bindings.set_yearly_limit", _BINDING_ID, None),
+        "GetPledge": ("bindings.get_pledge", _BINDING_ID, None),
+        "Confirm": ("bindings.confirm", _BINDING_ID, None),
+        "Unbind": ("bindings.unbind", _BINDING_ID, None),
+        "StaffApprove": ("staff_bindings.approve", _BINDING_ID, None),
+        "StaffReject": ("staff_bindings.reject", _BINDING_ID, None),
+        "Authorizations": ("authorization_records.list_authorizations", _BINDING_ID, None),
+    }),
+    "staff_bindings.bind_at_window": ("201", {
+        "GetBinding": ("staff_bindings.get_binding", _BINDING_ID, None),
+        "GetPledge": ("staff_bindings.get_pledge", _BINDING_ID, None),
+        "Authorizations": ("staff_bindings.list_authorizations", _BINDING_ID, None),
+        "Unbind": ("staff_bindings.unbind", _BINDING_ID, None),
+        "Suspend": ("staff_suspensions.suspend", {}, {"binding_id": "$response.body#/id"}),
+    }),
+    "documents.upload": ("201", {"Download": ("documents.download", {"document_id": "$response.body#/id"}, None)}),
+    "staff_suspensions.suspend": ("201", {"Lift": ("staff_suspensions.lift", {"suspension_id": "$response.body#/id"},
+                                                   None)}),
+    "vouchers.issue_voucher": ("201", {
+        "QrPng": ("vouchers.voucher_png", {"code": "$response.body#/code"}, None),
+        "QrSvg": ("vouchers.voucher_svg", {"code": "$response.body#/code"}, None),
+        "Settle": ("institution_settlements.create_settlement", {}, {"voucher_code": "$response.body#/code"}),
+    }),
+    "institution_settlements.create_settlement": ("201", {
+        "Get": ("institution_settlements.get_settlement", {"settlement_no": "$response.body#/settlement_no"}, None),
+        "Refund": ("institution_settlements.refund", {"settlement_no": "$response.body#/settlement_no"}, None),
+    }),
+}
+
 _STATUS_TEXT = {400: "Malformed request", 401: "Not authenticated", 403: "Not allowed", 404: "Not found",
                 409: "Conflict with the current state", 413: "Body too large", 415: "Unsupported media type",
                 422: "Rule violation", 429: "Too many requests", 503: "Platform unavailable"}
@@ -342,8 +377,10 @@ def finalize_document(document: dict[str, Any], app: Flask) -> dict[str, Any]:
            for scheme, header in zip(INSTITUTION_SCHEMES, INSTITUTION_HEADERS, strict=True)},
     }
     paths = spec.get("paths", {})
+    located: dict[str, tuple[str, str, dict[str, Any]]] = {}
     for rule in app.url_map.iter_rules():
-        operations = paths.get(_openapi_path(rule.rule))
+        path = _openapi_path(rule.rule)
+        operations = paths.get(path)
         if not operations:
             continue
         view = app.view_functions.get(rule.endpoint)
@@ -352,7 +389,29 @@ def finalize_document(document: dict[str, Any], app: Flask) -> dict[str, Any]:
             if operation is None:
                 continue
             _finalize_operation(operation, rule.endpoint, view, method, bool(rule.arguments))
+            located[rule.endpoint] = (path, method.lower(), operation)
+    _add_links(located)
     return spec
+
+
+def _add_links(located: dict[str, tuple[str, str, dict[str, Any]]]) -> None:
+    for source, (status, links) in LINKS.items():
+        if source not in located or status not in located[source][2]["responses"]:
+            continue
+        found = {}
+        for name, (target, parameters, body) in links.items():
+            if target not in located:
+                continue
+            path, method, _operation = located[target]
+            pointer = path.replace("~", "~0").replace("/", "~1")
+            link: dict[str, Any] = {"operationRef": f"#/paths/{pointer}/{method}"}
+            if parameters:
+                link["parameters"] = dict(parameters)
+            if body:
+                link["requestBody"] = dict(body)
+            found[name] = link
+        if found:
+            located[source][2]["responses"][status]["links"] = found
 
 
 def _finalize_operation(operation: dict[str, Any], endpoint: str, view: Any, method: str,

@@ -35,14 +35,15 @@ from schemathesis.specs.openapi.checks import (
 from werkzeug.wrappers import Request
 
 from app import create_app
-from app.demo import DEMO_INSTITUTION_SECRET, OWNER
+from app.demo import DEMO_INSTITUTION_SECRET, OWNER, SPOUSE
 from scripts.sign_request import signed_headers
-from tests.binding_helpers import sign_in
+from tests.binding_helpers import bind_at_window, sign_in
 from tests.conftest import _clean
 
 pytestmark = [pytest.mark.slow, pytest.mark.fuzz]
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
+STATEFUL = int(os.environ.get("FUZZ_STATEFUL_EXAMPLES", "150"))
 SEED = int(os.environ.get("FUZZ_SEED") or random.SystemRandom().randrange(2**32))
 ROLES = ("user", "window", "admin", "auditor", "institution", "anonymous")
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -90,7 +91,10 @@ def fuzz_env(postgres, make_config, sandbox):
 
         with app_session() as session:
             staff = demo.seed_demo(session, app.extensions["domain"].pii, datetime.now(UTC))
-        user = sign_in(app.test_client(), sandbox, OWNER)
+        client = app.test_client()
+        user = sign_in(client, sandbox, OWNER)
+        # A live family, so that reads, vouchers and settlements have something real to find.
+        assert bind_at_window(client, staff["window1"], OWNER, SPOUSE, "spouse").status_code == 201
     hook = SigningHook(app.wsgi_app, "H5326001", DEMO_INSTITUTION_SECRET)
     app.wsgi_app = hook  # type: ignore[method-assign]
     tokens = {"user": user, **{role: staff[f"{role}1"] for role in ("window", "admin", "auditor")}}
@@ -140,3 +144,37 @@ def test_every_operation_as_every_caller(fuzz_schema, fuzz_env):
     print(f"\nfuzz: {len(operations)} operations, {hook.requests} requests so far, {len(failures)} failing, "
           f"seed {SEED}")
     assert not failures, f"seed {SEED} (rerun with FUZZ_SEED={SEED}):\n" + "\n\n".join(failures)
+
+
+def role_for(path: str) -> str:
+    """The caller a real client would be for this operation (links cross callers: a user's voucher
+    is settled by an institution, a user's binding reviewed by staff)."""
+    if path.startswith("/api/v1/institution/"):
+        return "institution"
+    if path.startswith("/api/v1/staff/"):
+        return "admin"
+    return "user"
+
+
+def test_stateful_flows_follow_the_documents_links(fuzz_schema, fuzz_env):
+    _app, hook, tokens = fuzz_env
+    links = sum(len(response.get("links", {})) for item in fuzz_schema.raw_schema["paths"].values()
+                for operation in item.values() if isinstance(operation, dict)
+                for response in operation.get("responses", {}).values())
+    assert links >= 15
+
+    class Flows(fuzz_schema.as_state_machine()):  # type: ignore[misc]
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {"headers": headers_for(role_for(case.operation.path), tokens)}
+
+        def validate_response(self, response: Any, case: Any, additional_checks: Any = None, **kwargs: Any) -> None:
+            case.validate_response(response, checks=CHECKS, transport_kwargs=kwargs)
+
+    before = hook.requests
+    try:
+        Flows.run(settings=settings(max_examples=STATEFUL, deadline=None, suppress_health_check=list(HealthCheck),
+                                    stateful_step_count=12, database=None, derandomize=False, print_blob=True))
+    except Exception as failure:
+        failure.add_note(f"seed {SEED}: rerun with FUZZ_SEED={SEED}")
+        raise
+    print(f"\nfuzz (stateful): {hook.requests - before} requests along {links} links, seed {SEED}")
