@@ -99,29 +99,31 @@ NON_JSON_SUCCESS: dict[str, dict[str, Any]] = {
         "application/json": {"schema": {"type": "object"}}}}},
 }
 
-_PLEDGE = {"version": "2025-01", "sha256": "<sha256 from GET /api/v1/pledges/current>", "agreed": True}
+# The demo's invented people (app/demo.py): the examples work against `make run` as they stand.
+_OWNER, _CHILD, _SPOUSE = "532621198001011235", "532621201509011353", "532621198205202244"
+_PLEDGE = {"version": "<version from GET /api/v1/pledges/current>",
+           "sha256": "<sha256 from GET /api/v1/pledges/current>", "agreed": True}
 REQUEST_EXAMPLES: dict[str, dict[str, Any]] = {
     "auth.sign_in_wechat": {"code": "<wx.login code>"},
     "auth.sign_in_alipay": {"auth_code": "<my.getAuthCode authCode>"},
     "auth.refresh": {"refresh_token": "<refresh token>"},
-    "me.verify_identity": {"name": "张伟", "id_number": "532621198001011237"},
-    "bindings.bind": {"beneficiary": {"name": "张小明", "id_number": "532621201509011352",
-                                      "social_card_no": "M53262100000003"},
-                      "relationship": "child", "proof_document_ids": [1], "pledge": _PLEDGE},
-    "staff_bindings.bind_at_window": {"owner": {"id_number": "532621198001011237"},
-                                      "beneficiary": {"name": "张小明", "id_number": "532621201509011352",
-                                                      "social_card_no": "M53262100000003"},
-                                      "relationship": "child", "proof_document_ids": [], "pledge": _PLEDGE},
+    "me.verify_identity": {"name": "张伟", "id_number": _OWNER},
+    "bindings.bind": {"beneficiary": {"name": "张小明", "id_number": _CHILD, "social_card_no": "M53262100000003"},
+                      "relationship": "child", "proof_document_ids": [], "pledge": _PLEDGE},
+    "staff_bindings.bind_at_window": {"owner": {"id_number": _OWNER},
+                                      "beneficiary": {"name": "李娜", "id_number": _SPOUSE,
+                                                      "social_card_no": "M53262100000002"},
+                                      "relationship": "spouse", "proof_document_ids": [], "pledge": _PLEDGE},
     "bindings.set_yearly_limit": {"yearly_limit_fen": 200000},
     "bindings.unbind": {"reason": "家庭情况变化"},
     "staff_bindings.approve": {"reason": "材料齐全"},
     "staff_bindings.reject": {"reason": "出生医学证明与户口簿不一致"},
     "staff_suspensions.suspend": {"binding_id": 42, "reason": "疑似套现"},
-    "staff_filings.create_offsite_filing": {"id_number": "532621201509011352", "region_prefix": "37",
+    "staff_filings.create_offsite_filing": {"id_number": _CHILD, "region_prefix": "37",
                                             "valid_from": "2025-03-01", "valid_to": "2025-12-31"},
-    "staff_filings.create_chronic_certification": {"id_number": "532621201509011352", "disease_code": "E11.9",
+    "staff_filings.create_chronic_certification": {"id_number": _CHILD, "disease_code": "E11.9",
                                                    "valid_from": "2025-01-01", "valid_to": "2025-12-31"},
-    "vouchers.issue_voucher": {"person_id": 3},
+    "vouchers.issue_voucher": {},
     "subscriptions.record": {"channel": "wechat", "mode": "one_time", "results": {"<template_id>": "accept"}},
     "institution_settlements.create_settlement": {
         "out_settlement_no": "H5326001-20250301-0001", "voucher_code": "<28-digit voucher code>",
@@ -378,6 +380,9 @@ def finalize_document(document: dict[str, Any], app: Flask) -> dict[str, Any]:
     }
     paths = spec.get("paths", {})
     located: dict[str, tuple[str, str, dict[str, Any]]] = {}
+    domain = app.extensions.get("domain")
+    current = domain.pledges.current() if domain is not None else None
+    pledge = {"version": current.version, "sha256": current.sha256, "agreed": True} if current else _PLEDGE
     for rule in app.url_map.iter_rules():
         path = _openapi_path(rule.rule)
         operations = paths.get(path)
@@ -388,7 +393,7 @@ def finalize_document(document: dict[str, Any], app: Flask) -> dict[str, Any]:
             operation = operations.get(method.lower())
             if operation is None:
                 continue
-            _finalize_operation(operation, rule.endpoint, view, method, bool(rule.arguments))
+            _finalize_operation(operation, rule.endpoint, view, method, bool(rule.arguments), pledge)
             located[rule.endpoint] = (path, method.lower(), operation)
     _add_links(located)
     return spec
@@ -415,7 +420,7 @@ def _add_links(located: dict[str, tuple[str, str, dict[str, Any]]]) -> None:
 
 
 def _finalize_operation(operation: dict[str, Any], endpoint: str, view: Any, method: str,
-                        has_path_params: bool) -> None:
+                        has_path_params: bool, pledge: dict[str, Any]) -> None:
     responses = operation.setdefault("responses", {})
     for name in ("default", "422"):
         responses.pop(name, None)
@@ -432,9 +437,11 @@ def _finalize_operation(operation: dict[str, Any], endpoint: str, view: Any, met
     lines.append("Error codes: " + "; ".join(
         f"{status} " + ", ".join(f"`{code}`" for code in listed) for status, listed in sorted(codes.items())) + ".")
     operation["description"] = "\n\n".join(lines)
-    example = REQUEST_EXAMPLES.get(endpoint)
+    example = copy.deepcopy(REQUEST_EXAMPLES.get(endpoint))
     body = operation.get("requestBody", {}).get("content", {}).get("application/json")
     if example is not None and body is not None:
+        if "pledge" in example:
+            example["pledge"] = pledge
         body["example"] = example
 
 

@@ -214,3 +214,19 @@ def test_an_unknown_route_gets_a_short_envelope_404(client):
         response = client.get("/api/v1/no/such/route", headers=headers)
         assert response.status_code == 404
         assert response.get_json() == {"error": {"code": "NOT_FOUND", "message": message, "details": {}}}
+
+
+def test_the_main_examples_work_as_they_stand_against_the_demo(client, sandbox, demo, document):
+    def example(path, method="post"):
+        return document["paths"][path][method]["requestBody"]["content"]["application/json"]["example"]
+
+    from tests.helpers import sign_in_wechat
+
+    token = sign_in_wechat(client, sandbox)["access_token"]
+    assert client.post("/api/v1/me/identity", json=example("/api/v1/me/identity"),
+                       headers=bearer(token)).status_code == 200
+    assert client.post("/api/v1/bindings", json=example("/api/v1/bindings"), headers=bearer(token)).status_code == 201
+    assert client.post("/api/v1/vouchers", json=example("/api/v1/vouchers"), headers=bearer(token)).status_code == 201
+    window = bearer(demo.tokens["window1"])
+    assert client.post("/api/v1/staff/bindings", json=example("/api/v1/staff/bindings"),
+                       headers=window).status_code == 201

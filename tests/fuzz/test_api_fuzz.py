@@ -35,7 +35,7 @@ from schemathesis.specs.openapi.checks import (
 from werkzeug.wrappers import Request
 
 from app import create_app
-from app.demo import DEMO_INSTITUTION_SECRET, OWNER, SPOUSE
+from app.demo import DEMO_INSTITUTION_SECRET, OWNER, PARENT
 from scripts.sign_request import signed_headers
 from tests.binding_helpers import bind_at_window, sign_in
 from tests.conftest import _clean
@@ -94,7 +94,7 @@ def fuzz_env(postgres, make_config, sandbox):
         client = app.test_client()
         user = sign_in(client, sandbox, OWNER)
         # A live family, so that reads, vouchers and settlements have something real to find.
-        assert bind_at_window(client, staff["window1"], OWNER, SPOUSE, "spouse").status_code == 201
+        assert bind_at_window(client, staff["window1"], OWNER, PARENT, "parent").status_code == 201
     hook = SigningHook(app.wsgi_app, "H5326001", DEMO_INSTITUTION_SECRET)
     app.wsgi_app = hook  # type: ignore[method-assign]
     tokens = {"user": user, **{role: staff[f"{role}1"] for role in ("window", "admin", "auditor")}}
