@@ -47,11 +47,15 @@ def create_app(config: Config | None = None) -> Flask:
 
     init_domain(app)
 
+    from app import contract, i18n
     from app.errors_http import register_error_handlers
     from app.routes import register_blueprints
 
+    i18n.init_app(app)  # error messages in Chinese, or English on request (issue 10)
+    contract.install_converters(app)  # <int:…> ids bounded 1 … 2^63 − 1, before any route
     register_blueprints(app)
     register_error_handlers(app)
+    contract.init_app(app)  # JSON body checks; the finished OpenAPI document
 
     from app import metrics
 

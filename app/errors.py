@@ -17,9 +17,15 @@ class DomainError(Exception):
     status = 400
     message = "The request is not valid."
 
-    def __init__(self, message: str | None = None, *, details: dict[str, Any] | None = None):
-        super().__init__(message or self.message)
-        self.message = message or self.message
+    def __init__(self, message: str | None = None, *, details: dict[str, Any] | None = None,
+                 params: dict[str, Any] | None = None):
+        # ``template`` is the catalogue key (app/i18n.py translates it); ``params`` fill its
+        # ``{name}`` fields, so a message with values in it still has one translatable text.
+        self.template = message or self.message
+        self.params = params or {}
+        rendered = self.template.format(**self.params) if self.params else self.template
+        super().__init__(rendered)
+        self.message = rendered
         self.details = details or {}
 
     def to_envelope(self) -> dict[str, Any]:

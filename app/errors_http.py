@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, g, jsonify
+from flask import Flask, current_app, g, has_request_context, jsonify
 from werkzeug.exceptions import HTTPException
 
-from app.errors import DomainError, UpstreamUnavailable
+from app.errors import DomainError, PayloadTooLarge, UpstreamUnavailable, ValidationFailed
+from app.i18n import DEFAULT_LOCALE, message_for, request_locale, translate
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,17 @@ _HTTP_CODES = {
 }
 
 
+def locale() -> str:
+    """The language of this request's messages: the locale selector Flask-Babel uses (app/i18n.py),
+    called per request (``flask_babel.get_locale`` caches on the app context, which tests share)."""
+    return request_locale() if has_request_context() else DEFAULT_LOCALE
+
+
 def envelope(code: str, message: str, status: int, details: dict | None = None, headers: dict | None = None):
     g.error_code = code
     response = jsonify({"error": {"code": code, "message": message, "details": details or {}}})
     response.status_code = status
+    response.headers["Content-Language"] = "zh-CN" if locale() == "zh" else "en"
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
@@ -41,7 +49,8 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(DomainError)
     def _domain(err: DomainError):
         headers = {"Retry-After": str(err.details["retry_after"])} if "retry_after" in err.details else None
-        return envelope(err.code, err.message, err.status, err.details, headers)
+        message = translate(err.template, code=err.code, params=err.params, locale=locale())
+        return envelope(err.code, message, err.status, err.details, headers)
 
     @app.errorhandler(HTTPException)
     def _http(err: HTTPException):
@@ -52,8 +61,14 @@ def register_error_handlers(app: Flask) -> None:
             # Schema validation (webargs) is a malformed request in the SPEC: 400.
             status = 400
             details = {"fields": data["messages"]}
-        message = "The request is not valid." if status == 400 else (err.description or err.name)
-        return envelope(_HTTP_CODES.get(status, "HTTP_ERROR"), message, status, details)
+        if status == 413:
+            limit = current_app.config.get("MAX_DOCUMENT_BYTES", 5 * 1024 * 1024)
+            return _domain(PayloadTooLarge("The request body is too large; a document may be at most {mb} MB.",
+                                           params={"mb": limit // (1024 * 1024)}, details={"max_bytes": limit}))
+        # The code's own short message, never Werkzeug's long English description.
+        code = _HTTP_CODES.get(status, "HTTP_ERROR")
+        allow = {"Allow": ", ".join(err.valid_methods)} if getattr(err, "valid_methods", None) else None
+        return envelope(code, message_for(code, locale()), status, details, allow)
 
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -86,8 +101,11 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):
+        if isinstance(err, RecursionError):
+            # Input nested deeper than any parser should follow: the client's error, not ours.
+            return _domain(ValidationFailed("The request is nested too deeply.", details={"reason": "too_deep"}))
         log.exception("unhandled error")
-        return envelope("INTERNAL_ERROR", "Something went wrong on our side.", 500)
+        return envelope("INTERNAL_ERROR", message_for("INTERNAL_ERROR", locale()), 500)
 
 
 def _unavailable(what: str):
@@ -95,5 +113,5 @@ def _unavailable(what: str):
         "A service we depend on is briefly unavailable; please retry the same request.",
         details={"unavailable": what, "retry_after": INFRA_RETRY_AFTER_SECONDS},
     )
-    return envelope(err.code, err.message, err.status, err.details,
-                    {"Retry-After": str(INFRA_RETRY_AFTER_SECONDS)})
+    message = translate(err.template, code=err.code, params=err.params, locale=locale())
+    return envelope(err.code, message, err.status, err.details, {"Retry-After": str(INFRA_RETRY_AFTER_SECONDS)})

@@ -209,4 +209,5 @@ def institution_signed(fn: F) -> F:
         g.actor_label = f"institution:{found.id}"
         return fn(*args, **kwargs)
 
+    wrapper.api_auth = ("institution", ())  # type: ignore[attr-defined]  # read by app/openapi.py
     return wrapper  # type: ignore[return-value]

@@ -41,7 +41,8 @@ def clamp_limit(limit: int | None) -> int:
     if limit is None:
         return DEFAULT_LIMIT
     if limit < 1 or limit > MAX_LIMIT:
-        raise errors.ValidationFailed(f"limit must be between 1 and {MAX_LIMIT}.", details={"limit": limit})
+        raise errors.ValidationFailed("limit must be between 1 and {max}.", params={"max": MAX_LIMIT},
+                                      details={"limit": limit})
     return limit
 
 

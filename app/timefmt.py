@@ -31,17 +31,18 @@ def parse_aware(text: str, *, field: str = "time") -> datetime:
     Raises ValidationFailed (400) naming ``field`` when the text is not ISO 8601 or has no offset.
     """
     if not isinstance(text, str) or not text.strip():
-        raise ValidationFailed(f"{field} must be an ISO 8601 time with an offset.", details={"field": field})
+        raise ValidationFailed("{field} must be an ISO 8601 time with an offset.", params={"field": field},
+                               details={"field": field})
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
         raise ValidationFailed(
-            f"{field} must be an ISO 8601 time with an offset, e.g. 2025-03-01T09:30:00+08:00.",
-            details={"field": field, "reason": "malformed"},
+            "{field} must be an ISO 8601 time with an offset, e.g. 2025-03-01T09:30:00+08:00.",
+            params={"field": field}, details={"field": field, "reason": "malformed"},
         ) from None
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValidationFailed(
-            f"{field} has no offset; send e.g. 2025-03-01T09:30:00+08:00.",
-            details={"field": field, "reason": "no_offset"},
+            "{field} has no offset; send e.g. 2025-03-01T09:30:00+08:00.",
+            params={"field": field}, details={"field": field, "reason": "no_offset"},
         )
     return moment.astimezone(UTC)

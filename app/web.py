@@ -80,6 +80,7 @@ def signed_in(fn: F) -> F:
         _authenticate()
         return fn(*args, **kwargs)
 
+    wrapper.api_auth = ("signed_in", ())  # type: ignore[attr-defined]  # read by app/openapi.py
     return wrapper  # type: ignore[return-value]
 
 
@@ -92,6 +93,7 @@ def user_required(fn: F) -> F:
             raise errors.Forbidden("This endpoint is for mini-program users.")
         return fn(*args, **kwargs)
 
+    wrapper.api_auth = ("user", ())  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
 
 
@@ -105,9 +107,10 @@ def staff_required(*roles: str) -> Callable[[F], F]:
             if found.kind != "staff":
                 raise errors.Forbidden("This endpoint is for service-window staff.")
             if roles and found.role not in roles:
-                raise errors.Forbidden(f"This needs the role {' or '.join(roles)}.")
+                raise errors.Forbidden("This needs the role {roles}.", params={"roles": " or ".join(roles)})
             return fn(*args, **kwargs)
 
+        wrapper.api_auth = ("staff", roles)  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
     return decorator
@@ -127,6 +130,7 @@ def rate_limited(group: str) -> Callable[[F], F]:
                 raise errors.RateLimited(details={"retry_after": wait, "group": group})
             return fn(*args, **kwargs)
 
+        wrapper.api_rate_limited = group  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
     return decorator

@@ -10,6 +10,7 @@ from flask_smorest import Blueprint
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from app.institution_auth import institution, institution_signed
+from app.schema_fields import Fen
 from app.services import refunds, settlements
 from app.services.settlements import Outcome, SettlementRequest, request_hash
 from app.web import domain, now, session
@@ -37,7 +38,7 @@ class ItemSchema(StrictSchema):
                              metadata={"description": "drug, consultation, examination, treatment, tcm_treatment, "
                                                       "medical_consumable (eligible, R9); anything else is cash"})
     in_catalogue = StrictBoolean(required=True)
-    amount_fen = fields.Integer(required=True, strict=True, validate=validate.Range(min=0),
+    amount_fen = Fen(required=True, strict=True,
                                 metadata={"description": "personal-burden part after the pooled fund, in fen"})
 
 
@@ -98,7 +99,7 @@ class SettlementSchema(StrictSchema):
 
 class RefundRequestSchema(StrictSchema):
     out_refund_no = fields.String(required=True, validate=_REQUEST_NO)
-    amount_fen = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+    amount_fen = Fen(1, required=True, strict=True)
 
 
 class RefundSchema(StrictSchema):

@@ -9,6 +9,7 @@ from typing import Any
 from flask_smorest.fields import Upload
 from marshmallow import fields, validate
 
+from app.schema_fields import Fen, Id
 from app.timefmt import iso
 from miniprogram_api.schemas import MaskedPersonSchema, StrictSchema
 
@@ -41,7 +42,7 @@ class BindRequestSchema(StrictSchema):
     beneficiary = fields.Nested(BeneficiaryInSchema, required=True)
     relationship = fields.String(required=True, validate=validate.Length(min=1, max=16),
                                  metadata={"description": "what the beneficiary is to the owner"})
-    proof_document_ids = fields.List(fields.Integer(strict=True), load_default=list,
+    proof_document_ids = fields.List(Id(strict=True), load_default=list,
                                      validate=validate.Length(max=10))
     pledge = fields.Nested(PledgeAgreementSchema, required=True)
 
@@ -63,7 +64,7 @@ class RequiredReasonSchema(StrictSchema):
 
 
 class YearlyLimitSchema(StrictSchema):
-    yearly_limit_fen = fields.Integer(required=True, allow_none=True, strict=True,
+    yearly_limit_fen = Fen(required=True, allow_none=True, strict=True,
                                       metadata={"description": "fen per calendar year; null removes the limit"})
 
 
@@ -89,7 +90,7 @@ class StaffBindingSearchSchema(StaffBindingQuerySchema):
 
 
 class RecordsQuerySchema(PageQuerySchema):
-    binding_id = fields.Integer(load_default=None)
+    binding_id = Id(load_default=None)
 
 
 class UploadSchema(StrictSchema):
@@ -98,7 +99,7 @@ class UploadSchema(StrictSchema):
 
 class SuspendRequestSchema(StrictSchema):
     owner_id_number = fields.String(load_default=None, validate=validate.Length(min=1, max=32))
-    binding_id = fields.Integer(load_default=None, strict=True)
+    binding_id = Id(load_default=None, strict=True)
     beneficiary_id_number = fields.String(load_default=None, validate=validate.Length(min=1, max=32))
     reason = fields.String(required=True, validate=validate.Length(min=1, max=500))
 
@@ -110,9 +111,9 @@ class SuspensionQuerySchema(PageQuerySchema):
 class AuditQuerySchema(PageQuerySchema):
     action = fields.String(load_default=None, validate=validate.Length(max=64))
     actor_kind = fields.String(load_default=None, validate=validate.Length(max=16))
-    actor_id = fields.Integer(load_default=None)
+    actor_id = Id(load_default=None)
     target_kind = fields.String(load_default=None, validate=validate.Length(max=32))
-    target_id = fields.Integer(load_default=None)
+    target_id = Id(load_default=None)
 
 
 # --- out ------------------------------------------------------------------------------------------

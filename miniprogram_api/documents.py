@@ -18,6 +18,7 @@ bp = Blueprint("documents", __name__, description="Proof documents")
 @rate_limited("upload")
 @bp.arguments(UploadSchema, location="files")
 @bp.response(201, DocumentSchema)
+@bp.alt_response(200, schema=DocumentSchema, description="The same file was uploaded before: the first upload.")
 def upload(files):
     """Upload a proof (JPEG, PNG or PDF, at most 5 MB); the same file again returns the first upload."""
     config = current_app.config

@@ -16,7 +16,7 @@ class PageQuerySchema(Schema):
         unknown = EXCLUDE
 
     cursor = fields.String(validate=validate.Length(max=200))
-    limit = fields.Integer()
+    limit = fields.Integer(validate=validate.Range(min=1, max=100))
 
 
 class DeliverySchema(Schema):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from flask import Response
 from flask_smorest import Blueprint
-from marshmallow import fields, validate
+from marshmallow import fields
 
+from app.schema_fields import Id
 from app.services import vouchers
 from app.web import client_ip, domain, now, principal, rate_limited, session, user_required
 from miniprogram_api.schemas import MaskedPersonSchema, StrictSchema
@@ -14,7 +15,7 @@ bp = Blueprint("vouchers", __name__, description="QR e-vouchers (this service's 
 
 
 class VoucherRequestSchema(StrictSchema):
-    person_id = fields.Integer(strict=True, allow_none=True, load_default=None, validate=validate.Range(min=1),
+    person_id = Id(strict=True, allow_none=True, load_default=None,
                                metadata={"description": "a bound family member; omit for yourself"})
 
 

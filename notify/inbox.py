@@ -162,7 +162,7 @@ def retry_delivery(session: Session, notifier: Any, staff_id: int, delivery_id: 
             raise errors.NotFound("No such delivery.")
         delivery, notice = row.Delivery, row.Notice
         if delivery.state not in RETRYABLE_STATES:
-            raise errors.InvalidState(f"A {delivery.state} delivery cannot be resent.",
+            raise errors.InvalidState("A {state} delivery cannot be resent.", params={"state": delivery.state},
                                       details={"state": delivery.state})
         audit.record(session, actor_kind="staff", actor_id=staff_id, action="notice.resend", at=now,
                      target_kind="delivery", target_id=delivery.id, ip=ip, request_id=request_id,

@@ -21,7 +21,7 @@ class DeliveryQuerySchema(Schema):
     channel = fields.String(validate=validate.OneOf(("wechat", "alipay")))
     settlement_no = fields.String(validate=validate.Length(min=1, max=32))
     cursor = fields.String(validate=validate.Length(max=200))
-    limit = fields.Integer()
+    limit = fields.Integer(validate=validate.Range(min=1, max=100))
 
 
 class ResendSchema(Schema):

@@ -32,13 +32,17 @@ def check_character(first17: str) -> str:
     return CHECK_CHARACTERS[total % 11]
 
 
-def validate_id_number(raw: str, *, today: date | None = None) -> str:
+def validate_id_number(raw: str, *, today: date) -> str:
     """Return the normalized ID number (NFKC, stripped, upper-case X) or raise IdNumberInvalid.
 
-    Checks, in order: length, characters, province code, birth date (a real date, year ≥ 1900 and,
-    when ``today`` is given, not after it), check character. ``details["reason"]`` names the
-    failed check for clients.
+    Checks, in order: length, characters, province code, birth date (a real date, year ≥ 1900 and
+    not after ``today``), check character. ``details["reason"]`` names the failed check for clients.
+
+    ``today`` is required: the service passes the date of its own clock (the request's ``now``), so
+    a number whose birth date lies in the future is refused everywhere, and tests can fix the date.
     """
+    if not isinstance(today, date):
+        raise TypeError("today must be a date")
     if not isinstance(raw, str):
         raise _invalid("characters", "The ID number must be text.")
     number = unicodedata.normalize("NFKC", raw).strip().upper()
@@ -52,7 +56,7 @@ def validate_id_number(raw: str, *, today: date | None = None) -> str:
         born = _encoded_birth_date(number)
     except ValueError:
         born = None
-    if born is None or born.year < EARLIEST_BIRTH_YEAR or (today is not None and born > today):
+    if born is None or born.year < EARLIEST_BIRTH_YEAR or born > today:
         raise _invalid("birth_date", "The ID number does not contain a real birth date.")
     if check_character(number[:17]) != number[17]:
         raise _invalid("check_digit", "The ID number's check digit is wrong; please check for a typo.")
@@ -60,8 +64,8 @@ def validate_id_number(raw: str, *, today: date | None = None) -> str:
 
 
 def birth_date(id_number: str) -> date:
-    """The birth date encoded in a valid ID number."""
-    return _encoded_birth_date(validate_id_number(id_number))
+    """The birth date encoded in an ID number already validated by ``validate_id_number``."""
+    return _encoded_birth_date(_structurally_valid(id_number))
 
 
 def age_on(id_number: str, on: date) -> int:
@@ -78,7 +82,7 @@ def completed_years(born: date, on: date) -> int:
 
 def province_code(id_number: str) -> str:
     """The 2-digit province code (e.g. ``"53"`` for Yunnan) of a valid ID number."""
-    return validate_id_number(id_number)[:2]
+    return _structurally_valid(id_number)[:2]
 
 
 def make_id_number(region6: str, birth: date, seq3: int) -> str:
@@ -96,6 +100,12 @@ def make_id_number(region6: str, birth: date, seq3: int) -> str:
         raise ValueError(f"birth year must be {EARLIEST_BIRTH_YEAR} or later")
     first17 = f"{region6}{birth:%Y%m%d}{seq3:03d}"
     return first17 + check_character(first17)
+
+
+def _structurally_valid(id_number: str) -> str:
+    """The number normalized and checked for everything but the future (for numbers that were
+    validated against the clock when they entered the service)."""
+    return validate_id_number(id_number, today=date.max)
 
 
 def _encoded_birth_date(number: str) -> date:

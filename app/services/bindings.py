@@ -97,7 +97,7 @@ def clean_reason(reason: str | None, *, required: bool = False) -> str | None:
     masked (R17: staff sometimes paste one into a reason)."""
     text = mask_text(reason.strip()) if isinstance(reason, str) else ""
     if len(text) > MAX_REASON_CHARS:
-        raise errors.ValidationFailed(f"reason may be at most {MAX_REASON_CHARS} characters.",
+        raise errors.ValidationFailed("reason may be at most {count} characters.", params={"count": MAX_REASON_CHARS},
                                       details={"field": "reason"})
     if required and not text:
         raise errors.ValidationFailed("A reason is required.", details={"field": "reason"})
@@ -350,7 +350,7 @@ def bind_member_at_window(session: Session, *, pii: PiiCipher, policy: RegionPol
     """R3–R5 at the service window: staff checked the paper proofs, the owner signs the pledge there,
     and the binding is created active (channel ``window``)."""
     require_staff_writer(caller)
-    number = validate_id_number(owner_id_number)
+    number = validate_id_number(owner_id_number, today=shanghai_date(now))
     return _bind(
         session, pii=pii, policy=policy, pledges=pledges, signer=signer,
         owner_where=Person.id_number_bidx == pii.blind_index(number, kind="id_number"),
@@ -366,7 +366,7 @@ def _bind(session: Session, *, pii: PiiCipher, policy: RegionPolicy, pledges: Pl
           created_by_user_id: int | None, created_by_staff_id: int | None) -> dict[str, Any]:
     text = pledges.check_agreed(pledge.get("version"), pledge.get("sha256"), pledge.get("agreed"))
     check_relationship(relationship, policy)
-    number = validate_id_number(beneficiary["id_number"])
+    number = validate_id_number(beneficiary["id_number"], today=shanghai_date(now))
     beneficiary_bidx = pii.blind_index(number, kind="id_number")
     try:
         with session.begin():
@@ -475,7 +475,7 @@ def _age(born: date, now: datetime) -> int:
 
 def _require_status(binding: Binding, *allowed: str) -> None:
     if binding.status not in allowed:
-        raise errors.InvalidState(f"Not allowed while the binding is {binding.status}.",
+        raise errors.InvalidState("Not allowed while the binding is {status}.", params={"status": binding.status},
                                   details={"status": binding.status})
 
 
@@ -626,7 +626,7 @@ def list_bindings(session: Session, *, pii: PiiCipher, caller: Principal, role: 
         for label, alias, raw in (("owner", owner_p, owner_id_number), ("beneficiary", member_p,
                                                                         beneficiary_id_number)):
             if raw is not None:
-                number = validate_id_number(raw)
+                number = validate_id_number(raw, today=shanghai_date(now))
                 query = query.where(alias.id_number_bidx == pii.blind_index(number, kind="id_number"))
                 looked_up[f"{label}_id_number"] = mask_id_number(number)
     else:

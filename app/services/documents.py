@@ -87,7 +87,8 @@ def _read_limited(stream: IO[bytes], max_bytes: int) -> bytes:
     data = stream.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise errors.PayloadTooLarge(
-            f"A document may be at most {max_bytes // (1024 * 1024)} MB.", details={"max_bytes": max_bytes}
+            "A document may be at most {mb} MB.", params={"mb": max_bytes // (1024 * 1024)},
+            details={"max_bytes": max_bytes}
         )
     if not data:
         raise errors.ValidationFailed("The file is empty.", details={"field": "file"})
@@ -244,7 +245,7 @@ def documents_for_binding(session: Session, document_ids: list[int], *, owner_pe
     they could not read."""
     wanted = sorted(set(document_ids))
     if len(wanted) > MAX_DOCUMENTS_PER_BINDING:
-        raise errors.ValidationFailed(f"At most {MAX_DOCUMENTS_PER_BINDING} proof documents.",
+        raise errors.ValidationFailed("At most {count} proof documents.", params={"count": MAX_DOCUMENTS_PER_BINDING},
                                       details={"field": "proof_document_ids"})
     if not wanted:
         return []

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import errors
+from app.policy import shanghai_date
 from app.security.id_number import PROVINCE_CODES, validate_id_number
 from app.security.pii import PiiCipher, mask_text
 from app.services import audit
@@ -35,7 +36,7 @@ def file_offsite(session: Session, pii: PiiCipher, staff_id: int, id_number: str
         raise errors.ValidationFailed("region_prefix must be a 2-digit province or a 4-digit prefecture code.",
                                       details={"field": "region_prefix"})
     _check_dates(valid_from, valid_to)
-    number = validate_id_number(id_number)
+    number = validate_id_number(id_number, today=shanghai_date(now))
     with session.begin():
         person = _person(session, pii, number)
         filing_id = session.execute(
@@ -65,7 +66,7 @@ def certify_chronic(session: Session, pii: PiiCipher, staff_id: int, id_number: 
         raise errors.ValidationFailed("disease_code must be 1 to 32 letters, digits, dots or dashes.",
                                       details={"field": "disease_code"})
     _check_dates(valid_from, valid_to)
-    number = validate_id_number(id_number)
+    number = validate_id_number(id_number, today=shanghai_date(now))
     try:
         with session.begin():
             person = _person(session, pii, number)

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from app import errors
 from app.platforms import PlatformError
-from app.policy import IDENTITY_PROOFS, RegionPolicy, names_match
+from app.policy import IDENTITY_PROOFS, RegionPolicy, names_match, shanghai_date
 from app.security.id_number import validate_id_number
 from app.security.pii import PiiCipher, mask_id_number, mask_mobile, mask_name, normalize_for_index
 from app.services import audit
@@ -72,7 +72,7 @@ def verify_identity(session: Session, pii: PiiCipher, policy: RegionPolicy, plat
                     name: str, id_number: str, proof: dict[str, Any] | None, now: datetime,
                     ip: str | None = None) -> dict[str, Any]:
     """Link the user to the registry person with this name and ID number, given a proof (R18, R21)."""
-    number = validate_id_number(id_number)
+    number = validate_id_number(id_number, today=shanghai_date(now))
     with session.begin():
         user = session.get_one(User, user_id)
         channel, openid, alipay_ids = user.channel, user.wechat_openid, (user.alipay_user_id, user.alipay_open_id)
@@ -207,7 +207,7 @@ def link_at_window(session: Session, pii: PiiCipher, policy: RegionPolicy, staff
     """Staff checked the ID card; link the user who showed ``link_code`` to that person (R21 window)."""
     if "window" not in policy.identity_proof:
         raise not_proven(policy, "proof_not_accepted_here")
-    number = validate_id_number(id_number)
+    number = validate_id_number(id_number, today=shanghai_date(now))
     code = (link_code or "").strip()
     with session.begin():
         row = session.scalar(

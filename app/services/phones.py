@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from app import errors
 from app.platforms import PlatformError
 from app.platforms.alipay import PhoneResponseInvalid, open_phone_response
-from app.policy import RegionPolicy
+from app.policy import RegionPolicy, shanghai_date
 from app.security.id_number import validate_id_number
 from app.security.pii import PiiCipher, mask_mobile
 from app.services import audit
@@ -129,7 +129,7 @@ def check_phone_consistency(session: Session, policy: RegionPolicy, user_id: int
 def set_reserved_phone(session: Session, pii: PiiCipher, staff_id: int, id_number: str, phone: str, now: datetime,
                        ip: str | None = None) -> dict[str, Any]:
     """Window staff update a person's reserved number after checking the ID card (audited)."""
-    number = validate_id_number(id_number)
+    number = validate_id_number(id_number, today=shanghai_date(now))
     mobile = normalize_mobile(phone)
     if mobile is None:
         raise errors.ValidationFailed("The phone must be a mainland mobile number (11 digits, 13–19…).",

@@ -19,7 +19,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import BigInteger, String, and_, any_, bindparam, func, or_, select, update
@@ -29,6 +29,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app import errors
+from app.policy import shanghai_date
 from app.security.id_number import validate_id_number
 from app.security.pii import PiiCipher
 from app.services import audit
@@ -114,9 +115,10 @@ def _text(row: Mapping[str, Any], key: str, where: str, problems: list[str], max
     return value.strip()
 
 
-def validate(data: Any) -> tuple[list[str], dict[str, str]]:
+def validate(data: Any, today: date) -> tuple[list[str], dict[str, str]]:
     """Every problem in the file, by section and row number (1-based), and each person row's ID
-    number as given → validated (so the load validates each number once)."""
+    number as given → validated (so the load validates each number once). ``today`` is the
+    Shanghai date of the load: a birth date after it is refused (R18)."""
     problems: list[str] = []
     numbers: dict[str, str] = {}
     if not isinstance(data, dict):
@@ -138,7 +140,7 @@ def validate(data: Any) -> tuple[list[str], dict[str, str]]:
             continue
         raw = str(row.get("id_number", ""))
         try:
-            number = validate_id_number(raw)
+            number = validate_id_number(raw, today=today)
             numbers[raw] = number
         except errors.IdNumberInvalid as exc:
             _problem(problems, where, f"id_number: {exc.message}")
@@ -212,7 +214,8 @@ def load_registry(session: Session, pii: PiiCipher, data: Any, now: datetime, *,
     ``as_of`` are left and listed in ``report.stale``, and then nothing at all is written
     (``RegistryStale``) unless ``skip_stale``.
     """
-    problems, numbers = validate(data)
+    today = shanghai_date(now)
+    problems, numbers = validate(data, today)
     if problems:
         raise RegistryInvalid(problems)
     as_of = parse_aware(data["as_of"], field="as_of") if data.get("as_of") is not None else None
@@ -231,7 +234,7 @@ def load_registry(session: Session, pii: PiiCipher, data: Any, now: datetime, *,
             number = numbers.get(str(raw))
             if number is None:  # a person already in the registry, not in this file
                 try:
-                    number = validate_id_number(str(raw))
+                    number = validate_id_number(str(raw), today=today)
                 except errors.IdNumberInvalid as exc:
                     raise RegistryInvalid([f"{where}: {exc.message}"]) from None
             bidx = pii.blind_index(number, kind="id_number")

@@ -320,7 +320,7 @@ def _patient(session: Session, deps: MoneyDeps, institution: InstitutionIdentity
     card_no, id_number = request.card
     row = None
     try:
-        number = validate_id_number(id_number)
+        number = validate_id_number(id_number, today=shanghai_date(now))
     except errors.IdNumberInvalid:
         number = None
     if number is not None:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from app import errors
 from app.pagination import clamp_limit, decode_cursor, page
+from app.policy import shanghai_date
 from app.security.id_number import validate_id_number
 from app.security.pii import PiiCipher
 from app.services import audit
@@ -93,12 +94,13 @@ def suspend_copay(session: Session, *, pii: PiiCipher, caller: Principal, reason
             if binding is None:
                 raise errors.NotFound("No such binding.")
             if binding.status != "active":
-                raise errors.InvalidState(f"Only an active binding can be suspended; it is {binding.status}.",
+                raise errors.InvalidState("Only an active binding can be suspended; it is {status}.",
+                                          params={"status": binding.status},
                                           details={"status": binding.status})
             binding.status = "suspended"
             affected = [binding]
         else:
-            number = validate_id_number(targets[scope])  # type: ignore[arg-type]
+            number = validate_id_number(targets[scope], today=shanghai_date(now))  # type: ignore[arg-type]
             person = session.scalar(
                 select(Person).where(Person.id_number_bidx == pii.blind_index(number, kind="id_number"))
                 .with_for_update())

@@ -19,16 +19,17 @@ from app.security.id_number import (
 )
 
 VALID = "11010519491231002X"  # the example printed in GB 11643-1999
+TODAY = date(2025, 12, 31)  # the clock every check below runs against
 
 
-def reason_for(raw: str, **kwargs: date) -> str:
+def reason_for(raw: str, today: date = TODAY) -> str:
     with pytest.raises(IdNumberInvalid) as excinfo:
-        validate_id_number(raw, **kwargs)
+        validate_id_number(raw, today=today)
     return excinfo.value.details["reason"]
 
 
 def test_r18_the_standards_own_example_is_valid() -> None:
-    assert validate_id_number(VALID) == VALID
+    assert validate_id_number(VALID, today=TODAY) == VALID
 
 
 def test_r18_check_digit_uses_the_gb11643_weights_and_table() -> None:
@@ -37,12 +38,12 @@ def test_r18_check_digit_uses_the_gb11643_weights_and_table() -> None:
 
 
 def test_r18_input_is_normalized_to_upper_case_x_without_surrounding_space() -> None:
-    assert validate_id_number("  11010519491231002x\n") == VALID
+    assert validate_id_number("  11010519491231002x\n", today=TODAY) == VALID
 
 
 def test_r18_full_width_digits_are_normalized() -> None:
     full_width = VALID[:17].translate(str.maketrans("0123456789", "０１２３４５６７８９")) + "Ｘ"
-    assert validate_id_number(full_width) == VALID
+    assert validate_id_number(full_width, today=TODAY) == VALID
 
 
 @pytest.mark.parametrize("raw", ["", "1101051949123100", "11010519491231002X1"])
@@ -71,7 +72,7 @@ def test_r18_an_impossible_birth_date_is_invalid(birth: str) -> None:
     assert reason_for(first17 + check_character(first17)) == "birth_date"
 
 
-def test_r18_a_birth_date_after_today_is_invalid_when_today_is_given() -> None:
+def test_r18_a_birth_date_after_today_is_invalid() -> None:
     number = make_id_number("532621", date(2025, 3, 2), 123)
     assert validate_id_number(number, today=date(2025, 3, 2)) == number
     assert reason_for(number, today=date(2025, 3, 1)) == "birth_date"
@@ -83,7 +84,7 @@ def test_r18_a_wrong_check_digit_is_invalid() -> None:
 
 def test_r18_the_error_message_does_not_echo_the_number() -> None:
     with pytest.raises(IdNumberInvalid) as excinfo:
-        validate_id_number(VALID[:17] + "1")
+        validate_id_number(VALID[:17] + "1", today=TODAY)
     assert VALID[:17] not in excinfo.value.message
     assert excinfo.value.code == "ID_NUMBER_INVALID"
     assert excinfo.value.status == 422
@@ -132,7 +133,7 @@ id_numbers = st.builds(
 
 @given(id_numbers)
 def test_r18_every_generated_number_validates(number: str) -> None:
-    assert validate_id_number(number) == number
+    assert validate_id_number(number, today=TODAY) == number
 
 
 @given(id_numbers, st.integers(min_value=0, max_value=17), st.sampled_from("0123456789X"))
@@ -141,4 +142,12 @@ def test_r18_any_single_character_change_is_invalid(number: str, position: int, 
         replacement = "0" if replacement != "0" else "1"
     changed = number[:position] + replacement + number[position + 1:]
     with pytest.raises(IdNumberInvalid):
-        validate_id_number(changed)
+        validate_id_number(changed, today=TODAY)
+
+
+def test_r18_the_clock_is_required() -> None:
+    """No caller can forget the clock: without ``today`` the call is a programming error."""
+    with pytest.raises(TypeError):
+        validate_id_number(VALID)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        validate_id_number(VALID, today=None)  # type: ignore[arg-type]
