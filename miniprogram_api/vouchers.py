@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Response
 from flask_smorest import Blueprint
-from marshmallow import fields
+from marshmallow import fields, validate
 
 from app.schema_fields import Id
 from app.services import vouchers
