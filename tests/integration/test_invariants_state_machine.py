@@ -344,6 +344,10 @@ class CopayMachine(RuleBasedStateMachine):
         assert sum(p.amount_fen for p in copay) == row.copay_fen
         if own and copay:  # R7: own account first, and emptied before anyone else pays
             assert own[0].sequence < copay[0].sequence and own[0].balance_after_fen == 0
+        if copay:  # (checked right after the step that settled: nothing has moved the account since)
+            left = session.scalar(select(Account.balance_fen).where(
+                Account.person_id == row.beneficiary_person_id, Account.kind == "personal"))
+            assert not left, f"co-pay while the beneficiary's own account still holds {left}"
         before = [p.balance_after_fen + p.amount_fen for p in copay]
         assert before == sorted(before, reverse=True)  # R7 balance_desc
         for payment in copay:  # R6, R11
@@ -427,4 +431,5 @@ def test_invariants_hold_under_random_operations(app):
     print(f"\nstate machine: {COUNTS['steps']} steps, {COUNTS['settled']} settlements, {COUNTS['refunds']} refunds, "
           f"{COUNTS['replays']} replays, {COUNTS['reloads']} registry reloads, years {sorted(COUNTS['years'])}")
     assert COUNTS["steps"] >= MIN_STEPS
+    assert COUNTS["settled"] >= 50 and COUNTS["refunds"] >= 10  # the money rules were really exercised
     assert COUNTS["years"] == {2026, 2027}  # the runs crossed the year boundary
