@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 
 # How long a client should wait before retrying after an infrastructure failure (Retry-After).
 INFRA_RETRY_AFTER_SECONDS = 2
+PLATFORM_RETRY_AFTER_SECONDS = 5
 
 _HTTP_CODES = {
     400: "VALIDATION_ERROR",
@@ -49,6 +50,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(DomainError)
     def _domain(err: DomainError):
         headers = {"Retry-After": str(err.details["retry_after"])} if "retry_after" in err.details else None
+        if headers is None and err.status == 503:
+            # Every 503 says when to come back (a platform that failed sign-in, for one).
+            headers = {"Retry-After": str(PLATFORM_RETRY_AFTER_SECONDS)}
         message = translate(err.template, code=err.code, params=err.params, locale=locale())
         return envelope(err.code, message, err.status, err.details, headers)
 

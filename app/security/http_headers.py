@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 # JSON and files need no scripts, styles, frames or fetches of their own.
 DEFAULT_CSP = "default-src 'none'; frame-ancestors 'none'"
+HTML_FALLBACK_CSP = "frame-ancestors 'none'"
 HSTS = "max-age=31536000; includeSubDomains"
 
 
@@ -42,7 +43,10 @@ def init_app(app: Flask) -> None:
         headers = response.headers
         headers.setdefault("X-Content-Type-Options", "nosniff")
         headers.setdefault("X-Frame-Options", "DENY")
-        headers.setdefault("Content-Security-Policy", DEFAULT_CSP)
+        # JSON, images and files need nothing; an HTML page that did not set its own policy (the
+        # Swagger UI at /api/docs loads its scripts from a CDN) is at least never framed.
+        html = response.mimetype == "text/html"
+        headers.setdefault("Content-Security-Policy", HTML_FALLBACK_CSP if html else DEFAULT_CSP)
         headers.setdefault("Referrer-Policy", "no-referrer")
         headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
         if production:

@@ -83,6 +83,13 @@ def test_security_headers_on_every_response(app, client):
         assert "Strict-Transport-Security" not in response.headers  # development serves plain HTTP
 
 
+def test_the_api_docs_page_keeps_working_and_is_never_framed(app, client):
+    response = client.get("/api/docs")
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    assert response.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
+    assert response.headers["X-Frame-Options"] == "DENY"
+
+
 def test_a_blueprint_may_set_its_own_policy(app):
     from flask import Flask
 

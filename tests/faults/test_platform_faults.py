@@ -67,6 +67,7 @@ def garbage_server() -> Iterator[dict]:
 def _unavailable(response) -> None:
     assert response.status_code == 503, (response.status_code, response.get_data(as_text=True)[:300])
     assert response.get_json()["error"]["code"] == "UPSTREAM_UNAVAILABLE"
+    assert int(response.headers["Retry-After"]) > 0
 
 
 def _wechat_sign_in(client, sandbox):
