@@ -253,3 +253,18 @@ def test_re_enrolling_totp_replaces_the_secret_after_password_and_code(app, clie
     assert sign_in(app.test_client(), "clerk", old_secret, at=later).status_code == 401
     assert sign_in(app.test_client(), "clerk", new_secret, at=later).status_code == 303
     assert {"console.totp_enrol_failed", "console.totp_enrol"} <= set(_actions(app))
+
+
+def test_cheap_test_hashing_never_reaches_a_production_app(monkeypatch):
+    from argon2 import PasswordHasher
+    from flask import Flask
+
+    import console
+    from app.services import console_auth
+
+    monkeypatch.setattr(console_auth, "_hasher", PasswordHasher())
+    prod = Flask(__name__)
+    prod.config.update(APP_ENV="production", TESTING=True)
+    console.init_app(prod)
+    assert console_auth._hasher.time_cost == 3 and console_auth._hasher.memory_cost == 65536
+    assert console_auth.hash_password("a long enough password").startswith("$argon2id$v=19$m=65536,t=3")
