@@ -337,3 +337,23 @@ def test_the_staff_api_audit_log_takes_the_same_date_range(app, client, demo):
     assert client.get(f"/api/v1/staff/audit-log?since={today}", headers=headers).get_json()["items"]
     assert client.get("/api/v1/staff/audit-log?until=2000-01-01", headers=headers).get_json()["items"] == []
     assert client.get("/api/v1/staff/audit-log?since=nope", headers=headers).status_code == 400
+
+
+def test_the_filing_certification_and_resend_services_refuse_an_auditor_themselves(app, demo):
+    from datetime import UTC, datetime
+
+    from app import errors
+    from app.services import filings
+    from models import StaffUser
+    from notify import inbox
+
+    with app_session() as session, session.begin():
+        auditor = session.scalar(select(StaffUser.id).where(StaffUser.username == "auditor1"))
+    pii, now = app.extensions["domain"].pii, datetime.now(UTC)
+    day = now.date()
+    with app_session() as session, pytest.raises(errors.Forbidden):
+        filings.file_offsite(session, pii, auditor, CHILD, "37", day, day, now)
+    with app_session() as session, pytest.raises(errors.Forbidden):
+        filings.certify_chronic(session, pii, auditor, CHILD, "E11.9", day, day, now)
+    with app_session() as session, pytest.raises(errors.Forbidden):
+        inbox.retry_delivery(session, app.extensions["domain"].notifier, auditor, 1, "x", now)
