@@ -357,3 +357,14 @@ def test_the_filing_certification_and_resend_services_refuse_an_auditor_themselv
         filings.certify_chronic(session, pii, auditor, CHILD, "E11.9", day, day, now)
     with app_session() as session, pytest.raises(errors.Forbidden):
         inbox.retry_delivery(session, app.extensions["domain"].notifier, auditor, 1, "x", now)
+
+
+def test_an_admin_suspends_one_binding_from_its_page(app, client, demo):
+    binding_id = make_binding(app, OWNER, CHILD, "child")
+    signed_in(client, app, "boss", "admin")
+    page = f"/console/bindings/{binding_id}"
+    assert 'id="suspend-binding"' in client.get(page).get_data(as_text=True)
+    response = post(client, "/console/suspensions", {"scope": "binding", "binding_id": str(binding_id),
+                                                     "reason": "核查中"}, page=page)
+    assert response.status_code == 200 and 'id="suspension-created"' in response.get_data(as_text=True)
+    assert "badge-suspended" in client.get(page).get_data(as_text=True)
