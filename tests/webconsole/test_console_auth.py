@@ -243,6 +243,8 @@ def test_re_enrolling_totp_replaces_the_secret_after_password_and_code(app, clie
     old_secret = signed_in(client, app, "clerk", "window")
     page = client.get("/console/account/totp").get_data(as_text=True)
     new_secret = re.search(r'<span class="mono">([A-Z2-7]{32})</span>', page).group(1)
+    cookie = app.session_interface.get_signing_serializer(app).loads(client.get_cookie("copay_console").value)
+    assert new_secret not in str(cookie)  # the pending secret rides in the cookie encrypted only
     wrong = post(client, "/console/account/totp", {"password": "not my password", "code": code(new_secret)},
                  page="/console/account/totp")
     assert "密码或动态验证码错误" in wrong.get_data(as_text=True)
