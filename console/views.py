@@ -7,6 +7,7 @@ from typing import Any
 import segno
 from flask import Blueprint, abort, current_app, g, redirect, render_template, request, send_file, session, url_for
 from markupsafe import Markup
+from wtforms import SelectChoice
 
 from app import errors
 from app.services import (
@@ -226,6 +227,9 @@ def window_binding() -> Any:
     """窗口绑定: paper proofs checked, the owner signs the pledge at the window → an active binding."""
     form, error = WindowBindingForm(), None
     pledge = domain().pledges.current()
+    # Only the relationships this region's policy allows (R3) are offered.
+    form.relationship.choices = [SelectChoice(value, label) for value, label in messages.RELATIONSHIPS.items()
+                                 if value in domain().policy.relationships]
     if form.validate_on_submit():
         created, error = attempt(lambda: _bind_at_window(form, pledge))
         if created is not None:

@@ -368,3 +368,12 @@ def test_an_admin_suspends_one_binding_from_its_page(app, client, demo):
                                                      "reason": "核查中"}, page=page)
     assert response.status_code == 200 and 'id="suspension-created"' in response.get_data(as_text=True)
     assert "badge-suspended" in client.get(page).get_data(as_text=True)
+
+
+def test_the_window_form_offers_only_the_regions_relationships(app, client, demo):
+    signed_in(client, app, "clerk", "window")
+    html = client.get("/console/window-binding").get_data(as_text=True)
+    assert 'value="spouse"' in html and 'value="child"' in html and 'value="sibling"' not in html  # Wenshan
+    response = post(client, "/console/window-binding", _window_form(relationship="sibling"),
+                    page="/console/window-binding")
+    assert response.status_code == 422
