@@ -11,4 +11,8 @@ def init_app(app: Flask) -> None:
     from console.web import configure
 
     configure(app)
+    if app.config.get("TESTING") and app.config.get("APP_ENV") != "production":
+        from app.services.console_auth import use_cheap_hashing_for_tests
+
+        use_cheap_hashing_for_tests()
     app.register_blueprint(bp, url_prefix="/console")

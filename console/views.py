@@ -7,6 +7,7 @@ from typing import Any
 import segno
 from flask import Blueprint, abort, current_app, g, redirect, render_template, request, send_file, session, url_for
 from markupsafe import Markup
+from wtforms import SelectChoice
 
 from app import errors
 from app.services import (
@@ -36,6 +37,7 @@ from console.forms import (
 from console.web import ADMIN, ALL, WRITE, attempt, client_ip, domain, install, now, render_error, roles, user
 from notify import inbox
 
+TOTP_PENDING = "console.totp_pending"
 bp = Blueprint("console", __name__, template_folder="templates", static_folder="static",
                static_url_path="/static")
 install(bp)
@@ -95,9 +97,11 @@ def account() -> Any:
 def totp() -> Any:
     """Enrol a new TOTP secret: the otpauth QR (segno, inline SVG), confirmed by password and a code."""
     form, done, error = TotpForm(), False, None
+    pii = domain().pii
     if "totp_pending" not in session:  # the same QR until it is confirmed (a reload must not change it)
-        session["totp_pending"] = console_auth.new_totp_secret()
-    secret = session["totp_pending"]
+        # Kept encrypted: Flask's session cookie is signed, not secret.
+        session["totp_pending"] = pii.encrypt(console_auth.new_totp_secret(), context=TOTP_PENDING)
+    secret = pii.decrypt(session["totp_pending"], context=TOTP_PENDING)
     if form.validate_on_submit():
         done, error = attempt(lambda: console_auth.enrol_totp(
             db_session(), domain().pii, user=user(), password=form.password.data, secret=secret,
@@ -223,6 +227,9 @@ def window_binding() -> Any:
     """窗口绑定: paper proofs checked, the owner signs the pledge at the window → an active binding."""
     form, error = WindowBindingForm(), None
     pledge = domain().pledges.current()
+    # Only the relationships this region's policy allows (R3) are offered.
+    form.relationship.choices = [SelectChoice(value, label) for value, label in messages.RELATIONSHIPS.items()
+                                 if value in domain().policy.relationships]
     if form.validate_on_submit():
         created, error = attempt(lambda: _bind_at_window(form, pledge))
         if created is not None:

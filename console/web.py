@@ -47,10 +47,9 @@ def configure(app: Flask) -> None:
     app.config["SESSION_COOKIE_SECURE"] = production
     app.config["SESSION_COOKIE_PATH"] = "/"
     # The token is bound to the session, which ends by itself (15 min idle, 8 h): no second clock.
+    # Checked in ``install``'s ``before_request`` for every console POST, not app-wide: the JSON API
+    # authenticates with bearer tokens, which a browser never sends by itself.
     app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)
-    app.config.setdefault("WTF_CSRF_SSL_STRICT", production)
-    # Checked in ``before_request`` below for every console POST, not app-wide (the JSON API has none).
-    app.config.setdefault("WTF_CSRF_CHECK_DEFAULT", False)
 
 
 def user() -> console_auth.ConsoleUser:

@@ -114,6 +114,9 @@ class AuditQuerySchema(PageQuerySchema):
     actor_id = Id(load_default=None)
     target_kind = fields.String(load_default=None, validate=validate.Length(max=32))
     target_id = Id(load_default=None)
+    # Issue 12: the same date range as the console's audit page (inclusive Asia/Shanghai dates).
+    since = fields.Date(load_default=None, metadata={"description": "from this Asia/Shanghai date, inclusive"})
+    until = fields.Date(load_default=None, metadata={"description": "up to this Asia/Shanghai date, inclusive"})
 
 
 # --- out ------------------------------------------------------------------------------------------

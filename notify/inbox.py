@@ -153,7 +153,10 @@ def retry_delivery(session: Session, notifier: Any, staff_id: int, delivery_id: 
                    ip: str | None = None, request_id: str | None = None) -> dict[str, Any]:
     """Send a failed (or never-consented) push again, e.g. after checking an ``outcome_unknown``
     with the user; a fresh 24-hour retry window starts now."""
+    from app.services.staff_accounts import require_staff_role
+
     with session.begin():
+        require_staff_role(session, staff_id)
         row = session.execute(
             select(Delivery, Notice).join(Notice, Notice.id == Delivery.notice_id)
             .where(Delivery.id == delivery_id).with_for_update(of=Delivery)

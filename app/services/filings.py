@@ -21,6 +21,7 @@ from app.security.id_number import PROVINCE_CODES, validate_id_number
 from app.security.pii import PiiCipher, mask_text
 from app.services import audit
 from app.services.settlements import masked_person
+from app.services.staff_accounts import require_staff_role
 from app.timefmt import iso
 from models import ChronicCertification, OffsiteFiling, Person
 
@@ -38,6 +39,7 @@ def file_offsite(session: Session, pii: PiiCipher, staff_id: int, id_number: str
     _check_dates(valid_from, valid_to)
     number = validate_id_number(id_number, today=shanghai_date(now))
     with session.begin():
+        require_staff_role(session, staff_id)
         person = _person(session, pii, number)
         filing_id = session.execute(
             insert(OffsiteFiling).values(person_id=person.id, region_prefix=region_prefix, valid_from=valid_from,
@@ -69,6 +71,7 @@ def certify_chronic(session: Session, pii: PiiCipher, staff_id: int, id_number: 
     number = validate_id_number(id_number, today=shanghai_date(now))
     try:
         with session.begin():
+            require_staff_role(session, staff_id)
             person = _person(session, pii, number)
             cert_id = session.execute(
                 insert(ChronicCertification).values(person_id=person.id, disease_code=disease_code,

@@ -49,3 +49,13 @@ def revoke_staff_token(session: Session, username: str, now: datetime, *, deacti
         audit.record(session, actor_kind="operator", actor_id=None,
                      action="staff.deactivate" if deactivate else "staff.revoke_token", at=now,
                      target_kind="staff", target_id=staff.id, details={"username": username})
+STAFF_WRITE_ROLES = ("window", "admin")
+
+
+def require_staff_role(session: Session, staff_id: int, roles: tuple[str, ...] = STAFF_WRITE_ROLES) -> None:
+    """Inside the caller's transaction: ``staff_id`` is an active staff user with one of ``roles``
+    (SPEC §5: window and admin act, auditors only read). The rule lives here, not only in the
+    blueprints' decorators, so the API and the console cannot drift apart."""
+    role = session.scalar(select(StaffUser.role).where(StaffUser.id == staff_id, StaffUser.active.is_(True)))
+    if role not in roles:
+        raise errors.Forbidden(f"This needs the role {' or '.join(roles)}.")

@@ -243,6 +243,8 @@ def test_re_enrolling_totp_replaces_the_secret_after_password_and_code(app, clie
     old_secret = signed_in(client, app, "clerk", "window")
     page = client.get("/console/account/totp").get_data(as_text=True)
     new_secret = re.search(r'<span class="mono">([A-Z2-7]{32})</span>', page).group(1)
+    cookie = app.session_interface.get_signing_serializer(app).loads(client.get_cookie("copay_console").value)
+    assert new_secret not in str(cookie)  # the pending secret rides in the cookie encrypted only
     wrong = post(client, "/console/account/totp", {"password": "not my password", "code": code(new_secret)},
                  page="/console/account/totp")
     assert "密码或动态验证码错误" in wrong.get_data(as_text=True)
@@ -253,3 +255,18 @@ def test_re_enrolling_totp_replaces_the_secret_after_password_and_code(app, clie
     assert sign_in(app.test_client(), "clerk", old_secret, at=later).status_code == 401
     assert sign_in(app.test_client(), "clerk", new_secret, at=later).status_code == 303
     assert {"console.totp_enrol_failed", "console.totp_enrol"} <= set(_actions(app))
+
+
+def test_cheap_test_hashing_never_reaches_a_production_app(monkeypatch):
+    from argon2 import PasswordHasher
+    from flask import Flask
+
+    import console
+    from app.services import console_auth
+
+    monkeypatch.setattr(console_auth, "_hasher", PasswordHasher())
+    prod = Flask(__name__)
+    prod.config.update(APP_ENV="production", TESTING=True)
+    console.init_app(prod)
+    assert console_auth._hasher.time_cost == 3 and console_auth._hasher.memory_cost == 65536
+    assert console_auth.hash_password("a long enough password").startswith("$argon2id$v=19$m=65536,t=3")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import re
-from datetime import date
 
 import pytest
 from sqlalchemy import select
@@ -24,6 +23,15 @@ PAGES = ["/console/", "/console/reviews", "/console/persons", "/console/suspensi
          "/console/certifications", "/console/deliveries", "/console/audit", "/console/account",
          "/console/account/totp"]
 FULL_NUMBERS = [OWNER, SPOUSE, CHILD, PARENT, NEIGHBOUR]
+
+
+def shanghai_today() -> str:
+    """Audit dates are Asia/Shanghai dates (the machine's own date differs after 16:00 UTC)."""
+    from datetime import UTC, datetime
+
+    from app.policy import shanghai_date
+
+    return shanghai_date(datetime.now(UTC)).isoformat()
 
 
 def _no_full_id_numbers(html: str) -> None:
@@ -289,7 +297,7 @@ def test_the_audit_log_filters_and_pages_by_keyset(app, client):
     next_link = re.search(r'id="next-page" href="([^"]+)"', first).group(1).replace("&amp;", "&")
     second = client.get(next_link).get_data(as_text=True)
     assert "n=9<" in second and "n=59" not in second and "n=0<" in second
-    today = date.today().isoformat()
+    today = shanghai_today()
     assert "n=1<" in client.get(f"/console/audit?action=test.event&since={today}&until={today}&cursor="
                                 + next_link.split("cursor=")[1].split("&")[0]).get_data(as_text=True)
     none = client.get("/console/audit?action=test.event&until=2000-01-01").get_data(as_text=True)
@@ -319,3 +327,53 @@ def test_a_tampered_pledge_shows_as_failing_verification(app, client, demo, sand
     signed_in(client, app, "clerk", "window")
     page = client.get(f"/console/bindings/{binding_id}").get_data(as_text=True)
     assert "签名验证失败" in page and "签名验证通过" not in page
+
+
+def test_the_staff_api_audit_log_takes_the_same_date_range(app, client, demo):
+    from tests.helpers import bearer
+
+    headers = bearer(demo.tokens["auditor1"])
+    today = shanghai_today()
+    assert client.get(f"/api/v1/staff/audit-log?since={today}", headers=headers).get_json()["items"]
+    assert client.get("/api/v1/staff/audit-log?until=2000-01-01", headers=headers).get_json()["items"] == []
+    assert client.get("/api/v1/staff/audit-log?since=nope", headers=headers).status_code == 400
+
+
+def test_the_filing_certification_and_resend_services_refuse_an_auditor_themselves(app, demo):
+    from datetime import UTC, datetime
+
+    from app import errors
+    from app.services import filings
+    from models import StaffUser
+    from notify import inbox
+
+    with app_session() as session, session.begin():
+        auditor = session.scalar(select(StaffUser.id).where(StaffUser.username == "auditor1"))
+    pii, now = app.extensions["domain"].pii, datetime.now(UTC)
+    day = now.date()
+    with app_session() as session, pytest.raises(errors.Forbidden):
+        filings.file_offsite(session, pii, auditor, CHILD, "37", day, day, now)
+    with app_session() as session, pytest.raises(errors.Forbidden):
+        filings.certify_chronic(session, pii, auditor, CHILD, "E11.9", day, day, now)
+    with app_session() as session, pytest.raises(errors.Forbidden):
+        inbox.retry_delivery(session, app.extensions["domain"].notifier, auditor, 1, "x", now)
+
+
+def test_an_admin_suspends_one_binding_from_its_page(app, client, demo):
+    binding_id = make_binding(app, OWNER, CHILD, "child")
+    signed_in(client, app, "boss", "admin")
+    page = f"/console/bindings/{binding_id}"
+    assert 'id="suspend-binding"' in client.get(page).get_data(as_text=True)
+    response = post(client, "/console/suspensions", {"scope": "binding", "binding_id": str(binding_id),
+                                                     "reason": "核查中"}, page=page)
+    assert response.status_code == 200 and 'id="suspension-created"' in response.get_data(as_text=True)
+    assert "badge-suspended" in client.get(page).get_data(as_text=True)
+
+
+def test_the_window_form_offers_only_the_regions_relationships(app, client, demo):
+    signed_in(client, app, "clerk", "window")
+    html = client.get("/console/window-binding").get_data(as_text=True)
+    assert 'value="spouse"' in html and 'value="child"' in html and 'value="sibling"' not in html  # Wenshan
+    response = post(client, "/console/window-binding", _window_form(relationship="sibling"),
+                    page="/console/window-binding")
+    assert response.status_code == 422
