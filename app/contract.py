@@ -107,7 +107,8 @@ REQUEST_EXAMPLES: dict[str, dict[str, Any]] = {
     "auth.sign_in_wechat": {"code": "<wx.login code>"},
     "auth.sign_in_alipay": {"auth_code": "<my.getAuthCode authCode>"},
     "auth.refresh": {"refresh_token": "<refresh token>"},
-    "me.verify_identity": {"name": "张伟", "id_number": _OWNER},
+    "me.prove_phone": {"wechat_code": "<getPhoneNumber code from the phone button>"},
+    "me.verify_identity": {"name": "张伟", "id_number": _OWNER, "proof": {"phone": True}},
     "bindings.bind": {"beneficiary": {"name": "张小明", "id_number": _CHILD, "social_card_no": "M53262100000003"},
                       "relationship": "child", "proof_document_ids": [], "pledge": _PLEDGE},
     "staff_bindings.bind_at_window": {"owner": {"id_number": _OWNER},
@@ -127,7 +128,6 @@ REQUEST_EXAMPLES: dict[str, dict[str, Any]] = {
     "subscriptions.record": {"channel": "wechat", "mode": "one_time", "results": {"<template_id>": "accept"}},
     "institution_settlements.create_settlement": {
         "out_settlement_no": "H5326001-20250301-0001", "voucher_code": "<28-digit voucher code>",
-        "service_time": "2025-03-01T09:30:00+08:00",
         "items": [{"code": "XA01", "name": "阿莫西林胶囊", "category": "drug", "in_catalogue": True,
                    "amount_fen": 3600},
                   {"code": "110200001", "name": "门诊诊查费", "category": "consultation", "in_catalogue": True,

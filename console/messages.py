@@ -1,55 +1,20 @@
 """Chinese texts of the console: error codes, states, relationships.
 
-The one place where an error code becomes the sentence a window clerk reads. Issue 10 builds a
-gettext catalogue of the error messages; when it lands, ``error_text`` is the one function to point
-at it (the codes are the SPEC §5 codes, unchanged).
+The one place where an error code becomes the sentence a window clerk reads: ``error_text`` takes
+it from the service's message catalogue (app/i18n.py), the same texts the API sends.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-ERRORS = {
-    "VALIDATION_ERROR": "输入有误，请检查后重试。",
-    "UNAUTHENTICATED": "请先登录。",
-    "FORBIDDEN": "您的角色无权进行此操作。",
-    "NOT_FOUND": "未找到相应记录。",
-    "INVALID_STATE": "当前状态下不能进行此操作。",
-    "IDEMPOTENCY_CONFLICT": "编号重复且内容不同。",
-    "PAYLOAD_TOO_LARGE": "文件过大（不超过 5 MB）。",
-    "UNSUPPORTED_MEDIA_TYPE": "仅支持 JPEG、PNG 或 PDF 文件。",
-    "RATE_LIMITED": "操作过于频繁，请稍后再试。",
-    "UPSTREAM_UNAVAILABLE": "平台暂时无法连接，请稍后再试。",
-    "ID_NUMBER_INVALID": "身份证号码无效（请核对18位号码及校验位）。",
-    "IDENTITY_MISMATCH": "姓名与身份证号码不一致。",
-    "OWNER_NOT_ELIGIBLE": "该参保人不能作为共济账户所有人（须为本省在职职工医保参保人且有个人账户）。",
-    "BENEFICIARY_MISMATCH": "家庭成员的姓名、身份证号码、社保卡号与参保登记信息不一致。",
-    "BENEFICIARY_NOT_ELIGIBLE": "该家庭成员不在可共济范围内（未参保、已停保或不在本省）。",
-    "SELF_BINDING": "不能绑定本人。",
-    "ALREADY_BOUND": "该家庭成员已与此账户绑定。",
-    "TOO_MANY_BINDINGS": "已达到可绑定家庭成员人数上限。",
-    "RELATIONSHIP_NOT_ALLOWED": "本统筹区不允许此亲属关系共济。",
-    "PROOF_REQUIRED": "需要关系证明材料。",
-    "PLEDGE_INVALID": "承诺书版本不是最新版本，或未确认同意。",
-    "BINDING_NOT_ACTIVE": "该绑定关系未生效。",
-    "LIMIT_ABOVE_CAP": "限额超过本统筹区年度共济上限。",
-    "IDENTITY_NOT_PROVEN": "身份未经核验。",
-    "PHONE_MISMATCH": "手机号与预留手机号不一致。",
-    "PHONE_NOT_VERIFIED": "手机号未经验证。",
-    "CARD_INVALID": "社保卡无效。",
-    "LOGIN_CODE_INVALID": "登录凭证无效或已使用。",
-    "VOUCHER_INVALID": "医保电子凭证无效。",
-    "VOUCHER_EXPIRED": "医保电子凭证已过期，请刷新后重试。",
-    "VOUCHER_USED": "医保电子凭证已使用。",
-    "REFUND_EXCEEDS_PAID": "退款金额超过可退金额。",
-    "SERVICE_TIME_OUT_OF_RANGE": "就诊时间超出可结算的时间范围。",
-    "INSTITUTION_NOT_DESIGNATED": "该机构不是定点医药机构或已停用。",
-    "SIGNATURE_INVALID": "请求签名无效。",
-    "TIMESTAMP_OUT_OF_WINDOW": "请求时间戳超出允许范围。",
-    "NONCE_REUSED": "请求随机数已被使用。",
+from app.i18n import message_for, translate
+
+# Texts of the console's own situations, which are no error code of the API. Every other error
+# code is worded once, in the service's message catalogue (app/i18n.py, app/translations/).
+CONSOLE_ERRORS = {
     "CSRF": "页面已过期或来源不可信，请刷新页面后重试。",
     "SESSION_EXPIRED": "登录已超时，请重新登录。",
-    "INTERNAL_ERROR": "系统出错，请稍后再试。",
 }
 
 # Messages that say more than the code alone (same error class, a different situation).
@@ -76,9 +41,15 @@ RECORD_KINDS = {"own": "个人账户", "copay": "共济", "refund": "退款"}
 NOTICE_KINDS = {"deduction": "扣款通知", "refund": "退款通知", "receipt": "结算回执"}
 
 
-def error_text(code: str, details: dict[str, Any] | None = None) -> str:
-    """The Chinese sentence for an error code (SPEC §5)."""
-    return ERRORS.get(code, ERRORS["INTERNAL_ERROR"])
+def error_text(code: str, details: dict[str, Any] | None = None, *, template: str | None = None,
+               params: dict[str, Any] | None = None) -> str:
+    """The Chinese sentence for an error code, from the same catalogue as the API's messages: the
+    error's own message (``template``) when the catalogue knows it, else the code's default text."""
+    if code in CONSOLE_ERRORS:
+        return CONSOLE_ERRORS[code]
+    if template is not None:
+        return translate(template, code=code, params=params, locale="zh")
+    return message_for(code, "zh")
 
 
 def label(table: dict[str, str], value: Any) -> str:

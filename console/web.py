@@ -178,7 +178,7 @@ def attempt(call: Callable[[], Any]) -> tuple[Any, str | None]:
     try:
         return call(), None
     except errors.DomainError as err:
-        return None, messages.error_text(err.code, err.details)
+        return None, messages.error_text(err.code, err.details, template=err.template, params=err.params)
 
 
 __all__ = ["ADMIN", "ALL", "WRITE", "attempt", "client_ip", "configure", "domain", "install", "now",

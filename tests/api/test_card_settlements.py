@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from app.extensions import app_session
+from app.i18n import message_for
 from models import Settlement
 from tests.helpers import bearer
 from tests.money_helpers import (
@@ -86,7 +87,7 @@ def test_a_card_that_matches_no_active_person_is_card_invalid_without_a_hint(app
     assert response.status_code == 422
     err = response.get_json()["error"]
     assert err["code"] == "CARD_INVALID" and err["details"] == {}
-    assert err["message"] == "The social-security card is not valid."
+    assert err["message"] == message_for("CARD_INVALID", "zh")  # the code's own text, no hint of the field
     assert balance(app, OWNER) == 350_000
 
 

@@ -37,7 +37,8 @@ def test_r18_a_person_born_today_is_a_real_birth_date(client, sandbox, demo):
     token = sign_in_wechat(client, sandbox)["access_token"]
     response = client.post("/api/v1/me/identity", json={"name": "张三", "id_number": TODAY_BORN},
                            headers=bearer(token))
-    assert response.get_json()["error"]["code"] == "IDENTITY_MISMATCH"  # valid number, not in the registry
+    # A valid number (no proof given, so not linked): never ID_NUMBER_INVALID.
+    assert response.get_json()["error"]["code"] == "IDENTITY_NOT_PROVEN"
 
 
 def test_r18_online_binding_refuses_a_future_birth_date(client, sandbox, demo):

@@ -98,14 +98,14 @@ def test_an_online_binding_needs_a_proven_phone_in_wenshan(client, sandbox, demo
     _, token = owner_without_phone(client, sandbox)
     response = bind(client, token, CHILD, "child")
     assert response.status_code == 422 and error_code(response) == "PHONE_NOT_VERIFIED"
-    assert "window" in response.get_json()["error"]["message"]
+    assert "窗口" in response.get_json()["error"]["message"]  # says to go to the service window
 
 
 def test_an_online_binding_with_another_phone_is_phone_mismatch_until_the_window_updates_it(client, sandbox, demo):
     _, token = owner_without_phone(client, sandbox, phone="13811112222")
     response = bind(client, token, CHILD, "child")
     assert response.status_code == 422 and error_code(response) == "PHONE_MISMATCH"
-    assert "window" in response.get_json()["error"]["message"]
+    assert "窗口" in response.get_json()["error"]["message"]  # says to update it at the service window
     update = client.post("/api/v1/staff/persons/phone", json={"id_number": OWNER, "phone": "138 1111 2222"},
                          headers=bearer(demo.tokens["window1"]))
     assert update.status_code == 200 and update.get_json()["phone"] == "138****2222"
@@ -153,16 +153,18 @@ def test_load_registry_validates_phones_by_row_and_keeps_a_number_a_later_file_o
     from models import Person
 
     pii = app.extensions["domain"].pii
+    as_of = datetime.now(UTC).isoformat()
     row = {"id_number": CHILD, "name": "张小明", "social_card_no": "M53262100000003", "insurance_type": "resident",
            "region_code": "532621"}
     with app_session() as session, pytest.raises(RegistryInvalid) as bad:
-        load_registry(session, pii, {"persons": [row, dict(row, id_number=SPOUSE, name="李娜", phone="0871-1234")]},
-                      datetime.now(UTC))
+        load_registry(session, pii, {"as_of": as_of, "persons": [
+            row, dict(row, id_number=SPOUSE, name="李娜", phone="0871-1234")]}, datetime.now(UTC))
     assert any(p.startswith("persons[2]: phone:") for p in bad.value.problems)
     with app_session() as session:
-        load_registry(session, pii, {"persons": [dict(row, phone="+86 139 0000 4444")]}, datetime.now(UTC))
+        load_registry(session, pii, {"as_of": as_of, "persons": [dict(row, phone="+86 139 0000 4444")]},
+                      datetime.now(UTC))
     with app_session() as session:
-        load_registry(session, pii, {"persons": [row]}, datetime.now(UTC))
+        load_registry(session, pii, {"as_of": as_of, "persons": [row]}, datetime.now(UTC))
     with app_session() as session, session.begin():
         stored = session.scalar(select(Person.phone_enc).where(
             Person.id_number_bidx == pii.blind_index(CHILD, kind="id_number")))

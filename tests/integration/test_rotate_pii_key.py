@@ -32,7 +32,7 @@ def _registry(count: int) -> dict:
     persons = [{"id_number": make_id_number("532621", date(1950 + i % 60, 1 + i % 12, 1 + i % 28), i % 1000),
                 "name": f"测试{i}", "social_card_no": f"M5326{i:010d}", "insurance_type": "resident",
                 "region_code": "532621", "status": "active"} for i in range(count)]
-    return {"persons": persons, "accounts": [], "households": [],
+    return {"as_of": datetime.now(UTC).isoformat(), "persons": persons, "accounts": [], "households": [],
             "institutions": [{"code": "H5326001", "name": "文山州人民医院", "kind": "hospital",
                               "region_code": "532601", "designated": True, "api_secret": "s3cret-H5326001-for-tests"}]}
 

@@ -233,7 +233,7 @@ def test_an_unexpected_failure_is_a_chinese_page_without_a_stack_trace(app, clie
     monkeypatch.setattr(overview, "overview", broken)
     response = client.get("/console/")
     html = response.get_data(as_text=True)
-    assert response.status_code == 500 and "系统出错" in html
+    assert response.status_code == 500 and "系统出现异常" in html
     assert "secret internals" not in html and "Traceback" not in html
 
 
