@@ -52,6 +52,8 @@ from prometheus_client.core import GaugeMetricFamily  # noqa: E402
 from prometheus_client.multiprocess import MultiProcessCollector  # noqa: E402
 
 STATE_CACHE_SECONDS = 10.0
+# Label values come from a closed set: a client choosing its own method name must not add series.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 LOCAL_ADDRESSES = frozenset({"127.0.0.1", "::1"})
 
 REQUESTS = Counter("copay_http_requests_total", "HTTP requests by route template, method and status",
@@ -140,6 +142,7 @@ class StateCollector:
 
 
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
+    method = method if method in METHODS else "OTHER"
     REQUESTS.labels(route, method, str(status)).inc()
     LATENCY.labels(route, method).observe(seconds)
 
