@@ -138,7 +138,14 @@ class StateCollector:
                 up.add_metric(["redis"], 1)
             except Exception:  # noqa: BLE001
                 up.add_metric(["redis"], 0)
-        return [deliveries, oldest, queue, up]
+        families = [deliveries, oldest, queue, up]
+        router = self.app.extensions.get("db.replica")
+        if router is not None:
+            lag = GaugeMetricFamily("copay_replica_lag_seconds",
+                                    "Replica lag as last measured by this process (-1: not measured or down)")
+            lag.add_metric([], router.lag if router.lag is not None and router.state != "down" else -1.0)
+            families.append(lag)
+        return families
 
 
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:

@@ -195,6 +195,10 @@ def test_record_reads_go_to_the_replica_and_nothing_is_written_there(setup):
     assert statements["replica"] and all(s.lstrip().upper().startswith("SELECT") for s in statements["replica"])
     with app.extensions["db.replica"].engine.connect() as conn:
         assert conn.scalar(text("SELECT pg_is_in_recovery()")) is True
+    app.extensions["metrics.state"].ttl = 0
+    scraped = client.get("/metrics").get_data(as_text=True)
+    lag_line = next(line for line in scraped.splitlines() if line.startswith("copay_replica_lag_seconds "))
+    assert 0 <= float(lag_line.split()[1]) <= MAX_LAG
 
 
 def test_a_callers_own_write_is_read_back_from_the_primary(setup):
