@@ -52,6 +52,8 @@ from prometheus_client.core import GaugeMetricFamily  # noqa: E402
 from prometheus_client.multiprocess import MultiProcessCollector  # noqa: E402
 
 STATE_CACHE_SECONDS = 10.0
+# Label values come from a closed set: a client choosing its own method name must not add series.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 LOCAL_ADDRESSES = frozenset({"127.0.0.1", "::1"})
 
 REQUESTS = Counter("copay_http_requests_total", "HTTP requests by route template, method and status",
@@ -136,10 +138,18 @@ class StateCollector:
                 up.add_metric(["redis"], 1)
             except Exception:  # noqa: BLE001
                 up.add_metric(["redis"], 0)
-        return [deliveries, oldest, queue, up]
+        families = [deliveries, oldest, queue, up]
+        router = self.app.extensions.get("db.replica")
+        if router is not None:
+            lag = GaugeMetricFamily("copay_replica_lag_seconds",
+                                    "Replica lag as last measured by this process (-1: not measured or down)")
+            lag.add_metric([], router.lag if router.lag is not None and router.state != "down" else -1.0)
+            families.append(lag)
+        return families
 
 
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
+    method = method if method in METHODS else "OTHER"
     REQUESTS.labels(route, method, str(status)).inc()
     LATENCY.labels(route, method).observe(seconds)
 

@@ -73,17 +73,38 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _facts_of(conn: Any) -> dict[str, Any]:
+    names = set(inspect(conn).get_table_names())
+    revision = conn.scalar(text("SELECT version_num FROM alembic_version")) if "alembic_version" in names else None
+    counts = {t: conn.scalar(text(f"SELECT count(*) FROM {t}")) for t in COUNTED_TABLES if t in names}  # noqa: S608
+    return {"alembic_revision": revision, "row_counts": counts}
+
+
 def _facts(url: str) -> dict[str, Any]:
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            names = set(inspect(conn).get_table_names())
-            revision = conn.scalar(text("SELECT version_num FROM alembic_version")) if "alembic_version" in names \
-                else None
-            counts = {t: conn.scalar(text(f"SELECT count(*) FROM {t}")) for t in COUNTED_TABLES if t in names}  # noqa: S608
+            return _facts_of(conn)
     finally:
         engine.dispose()
-    return {"alembic_revision": revision, "row_counts": counts}
+
+
+def _pg_dump(url: str, db_file: Path) -> dict[str, Any]:
+    """pg_dump of one exported snapshot, and the row counts of that same snapshot (the service keeps
+    writing meanwhile: counts taken outside the snapshot would not match what the dump holds)."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            with conn.begin():
+                snapshot = conn.scalar(text("SELECT pg_export_snapshot()"))
+                facts = _facts_of(conn)
+                # -Fc: compressed, restorable table by table.
+                subprocess.run([pg_tool("pg_dump"), "--format=custom", "--no-owner", "--no-privileges",
+                                "--snapshot", str(snapshot), "--file", str(db_file)], env=libpq_env(url), check=True)
+    finally:
+        engine.dispose()
+    return facts
 
 
 def backup(database_url: str, document_dir: str | Path, backup_dir: str | Path) -> Path:
@@ -102,7 +123,6 @@ def backup(database_url: str, document_dir: str | Path, backup_dir: str | Path) 
     work.mkdir(mode=0o700)
     started = time.perf_counter()
     try:
-        facts = _facts(url)  # before the dump: counts are a lower bound of what it holds
         if url.startswith("sqlite"):
             db_file = work / "db.sqlite3"
             source = sqlite3.connect(make_url(url).database)
@@ -111,11 +131,11 @@ def backup(database_url: str, document_dir: str | Path, backup_dir: str | Path) 
                 source.backup(target)
             source.close()
             target.close()
+            facts = _facts(f"sqlite:///{db_file}")  # counted in the copy itself
         else:
-            db_file = work / "db.dump"
-            # -Fc: compressed, restorable table by table; one consistent snapshot (REPEATABLE READ).
-            subprocess.run([pg_tool("pg_dump"), "--format=custom", "--no-owner", "--no-privileges",
-                            "--file", str(db_file)], env=libpq_env(url), check=True)
+            facts = _pg_dump(url, work / "db.dump")
+        # Documents are written before the row naming them commits, so a tar taken after the dump
+        # holds every document the dump refers to (and perhaps a few newer ones).
         documents = Path(document_dir)
         with tarfile.open(work / "documents.tar", "w") as tar:
             if documents.is_dir():

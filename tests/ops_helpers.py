@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import uuid
 from collections.abc import Iterator
@@ -12,8 +13,28 @@ from typing import Any
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from app.config import normalize_database_url
+from app.config import ROOT, normalize_database_url
 from tests.money_helpers import CHILD, OWNER, fresh, issue, make_binding, person_id, refund, settle, sign_in
+
+UNITS = ROOT / "deploy" / "systemd"
+
+
+def unit_command(unit: str) -> list[str]:
+    """The unit's ExecStart, pointed at this checkout instead of /opt/copay."""
+    for line in (UNITS / unit).read_text().splitlines():
+        if line.startswith("ExecStart="):
+            return [part.replace("/opt/copay/", f"{ROOT}/") for part in shlex.split(line[len("ExecStart="):])]
+    raise AssertionError(f"{unit} has no ExecStart")
+
+
+def unit_environment(unit: str) -> dict[str, str]:
+    found = {}
+    for line in (UNITS / unit).read_text().splitlines():
+        if line.startswith("Environment="):
+            for assignment in shlex.split(line[len("Environment="):]):
+                name, _, value = assignment.partition("=")
+                found[name] = value
+    return found
 
 
 @contextmanager

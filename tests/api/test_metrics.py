@@ -80,6 +80,14 @@ def test_concrete_paths_never_become_labels(app, client):
     assert 'route="<unmatched>"' in body
 
 
+def test_a_client_cannot_create_label_values(client):
+    for method in ("FOOBAR", "X" * 40, "PROPFIND"):
+        client.open("/no/such/path", method=method)
+    body = client.get("/metrics").get_data(as_text=True)
+    assert "FOOBAR" not in body and "PROPFIND" not in body and "X" * 40 not in body
+    assert 'method="OTHER"' in body
+
+
 def test_without_a_token_only_localhost(client):
     assert client.get("/metrics").status_code == 200
     remote = client.get("/metrics", environ_base={"REMOTE_ADDR": "10.1.2.3"})

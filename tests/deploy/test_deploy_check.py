@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shlex
 import signal
 import subprocess
 import time
@@ -24,28 +23,9 @@ from app.demo import OWNER
 from app.security.pii import index_key_b64_from
 from tests.conftest import TEMPLATE_DEDUCTION, TEST_KEYS, WECHAT_APPID, WECHAT_SECRET, _pem_private
 from tests.money_helpers import HOSPITAL, NAMES, SECRETS, drug, sign_headers
-from tests.ops_helpers import free_port, scratch_database
+from tests.ops_helpers import free_port, scratch_database, unit_command, unit_environment
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
-UNITS = ROOT / "deploy" / "systemd"
-
-
-def unit_command(unit: str) -> list[str]:
-    """The unit's ExecStart, pointed at this checkout instead of /opt/copay."""
-    for line in (UNITS / unit).read_text().splitlines():
-        if line.startswith("ExecStart="):
-            return [part.replace("/opt/copay/", f"{ROOT}/") for part in shlex.split(line[len("ExecStart="):])]
-    raise AssertionError(f"{unit} has no ExecStart")
-
-
-def unit_environment(unit: str) -> dict[str, str]:
-    found = {}
-    for line in (UNITS / unit).read_text().splitlines():
-        if line.startswith("Environment="):
-            for assignment in shlex.split(line[len("Environment="):]):
-                name, _, value = assignment.partition("=")
-                found[name] = value
-    return found
 
 
 @pytest.fixture

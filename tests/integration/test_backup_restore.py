@@ -97,3 +97,39 @@ def test_the_schema_of_a_restored_database_is_the_models(app, demo, client, sand
 
     assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
     engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_backup_taken_while_the_service_writes_restores_exactly(app, demo, client, sandbox, postgres, tmp_path,
+                                                                 monkeypatch):
+    if not postgres:
+        pytest.skip("needs PostgreSQL (TEST_DATABASE_URL): a write between the counts and pg_dump")
+    import scripts.backup as backups
+
+    money_history(app, client, sandbox, settlements=1)
+    source_url = app.config["DATABASE_URL"]
+    real_tool = backups.pg_tool
+
+    def write_then_find(name):
+        if name == "pg_dump":  # the service commits a movement just before pg_dump starts
+            engine = create_engine(source_url)
+            with engine.begin() as conn:
+                conn.execute(text("INSERT INTO journals (kind, created_at) VALUES ('registry', now())"))
+            engine.dispose()
+        return real_tool(name)
+
+    monkeypatch.setattr(backups, "pg_tool", write_then_find)
+    made = backup(source_url, _documents(app), tmp_path / "backups")
+    monkeypatch.setattr(backups, "pg_tool", real_tool)
+    with scratch_database("copay_restore") as target:
+        manifest = restore(made, target, tmp_path / "restored")  # counts match the dump's own snapshot
+        assert manifest["row_counts"]["journals"] == _count(target, "journals")
+    assert _count(source_url, "journals") == manifest["row_counts"]["journals"] + 1
+
+
+def _count(url: str, table: str) -> int:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        found = conn.scalar(text(f"SELECT count(*) FROM {table}"))
+    engine.dispose()
+    return found

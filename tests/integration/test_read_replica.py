@@ -178,6 +178,9 @@ def test_record_reads_go_to_the_replica_and_nothing_is_written_there(setup):
     _settle_once(app, client, token)
     _settle_once(app, client, token)
     _replica_caught_up(app, 2)
+    # The money transactions (and the sign-in, the voucher) ran on the primary only.
+    assert any(s.lstrip().upper().startswith("INSERT INTO SETTLEMENTS") for s in statements["primary"])
+    assert all(s.lstrip().upper().startswith("SELECT") for s in statements["replica"])
     _wait_out_own_writes()
     replica_before, primary_before = _reads("replica"), _reads("primary")
     statements["replica"].clear()
@@ -192,6 +195,10 @@ def test_record_reads_go_to_the_replica_and_nothing_is_written_there(setup):
     assert statements["replica"] and all(s.lstrip().upper().startswith("SELECT") for s in statements["replica"])
     with app.extensions["db.replica"].engine.connect() as conn:
         assert conn.scalar(text("SELECT pg_is_in_recovery()")) is True
+    app.extensions["metrics.state"].ttl = 0
+    scraped = client.get("/metrics").get_data(as_text=True)
+    lag_line = next(line for line in scraped.splitlines() if line.startswith("copay_replica_lag_seconds "))
+    assert 0 <= float(lag_line.split()[1]) <= MAX_LAG
 
 
 def test_a_callers_own_write_is_read_back_from_the_primary(setup):

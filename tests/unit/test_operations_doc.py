@@ -28,7 +28,7 @@ def test_every_setting_is_documented():
 def test_every_metric_is_documented():
     names = {obj._name for obj in vars(metrics).values() if isinstance(obj, MetricWrapperBase)}
     names |= {"copay_deliveries", "copay_delivery_oldest_open_age_seconds", "copay_rq_queue_depth",
-              "copay_metrics_state_up"}
+              "copay_metrics_state_up", "copay_replica_lag_seconds"}
     assert len(names) >= 15
     missing = sorted(name for name in names if name.removesuffix("_total") not in DOC)
     assert not missing, f"add to docs/OPERATIONS.md (What to watch): {missing}"
