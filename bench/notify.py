@@ -256,6 +256,8 @@ def run(mode: str, backlog: int, rate: float, seconds: float, workers: int = 1, 
         achieved = len(numbers) / (time.time() - started)
         found = _wait(bench, numbers, timeout=120)
         delays = [(found[n] - bench.commit_times[n]) * 1000 for n in found]
+        span = (max(found.values()) - min(found.values())) if len(found) > 1 else 0.0
+        print(f"pushes: {len(found) / span if span else 0:.0f}/s between first and last push")
         print(f"latency ({workers} worker(s), {achieved:.0f} settlements/s achieved): "
               f"{len(found)}/{len(numbers)} pushed; commit→push p50 {_percentile(delays, 50):.0f} ms, "
               f"p99 {_percentile(delays, 99):.0f} ms, max {max(delays):.0f} ms, "
