@@ -230,10 +230,39 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+def _has_nul(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
+
+
+def _refuse_nul() -> errors.DomainError:
+    # PostgreSQL text cannot hold U+0000: refused here, or the driver fails the query (a 500).
+    return errors.ValidationFailed("The request contains a NUL character (U+0000).",
+                                   details={"reason": "nul_character"})
+
+
 def check_request_body() -> None:
-    """Before each request: a JSON operation gets JSON, or an error that says what is wrong."""
-    if request.method not in BODY_METHODS or request.endpoint is None:
+    """Before each request: no NUL character in the path, query or form (PostgreSQL text cannot hold
+    one), and a JSON operation gets JSON, or an error that says what is wrong."""
+    if request.endpoint is None:
         return
+    if _has_nul(request.view_args or {}) or _has_nul(list(request.args.lists())):
+        raise _refuse_nul()
+    if request.method not in BODY_METHODS:
+        return
+    if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        if _has_nul(list(request.form.lists())) or _has_nul([f.filename or "" for f in request.files.values()]):
+            raise _refuse_nul()
     if not _json_operation(current_app.view_functions.get(request.endpoint)):
         return
     raw = request.get_data(cache=True)
@@ -257,6 +286,8 @@ def check_request_body() -> None:
         raise errors.ValidationFailed("The JSON body is nested too deeply (at most {max} levels).",
                                       params={"max": MAX_JSON_DEPTH},
                                       details={"reason": "too_deep", "max_depth": MAX_JSON_DEPTH})
+    if _has_nul(parsed):
+        raise _refuse_nul()
 
 
 # --- the document -----------------------------------------------------------------------------------
@@ -395,11 +426,15 @@ def finalize_document(document: dict[str, Any], app: Flask) -> dict[str, Any]:
                 continue
             _finalize_operation(operation, rule.endpoint, view, method, bool(rule.arguments), pledge)
             located[rule.endpoint] = (path, method.lower(), operation)
-    _add_links(located)
+    _add_links(located, schemas, paths)
     return spec
 
 
-def _add_links(located: dict[str, tuple[str, str, dict[str, Any]]]) -> None:
+def _add_links(located: dict[str, tuple[str, str, dict[str, Any]]], schemas: dict[str, Any],
+               paths: dict[str, Any]) -> None:
+    """Put the ``LINKS`` into the document, each value where its target takes it now: a path or
+    query parameter of that name, else a property of the target's JSON body (an operation may move a
+    value from the URL to the body); a link whose target takes neither is left out, not left wrong."""
     for source, (status, links) in LINKS.items():
         if source not in located or status not in located[source][2]["responses"]:
             continue
@@ -407,16 +442,31 @@ def _add_links(located: dict[str, tuple[str, str, dict[str, Any]]]) -> None:
         for name, (target, parameters, body) in links.items():
             if target not in located:
                 continue
-            path, method, _operation = located[target]
-            pointer = path.replace("~", "~0").replace("/", "~1")
-            link: dict[str, Any] = {"operationRef": f"#/paths/{pointer}/{method}"}
-            if parameters:
-                link["parameters"] = dict(parameters)
-            if body:
-                link["requestBody"] = dict(body)
+            path, method, operation = located[target]
+            declared = [*paths[path].get("parameters", []), *operation.get("parameters", [])]
+            names = {parameter["name"] for parameter in declared}
+            fields = _body_properties(operation, schemas)
+            values = {**parameters, **(body or {})}
+            link: dict[str, Any] = {"operationRef": "#/paths/{}/{}".format(
+                path.replace("~", "~0").replace("/", "~1"), method)}
+            in_parameters = {key: value for key, value in values.items() if key in names}
+            in_body = {key: value for key, value in values.items() if key not in names and key in fields}
+            if len(in_parameters) + len(in_body) != len(values):
+                continue
+            if in_parameters:
+                link["parameters"] = in_parameters
+            if in_body:
+                link["requestBody"] = in_body
             found[name] = link
         if found:
             located[source][2]["responses"][status]["links"] = found
+
+
+def _body_properties(operation: dict[str, Any], schemas: dict[str, Any]) -> set[str]:
+    schema = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+    while "$ref" in schema:
+        schema = schemas.get(schema["$ref"].rsplit("/", 1)[-1], {})
+    return set(schema.get("properties", {}))
 
 
 def _finalize_operation(operation: dict[str, Any], endpoint: str, view: Any, method: str,

@@ -45,15 +45,24 @@ HTTP_ONLY_MESSAGES: dict[str, str] = {
 }
 
 
-def default_messages() -> dict[str, str]:
-    """Every error code the service sends → its default English message."""
-    found: dict[str, str] = {}
+def error_classes() -> list[type[errors.DomainError]]:
+    """Every domain error class of ``app/errors.py``, in the order they are defined."""
+    found: list[type[errors.DomainError]] = []
     pending: list[type[errors.DomainError]] = [errors.DomainError]
     while pending:
-        cls = pending.pop()
+        cls = pending.pop(0)
         pending.extend(cls.__subclasses__())
         if cls.__module__ == errors.__name__:
-            found.setdefault(cls.code, cls.message)
+            found.append(cls)
+    return found
+
+
+def default_messages() -> dict[str, str]:
+    """Every error code the service sends → its default English message (that of the first class
+    with the code: several classes may share one, e.g. the console's sign-in errors)."""
+    found: dict[str, str] = {}
+    for cls in error_classes():
+        found.setdefault(cls.code, cls.message)
     return found | HTTP_ONLY_MESSAGES
 
 

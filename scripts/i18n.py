@@ -83,11 +83,13 @@ def source_messages() -> dict[str, list[str]]:
 
 def all_messages() -> dict[str, list[str]]:
     """Every message the catalogue must hold: code defaults first, then the literals in the source."""
-    from app.i18n import default_messages
+    from app.i18n import default_messages, error_classes
 
     messages: dict[str, list[str]] = {}
     for code, text in sorted(default_messages().items()):
         messages.setdefault(text, []).append(f"code {code}")
+    for cls in error_classes():  # classes sharing a code keep their own default text
+        messages.setdefault(cls.message, []).append(f"class {cls.__name__}")
     for text, where in source_messages().items():
         messages.setdefault(text, []).extend(where)
     return messages

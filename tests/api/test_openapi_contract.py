@@ -234,3 +234,19 @@ def test_the_main_examples_work_as_they_stand_against_the_demo(client, sandbox, 
     window = bearer(demo.tokens["window1"])
     assert client.post("/api/v1/staff/bindings", json=example("/api/v1/staff/bindings"),
                        headers=window).status_code == 201
+
+
+def test_a_nul_character_anywhere_is_400_not_a_database_error(client, owner, demo):
+    """PostgreSQL text cannot hold U+0000; the fuzzer found it as a 500 from a staff query."""
+    auditor = bearer(demo.tokens["auditor1"])
+    answers = [
+        client.get("/api/v1/staff/audit-log?target_kind=%00x", headers=auditor),
+        client.get("/api/v1/staff/audit-log?action=a%00b", headers=auditor),
+        client.post("/api/v1/staff/bindings/search", json={"owner_id_number": "1\x00"}, headers=auditor),
+        client.post("/api/v1/bindings/1/unbind", json={"reason": "x\x00y"}, headers=bearer(owner)),
+        client.post("/api/v1/subscriptions", json={"channel": "wechat", "mode": "one_time",
+                                                   "results": {"t\x00": "accept"}}, headers=bearer(owner)),
+    ]
+    for response in answers:
+        assert response.status_code == 400, response.get_json()
+        assert response.get_json()["error"]["details"] == {"reason": "nul_character"}

@@ -39,6 +39,7 @@ from app.demo import DEMO_INSTITUTION_SECRET, OWNER, PARENT
 from scripts.sign_request import signed_headers
 from tests.binding_helpers import bind_at_window, sign_in
 from tests.conftest import _clean
+from tests.helpers import sign_in_wechat
 
 pytestmark = [pytest.mark.slow, pytest.mark.fuzz]
 
@@ -98,7 +99,13 @@ def fuzz_env(postgres, make_config, sandbox):
     hook = SigningHook(app.wsgi_app, "H5326001", DEMO_INSTITUTION_SECRET)
     app.wsgi_app = hook  # type: ignore[method-assign]
     tokens = {"user": user, **{role: staff[f"{role}1"] for role in ("window", "admin", "auditor")}}
-    yield app, hook, tokens
+
+    def throwaway_user() -> str:
+        """A token of its own for logout, which revokes the token it is called with."""
+        return sign_in_wechat(client, sandbox)["access_token"]
+
+    tokens_for = _TokensFor(tokens, throwaway_user)
+    yield app, hook, tokens_for
     print(f"\nfuzz: {hook.requests} requests, by status {dict(sorted(hook.by_status.items()))}, seed {SEED}")
     _clean(app)
     app.extensions["db.engine"].dispose()
@@ -110,33 +117,46 @@ def fuzz_schema(fuzz_env):
     return schemathesis.openapi.from_wsgi("/api/openapi.json", app)
 
 
+class _TokensFor:
+    """The callers' tokens; ``POST /auth/logout`` gets a throwaway user each time, or it would sign
+    the fuzzing user out for the rest of the run (and every later user request would be a 401)."""
+
+    def __init__(self, tokens: dict[str, str], throwaway: Any):
+        self.tokens, self.throwaway = tokens, throwaway
+
+    def __call__(self, path: str) -> dict[str, str]:
+        if path == "/api/v1/auth/logout":
+            return {**self.tokens, "user": self.throwaway()}
+        return self.tokens
+
+
 def headers_for(role: str, tokens: dict[str, str]) -> dict[str, str]:
     if role in tokens:
         return {"Authorization": f"Bearer {tokens[role]}", "X-Fuzz-Role": role}
     return {"X-Fuzz-Role": role}
 
 
-def _fuzz_operation(operation: Any, mode: GenerationMode, tokens: dict[str, str], examples: int) -> None:
+def _fuzz_operation(operation: Any, mode: GenerationMode, tokens_for: _TokensFor, examples: int) -> None:
     @given(case=operation.as_strategy(generation_mode=mode))
     @seed(SEED)
     @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), print_blob=True,
               phases=[Phase.explicit, Phase.generate], database=None)
     def run(case: Any) -> None:
         for role in ROLES:  # the same generated request from each kind of caller
-            case.call_and_validate(headers=headers_for(role, tokens), checks=CHECKS)
+            case.call_and_validate(headers=headers_for(role, tokens_for(operation.path)), checks=CHECKS)
 
     run()
 
 
 def test_every_operation_as_every_caller(fuzz_schema, fuzz_env):
-    _app, hook, tokens = fuzz_env
+    _app, hook, tokens_for = fuzz_env
     failures: list[str] = []
     operations = [result.ok() for result in fuzz_schema.get_all_operations()]
     assert len(operations) >= 45
     for operation in operations:
         for mode, share in ((GenerationMode.POSITIVE, 0.6), (GenerationMode.NEGATIVE, 0.4)):
             try:
-                _fuzz_operation(operation, mode, tokens, max(1, round(EXAMPLES * share)))
+                _fuzz_operation(operation, mode, tokens_for, max(1, round(EXAMPLES * share)))
             except Unsatisfiable:
                 assert mode is GenerationMode.NEGATIVE  # nothing to get wrong: no parameters, no body
             except Exception as failure:  # noqa: BLE001 — every operation is tried; all failures reported
@@ -157,7 +177,7 @@ def role_for(path: str) -> str:
 
 
 def test_stateful_flows_follow_the_documents_links(fuzz_schema, fuzz_env):
-    _app, hook, tokens = fuzz_env
+    _app, hook, tokens_for = fuzz_env
     links = sum(len(response.get("links", {})) for item in fuzz_schema.raw_schema["paths"].values()
                 for operation in item.values() if isinstance(operation, dict)
                 for response in operation.get("responses", {}).values())
@@ -165,7 +185,8 @@ def test_stateful_flows_follow_the_documents_links(fuzz_schema, fuzz_env):
 
     class Flows(fuzz_schema.as_state_machine()):  # type: ignore[misc]
         def get_call_kwargs(self, case: Any) -> dict[str, Any]:
-            return {"headers": headers_for(role_for(case.operation.path), tokens)}
+            path = case.operation.path
+            return {"headers": headers_for(role_for(path), tokens_for(path))}
 
         def validate_response(self, response: Any, case: Any, additional_checks: Any = None, **kwargs: Any) -> None:
             case.validate_response(response, checks=CHECKS, transport_kwargs=kwargs)
