@@ -23,7 +23,7 @@ from tests.conftest import TEST_KEYS
 from tests.helpers import sign_in_wechat
 
 NEW_KEY = base64.urlsafe_b64encode(bytes(range(100, 132))).decode()
-INDEX_KEY = index_key_b64_from(TEST_KEYS["PII_KEY"])
+INDEX_KEY = TEST_KEYS["PII_INDEX_KEY"]  # the deployment's blind-index key, never derived from PII_KEY (issue 8)
 OLD_KID = key_id(base64.urlsafe_b64decode(TEST_KEYS["PII_KEY"]))
 NEW_KID = key_id(base64.urlsafe_b64decode(NEW_KEY))
 
@@ -129,8 +129,9 @@ def test_rotation_is_resumable(app, make_app, loaded):
 
 
 def test_refuses_without_the_original_blind_index_key(app, make_app, loaded):
-    # PII_INDEX_KEY unset: the index key would be derived from the NEW PII_KEY and match nothing.
-    wrong = make_app(PII_KEY=NEW_KEY, PII_OLD_KEYS=TEST_KEYS["PII_KEY"])
+    # A blind-index key other than the one the indexes were made with (here: one derived from the NEW
+    # PII_KEY, as a careless operator might set) matches nothing: refused before anything is written.
+    wrong = make_app(PII_KEY=NEW_KEY, PII_OLD_KEYS=TEST_KEYS["PII_KEY"], PII_INDEX_KEY=index_key_b64_from(NEW_KEY))
     before = _all_tokens(app)
     result = _invoke(wrong, "rotate-pii-key")
     assert result.exit_code == 1 and "PII_INDEX_KEY" in result.output
