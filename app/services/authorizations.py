@@ -124,4 +124,10 @@ def _day_start(value: str | date, field: str) -> datetime:
         day = value if isinstance(value, date) else date.fromisoformat(value)
     except (TypeError, ValueError):
         raise errors.ValidationFailed("Dates are YYYY-MM-DD.", details={"field": field}) from None
+    # A filter bound far outside any record's time means "no bound": clamp it, so that 0001-01-01 or
+    # 9999-12-31 (+ 1 day) never overflow the UTC conversion.
+    day = min(max(day, _EARLIEST_DAY), _LATEST_DAY)
     return datetime.combine(day, time(0), SHANGHAI)
+
+
+_EARLIEST_DAY, _LATEST_DAY = date(1900, 1, 1), date(9000, 12, 31)

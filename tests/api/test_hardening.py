@@ -34,6 +34,8 @@ def test_a_lost_database_is_a_retryable_503_never_a_500(app, client, sandbox, mo
     def fail(*_args, **_kwargs):
         raise _lost(kind)
 
+    # The token look-up of every signed-in request (in the request's transaction, or its own).
+    monkeypatch.setattr("app.web.resolve_token", fail)
     monkeypatch.setattr("app.web.authenticate", fail)
     with caplog.at_level(logging.WARNING):
         response = client.get("/api/v1/me", headers=bearer(token))
@@ -52,6 +54,8 @@ def test_another_database_error_is_still_a_500(app, client, sandbox, monkeypatch
     def fail(*_args, **_kwargs):
         raise DBAPIError("SELECT 1", {}, ValueError("bug"), connection_invalidated=False)
 
+    # The token look-up of every signed-in request (in the request's transaction, or its own).
+    monkeypatch.setattr("app.web.resolve_token", fail)
     monkeypatch.setattr("app.web.authenticate", fail)
     assert client.get("/api/v1/me", headers=bearer(token)).status_code == 500
 
@@ -133,3 +137,11 @@ def test_development_mode_warns_when_a_client_from_another_machine_reaches_it(ma
         assert "development mode" not in caplog.text
         client.get("/healthz", environ_base={"REMOTE_ADDR": "10.1.2.3"})
     assert "development mode is serving a client from another machine" in caplog.text
+
+
+@pytest.mark.parametrize("bounds", [{"since": "0001-01-01"}, {"until": "9999-12-31"},
+                                    {"since": "0001-01-01", "until": "9999-12-31"}])
+def test_audit_log_dates_at_the_ends_of_the_calendar_are_no_500(client, demo, bounds):
+    # Found by the fuzzer: a date whose Shanghai midnight lies outside the UTC range overflowed.
+    response = client.get("/api/v1/staff/audit-log", query_string=bounds, headers=bearer(demo.tokens["admin1"]))
+    assert response.status_code == 200, response.get_json()

@@ -98,8 +98,10 @@ def test_gunicorn_and_the_worker_as_deployed_settle_and_push_once(deployment, sa
     signed_in = requests.post(base + "/api/v1/auth/wechat", json={"code": code}, timeout=10)
     assert signed_in.status_code == 200, signed_in.text
     auth = {"Authorization": f"Bearer {signed_in.json()['access_token']}"}
-    verified = requests.post(base + "/api/v1/me/identity", json={"name": NAMES[OWNER], "id_number": OWNER},
-                             headers=auth, timeout=10)
+    sandbox.set_wechat_identity(openid, NAMES[OWNER], OWNER)  # R21: WeChat's real-name check proves who it is
+    proof = {"wechat_realname_code": sandbox.issue_wechat_realname_code(openid)}
+    verified = requests.post(base + "/api/v1/me/identity", json={"name": NAMES[OWNER], "id_number": OWNER,
+                                                                 "proof": proof}, headers=auth, timeout=10)
     assert verified.status_code == 200, verified.text
     sandbox.grant_wechat_consent(openid, TEMPLATE_DEDUCTION)
     consent = requests.post(base + "/api/v1/subscriptions", headers=auth, timeout=10, json={

@@ -118,5 +118,6 @@ def test_idle_connections_cut_without_pre_ping_cost_at_most_one_503(make_app, sa
     assert cut == len(pids)
     statuses = [client.get("/api/v1/me", headers=bearer(t)).status_code for t in tokens * 2]
     assert 500 not in statuses
-    assert statuses.count(503) == 1 and statuses[1:] == [200] * 7, statuses  # one hit the dead pool, then healed
+    # At most the first request meets the dead pool (503); every later one is served by a new connection.
+    assert statuses.count(503) <= 1 and statuses[1:] == [200] * 7, statuses
     engine.dispose()

@@ -21,7 +21,7 @@ import requests
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
-from app.demo import CHILD, NEIGHBOUR, OWNER, PARENT, SPOUSE, demo_registry
+from app.demo import CHILD, DEMO_PHONES, NEIGHBOUR, OWNER, PARENT, SPOUSE, demo_registry
 from app.extensions import app_session
 from models import AuditEvent
 from tests.binding_helpers import JPEG, PEOPLE, PNG
@@ -118,9 +118,18 @@ def _scenario(api: Api, sandbox: Any, staff: dict[str, str]) -> None:
     settlements, replay, refunds, records, quota, notices, staff look-ups, suspensions, the audit log,
     and the failures a careless or hostile client causes."""
     def sign_in(who: str) -> str:
-        code = sandbox.issue_wechat_login_code(random_openid())
+        openid = random_openid()
+        code = sandbox.issue_wechat_login_code(openid)
         token = api.call("POST", "/api/v1/auth/wechat", json={"code": code}, expect=200).json()["access_token"]
-        api.call("POST", "/api/v1/me/identity", token, json={"name": PEOPLE[who][0], "id_number": who}, expect=200)
+        # R21: identity by WeChat's real-name check, then the reserved phone proven through WeChat
+        sandbox.set_wechat_identity(openid, PEOPLE[who][0], who)
+        proof = {"wechat_realname_code": sandbox.issue_wechat_realname_code(openid)}
+        api.call("POST", "/api/v1/me/identity", token, json={"name": PEOPLE[who][0], "id_number": who,
+                                                              "proof": proof}, expect=200)
+        if DEMO_PHONES.get(who):
+            sandbox.set_wechat_phone(openid, DEMO_PHONES[who])
+            api.call("POST", "/api/v1/me/phone", token, json={"wechat_code": sandbox.issue_wechat_phone_code(openid)},
+                     expect=200)
         return token
 
     owner, spouse = sign_in(OWNER), sign_in(SPOUSE)

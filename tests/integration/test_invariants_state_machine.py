@@ -42,7 +42,7 @@ from app.services import suspensions as suspension_service
 from app.services.auth import Principal
 from app.services.ledger_check import verify_ledger
 from app.services.refunds import refund_settlement
-from app.services.registry import load_registry, validate
+from app.services.registry import load_registry
 from app.services.settlements import SettlementRequest, request_hash, settle
 from app.services.vouchers import issue_voucher
 from models import (
@@ -80,8 +80,7 @@ INSTITUTIONS = {"local": "H5326001", "pharmacy": "P5326002", "offsite": "H370300
 CAP = 200_000
 ELIGIBLE = ("drug", "consultation", "examination", "treatment", "tcm_treatment", "medical_consumable")
 # SPEC R11: a binding's suspension holds for the pair (unbinding and binding again does not lift it).
-# The suspensions of this branch are per binding row; issue 8 makes them per pair — then set True.
-R11_BY_PAIR = os.environ.get("INVARIANT_R11_BY_PAIR", "") == "1"
+R11_BY_PAIR = True
 COUNTS = {"steps": 0, "settled": 0, "refunds": 0, "replays": 0, "reloads": 0, "years": set()}
 
 
@@ -297,9 +296,7 @@ class CopayMachine(RuleBasedStateMachine):
         data: dict[str, Any] = {"persons": [], "households": [], "institutions": [],
                                 "accounts": [{"id_number": n, "balance_fen": b} for n, b in zip(OWNERS, balances,
                                                                                                  strict=True)]}
-        with_as_of = {**data, "as_of": self.now.isoformat()}
-        if not any("as_of" in problem for problem in validate(with_as_of)[0]):
-            data = with_as_of  # a loader that knows when the snapshot was taken (SPEC §7)
+        data["as_of"] = self.now.isoformat()  # when the core system took the snapshot (SPEC §7)
         with app_session() as session:
             load_registry(session, self.domain.pii, data, self.now)
         after = self._balances()
