@@ -69,7 +69,8 @@ def backoff_seconds(failures: int) -> int:
 def check_password_rules(password: str, username: str) -> None:
     """At least 12 characters, not the username. (Length beats composition rules: NIST SP 800-63B.)"""
     if not isinstance(password, str) or len(password) < MIN_PASSWORD_CHARS:
-        raise errors.ValidationFailed(f"The password must have at least {MIN_PASSWORD_CHARS} characters.",
+        raise errors.ValidationFailed("The password must have at least {count} characters.",
+                                      params={"count": MIN_PASSWORD_CHARS},
                                       details={"field": "password", "reason": "too_short"})
     if password.strip().lower() == username.strip().lower():
         raise errors.ValidationFailed("The password must not be the username.",

@@ -42,7 +42,7 @@ def revoke_staff_token(session: Session, username: str, now: datetime, *, deacti
     with session.begin():
         staff = session.scalar(select(StaffUser).where(StaffUser.username == username).with_for_update())
         if staff is None:
-            raise errors.NotFound(f"No staff user {username!r}.")
+            raise errors.NotFound("No staff user {username}.", params={"username": username})
         staff.token_revoked_at = staff.token_revoked_at or now
         if deactivate:
             staff.active = False
@@ -58,4 +58,4 @@ def require_staff_role(session: Session, staff_id: int, roles: tuple[str, ...] =
     blueprints' decorators, so the API and the console cannot drift apart."""
     role = session.scalar(select(StaffUser.role).where(StaffUser.id == staff_id, StaffUser.active.is_(True)))
     if role not in roles:
-        raise errors.Forbidden(f"This needs the role {' or '.join(roles)}.")
+        raise errors.Forbidden("This needs the role {roles}.", params={"roles": " / ".join(roles)})
