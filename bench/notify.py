@@ -172,6 +172,7 @@ def _wait(bench: Bench, numbers: set[str], timeout: float) -> dict[str, float]:
 
 
 _BENCH: Any = None  # the Bench of this run, inherited by the forked producer processes
+_WORKERS: list[subprocess.Popen] = []
 
 
 def _produce(args: tuple[int, int, float, float, float]) -> dict[str, float]:
@@ -240,6 +241,7 @@ def run(mode: str, backlog: int, rate: float, seconds: float, workers: int = 1, 
         # 2. steady rate → commit-to-push delay
         pool = [bench.worker(burst=False, log_path=f"{log_dir}/worker{i}.log") for i in range(workers)] \
             if mode == "rq" else []
+        _WORKERS.extend(pool)  # stopped in ``run``'s finally even if this phase fails
         _wait(bench, {bench.settle()}, timeout=60)  # warm: worker up, token fetched
         # Producer processes, each settling at rate/producers, staggered: one thread cannot commit
         # 100 settlements a second on a busy 2-core machine, and producer threads here would take
@@ -273,6 +275,9 @@ def run(mode: str, backlog: int, rate: float, seconds: float, workers: int = 1, 
         bench.ctx.pop()
         bench.app.extensions["db.engine"].dispose()
     finally:
+        for worker in _WORKERS:
+            if worker.poll() is None:
+                worker.kill()
         sandbox.stop()
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
