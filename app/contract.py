@@ -161,8 +161,8 @@ LINKS: dict[str, tuple[str, dict[str, tuple[str, dict[str, str], dict[str, Any] 
     "staff_suspensions.suspend": ("201", {"Lift": ("staff_suspensions.lift", {"suspension_id": "$response.body#/id"},
                                                    None)}),
     "vouchers.issue_voucher": ("201", {
-        "QrPng": ("vouchers.voucher_png", {"code": "$response.body#/code"}, None),
-        "QrSvg": ("vouchers.voucher_svg", {"code": "$response.body#/code"}, None),
+        "QrPng": ("vouchers.voucher_png", {}, {"code": "$response.body#/code"}),
+        "QrSvg": ("vouchers.voucher_svg", {}, {"code": "$response.body#/code"}),
         "Settle": ("institution_settlements.create_settlement", {}, {"voucher_code": "$response.body#/code"}),
     }),
     "institution_settlements.create_settlement": ("201", {
