@@ -107,7 +107,7 @@ REQUEST_EXAMPLES: dict[str, dict[str, Any]] = {
     "auth.sign_in_wechat": {"code": "<wx.login code>"},
     "auth.sign_in_alipay": {"auth_code": "<my.getAuthCode authCode>"},
     "auth.refresh": {"refresh_token": "<refresh token>"},
-    "me.verify_identity": {"name": "张伟", "id_number": _OWNER},
+    "me.verify_identity": {"name": "张伟", "id_number": _OWNER, "proof": {"phone": True}},  # R21: after POST /me/phone
     "bindings.bind": {"beneficiary": {"name": "张小明", "id_number": _CHILD, "social_card_no": "M53262100000003"},
                       "relationship": "child", "proof_document_ids": [], "pledge": _PLEDGE},
     "staff_bindings.bind_at_window": {"owner": {"id_number": _OWNER},

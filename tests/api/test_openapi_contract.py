@@ -220,9 +220,12 @@ def test_the_main_examples_work_as_they_stand_against_the_demo(client, sandbox, 
     def example(path, method="post"):
         return document["paths"][path][method]["requestBody"]["content"]["application/json"]["example"]
 
-    from tests.helpers import sign_in_wechat
+    from tests.helpers import prove_phone_wechat, random_openid, sign_in_wechat
 
-    token = sign_in_wechat(client, sandbox)["access_token"]
+    openid = random_openid()
+    token = sign_in_wechat(client, sandbox, openid)["access_token"]
+    # R21: the example proves identity with the phone, so the owner first proves the reserved number
+    assert prove_phone_wechat(client, sandbox, token, openid, "13800001234").status_code == 200
     assert client.post("/api/v1/me/identity", json=example("/api/v1/me/identity"),
                        headers=bearer(token)).status_code == 200
     assert client.post("/api/v1/bindings", json=example("/api/v1/bindings"), headers=bearer(token)).status_code == 201
