@@ -6,7 +6,7 @@
   body that is not JSON (415, saying so), malformed JSON (400, saying so) and JSON nested deeper
   than ``MAX_JSON_DEPTH`` (400) before any parser recurses into it.
 - ``finalize_document``: applied to the document flask-smorest builds, for every operation the app
-  has (so operations added later are covered without a change here): the SPEC error envelope as
+  has (so operations added later are covered without a change here): the error envelope as
   one shared component whose ``code`` enumerates every error code, each error status the operation
   can return with its codes listed (description and one example per code), 400 for validation
   (never 422 for a malformed request), the security each operation needs, and request examples.
@@ -33,7 +33,7 @@ ERROR_SCHEMA = "Error"
 INSTITUTION_HEADERS = ("X-Inst-Code", "X-Timestamp", "X-Nonce", "X-Signature")
 INSTITUTION_SCHEMES = ("institutionCode", "institutionTimestamp", "institutionNonce", "institutionSignature")
 CANONICAL_STRING = (
-    "Institution requests are signed (SPEC §5): `X-Inst-Code` (the institution code), `X-Timestamp` "
+    "Institution requests are signed: `X-Inst-Code` (the institution code), `X-Timestamp` "
     "(unix seconds, within ±300 s of the server clock), `X-Nonce` (a fresh random string; each is "
     "accepted once) and `X-Signature` = lowercase hex HMAC-SHA256(institution secret, "
     "`METHOD\\nPATH\\nTIMESTAMP\\nNONCE\\nsha256hex(body)`), where PATH is the full request path from "
@@ -161,8 +161,8 @@ LINKS: dict[str, tuple[str, dict[str, tuple[str, dict[str, str], dict[str, Any] 
     "staff_suspensions.suspend": ("201", {"Lift": ("staff_suspensions.lift", {"suspension_id": "$response.body#/id"},
                                                    None)}),
     "vouchers.issue_voucher": ("201", {
-        "QrPng": ("vouchers.voucher_png", {"code": "$response.body#/code"}, None),
-        "QrSvg": ("vouchers.voucher_svg", {"code": "$response.body#/code"}, None),
+        "QrPng": ("vouchers.voucher_png", {}, {"code": "$response.body#/code"}),
+        "QrSvg": ("vouchers.voucher_svg", {}, {"code": "$response.body#/code"}),
         "Settle": ("institution_settlements.create_settlement", {}, {"voucher_code": "$response.body#/code"}),
     }),
     "institution_settlements.create_settlement": ("201", {
@@ -308,7 +308,7 @@ def error_statuses() -> dict[str, int]:
 def error_schema() -> dict[str, Any]:
     return {
         "type": "object",
-        "description": "The error envelope of every error (SPEC §5). `message` is in Simplified Chinese, or in "
+        "description": "The error envelope of every error. `message` is in Simplified Chinese, or in "
                        "English when Accept-Language prefers it; `code` never changes with the language.",
         "required": ["error"],
         "properties": {"error": {

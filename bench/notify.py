@@ -95,6 +95,7 @@ class Bench:
 
         people = [make_id_number("532621", date(1960, 1, 1) + timedelta(days=i), i % 1000) for i in range(OWNERS + 1)]
         registry = {
+            "as_of": datetime.now(UTC).isoformat(),  # a snapshot taken now (load-registry requires it)
             "persons": [{"id_number": p, "name": f"参保人{i}", "social_card_no": f"M{i:012d}",
                          "insurance_type": "employee", "region_code": "532621", "status": "active"}
                         for i, p in enumerate(people)],

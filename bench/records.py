@@ -68,6 +68,7 @@ def build(url: str, n: int) -> tuple[object, dict[str, object]]:
     fillers = [make_id_number("532621", date(1950, 1, 1) + timedelta(days=i), 200 + i % 700) for i in range(FILLERS)]
     kids = [make_id_number("532621", date(2000, 1, 1) + timedelta(days=i), 200 + i % 700) for i in range(FILLERS)]
     registry = {
+        "as_of": datetime.now(UTC).isoformat(),  # a snapshot taken now (load-registry requires it)
         "persons": [{"id_number": v, "name": f"人{i}", "social_card_no": f"R{i:010d}", "insurance_type": "employee",
                      "region_code": "532621", "status": "active"}
                     for i, v in enumerate([*people.values(), *fillers, *kids])],

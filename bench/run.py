@@ -133,6 +133,7 @@ def seed(env: dict[str, str], families: int, vouchers: int) -> dict[str, list]:
     children = [make_id_number("532621", date(2005, 1, 1) + timedelta(days=i), 100 + i % 800)
                 for i in range(families)]
     registry = {
+        "as_of": datetime.now(UTC).isoformat(),  # a snapshot taken now (load-registry requires it)
         "persons": [{"id_number": n, "name": f"职工{i}", "social_card_no": f"B{i:010d}", "insurance_type": "employee",
                      "region_code": "532621", "status": "active"} for i, n in enumerate(owners)]
         + [{"id_number": n, "name": f"孩子{i}", "social_card_no": f"K{i:010d}", "insurance_type": "resident",

@@ -44,8 +44,8 @@ class VoucherImageRequestSchema(StrictSchema):
 
 
 # The code travels in the body, never in the URL: a URL ends up in access logs, proxy logs and
-# caches, and whoever reads one could settle with the voucher (SPEC's GET /vouchers/{code}/qr.png is
-# replaced by these two; see docs/SECURITY.md).
+# caches, and whoever reads one could settle with the voucher (so there is no GET /vouchers/{code}/qr.png;
+# see docs/settlement.md).
 @bp.post("/qr.png")
 @user_required
 @bp.arguments(VoucherImageRequestSchema)
