@@ -122,7 +122,7 @@ def install(bp: Blueprint) -> None:
     @bp.app_context_processor
     def _template_globals() -> dict[str, Any]:
         return {"csrf_token": generate_csrf, "console_user": g.get("console_user"), "m": messages,
-                "can_write": _has(WRITE), "is_admin": _has(ADMIN)}
+                "can_write": _has(WRITE), "is_admin": _has(ADMIN), "can_audit": _has(("admin", "auditor"))}
 
 
 def yuan(fen: Any) -> str:

@@ -102,11 +102,17 @@ def verify_identity(session: Session, pii: PiiCipher, policy: RegionPolicy, plat
         matched = person is not None and names_match(pii.decrypt(person.name_enc, context="person.name"), name)
         details: dict[str, Any] = {"matched": matched, "proof": kind,
                                    "person_id": person.id if matched and person else None}
-        if not matched or person is None:
-            failed: errors.DomainError | None = errors.IdentityMismatch()
-        elif kind == "phone" and (user.phone_bidx is None or person.phone_bidx is None
-                                  or not hmac.compare_digest(user.phone_bidx, person.phone_bidx)):
-            failed = not_proven(policy, "phone_differs_from_reserved" if person.phone_bidx else "no_reserved_phone")
+        phone_proves = (kind == "phone" and matched and person is not None and user.phone_bidx is not None
+                        and person.phone_bidx is not None and hmac.compare_digest(user.phone_bidx, person.phone_bidx))
+        if kind == "phone" and not phone_proves:
+            # One answer whether the name and ID number are unknown, wrong, or a person's whose reserved
+            # number differs or is missing: a proven phone of one's own must not become a way to ask
+            # who is insured (the audit row keeps the real reason).
+            details["why"] = ("no_match" if not matched or person is None
+                              else "phone_differs_from_reserved" if person.phone_bidx else "no_reserved_phone")
+            failed: errors.DomainError | None = not_proven(policy, "phone_does_not_prove_this_identity")
+        elif not matched or person is None:
+            failed = errors.IdentityMismatch()
         elif user.person_id is not None and user.person_id != person.id:
             failed = errors.InvalidState("This sign-in is already verified as another person.")
         else:

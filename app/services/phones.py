@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 from datetime import datetime
 from typing import Any
@@ -86,7 +87,9 @@ def prove_phone(session: Session, pii: PiiCipher, platforms: Platforms, user_id:
             raw = open_phone_response(text, platforms.alipay_public_key, platforms.alipay_aes_key)
         except PhoneResponseInvalid as exc:
             raise errors.PhoneNotVerified(details={"reason": "alipay_response_invalid", "why": str(exc)}) from None
-        digest_source, via = "alipay:" + text, "alipay"
+        # Used once by what Alipay signed (the ciphertext), not by the text as sent: re-serialising the
+        # JSON (spacing, key order, extra keys) must not make a captured response new again.
+        digest_source, via = "alipay:" + str(json.loads(text)["response"]), "alipay"
     number = normalize_mobile(raw)
     if number is None:
         raise errors.PhoneNotVerified("Only mainland mobile numbers can be matched with the registry.",

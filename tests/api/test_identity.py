@@ -188,9 +188,22 @@ def test_another_phone_or_no_proven_phone_is_not_proven(client, sandbox, demo):
     prove_phone_wechat(client, sandbox, token, openid, "13811112222")
     response = verify(client, token, "张伟", OWNER, {"phone": True})
     assert error(response)["code"] == "IDENTITY_NOT_PROVEN"
-    assert error(response)["details"]["reason"] == "phone_differs_from_reserved"
+    assert error(response)["details"]["reason"] == "phone_does_not_prove_this_identity"
     # The child has no reserved number: the phone cannot prove who they are.
-    assert error(verify(client, token, "张小明", CHILD, {"phone": True}))["details"]["reason"] == "no_reserved_phone"
+    no_reserved = error(verify(client, token, "张小明", CHILD, {"phone": True}))
+    assert (no_reserved["code"], no_reserved["details"]["reason"]) == ("IDENTITY_NOT_PROVEN",
+                                                                       "phone_does_not_prove_this_identity")
+
+
+def test_a_proven_phone_cannot_be_used_to_ask_who_is_insured(client, sandbox, demo):
+    # Review finding: with one's own proven phone, "not in the registry", "wrong name", "another
+    # reserved number" and "no reserved number" must all give the same answer.
+    openid, token = wechat_user(client, sandbox)
+    prove_phone_wechat(client, sandbox, token, openid, "13811112222")
+    answers = [error(verify(client, token, name, number, {"phone": True}))
+               for name, number in (("张伟", OWNER), ("张小明", CHILD), ("王五", OWNER),
+                                    ("张三", "11010519491231002X"))]
+    assert len({(a["code"], a["message"], str(a["details"])) for a in answers}) == 1, answers
 
 
 def test_a_region_that_does_not_accept_a_proof_refuses_it(app, sandbox, demo):

@@ -69,6 +69,14 @@ def test_an_alipay_phone_response_is_verified_decrypted_and_used_once(client, sa
     replay = client.post("/api/v1/me/phone", json={"alipay_response": text}, headers=bearer(thief))
     assert error_code(replay) == "PHONE_NOT_VERIFIED"
     assert replay.get_json()["error"]["details"]["reason"] == "proof_already_used"
+    # Review finding: the same signed ciphertext re-serialised (spacing, key order, an extra key) is
+    # still the same proof, still used.
+    outer = json.loads(text)
+    for variant in (json.dumps(outer, indent=2), json.dumps(dict(reversed(list(outer.items())))),
+                    json.dumps({**outer, "x": 1})):
+        again = client.post("/api/v1/me/phone", json={"alipay_response": variant}, headers=bearer(thief))
+        assert error_code(again) == "PHONE_NOT_VERIFIED", again.get_json()
+        assert again.get_json()["error"]["details"]["reason"] == "proof_already_used"
 
 
 def test_a_forged_or_refused_alipay_phone_response_is_phone_not_verified(client, sandbox, demo):
