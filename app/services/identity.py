@@ -197,10 +197,24 @@ def _code_hash(pii: PiiCipher, code: str) -> str:
     return pii.blind_index(code, kind="identity_link_code")
 
 
+def _new_code() -> str:
+    return "".join(secrets.choice("0123456789") for _ in range(WINDOW_CODE_DIGITS))
+
+
 def issue_window_code(session: Session, pii: PiiCipher, user_id: int, now: datetime) -> dict[str, Any]:
-    """A short-lived, single-use code the user shows at the window (stored only as a keyed hash)."""
-    code = "".join(secrets.choice("0123456789") for _ in range(WINDOW_CODE_DIGITS))
+    """A short-lived, single-use code the user shows at the window (stored only as a keyed hash).
+
+    A code equal to another user's live code is never handed out (the window would not know whose
+    it is): a new one is drawn instead."""
     with session.begin():
+        for _ in range(20):
+            code = _new_code()
+            if session.scalar(select(IdentityLinkCode.id).where(
+                    IdentityLinkCode.code_hash == _code_hash(pii, code), IdentityLinkCode.used_at.is_(None),
+                    IdentityLinkCode.expires_at > now).limit(1)) is None:
+                break
+        else:  # 20 draws in a row among live codes: far more codes are live than 10^8 allows for
+            raise errors.RateLimited("Too many link codes are live; try again shortly.")
         session.add(IdentityLinkCode(code_hash=_code_hash(pii, code), user_id=user_id, expires_at=now + WINDOW_CODE_TTL,
                                      created_at=now))
         audit.record(session, actor_kind="user", actor_id=user_id, action="identity.window_code", at=now)
@@ -216,11 +230,13 @@ def link_at_window(session: Session, pii: PiiCipher, policy: RegionPolicy, staff
     number = validate_id_number(id_number, today=shanghai_date(now))
     code = (link_code or "").strip()
     with session.begin():
-        row = session.scalar(
+        live = session.scalars(
             select(IdentityLinkCode)
             .where(IdentityLinkCode.code_hash == _code_hash(pii, code), IdentityLinkCode.used_at.is_(None),
                    IdentityLinkCode.expires_at > now)
-            .order_by(IdentityLinkCode.id.desc()).limit(1).with_for_update())
+            .order_by(IdentityLinkCode.id.desc()).limit(2).with_for_update()).all()
+        # Two live codes alike (issued at the same instant): whose it is cannot be told — link nobody.
+        row = live[0] if len(live) == 1 else None
         bidx = pii.blind_index(number, kind="id_number")
         person = session.scalar(select(Person).where(Person.id_number_bidx == bidx))
         ok = row is not None and person is not None

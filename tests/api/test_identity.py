@@ -354,3 +354,35 @@ def test_the_already_linked_account_gets_a_push_where_a_receipt_template_is_conf
 
     (message,) = sandbox.sent_messages(platform="wechat", template_id=TEMPLATE_RECEIPT)
     assert message.to == first_openid and message.data["phrase1"] == "新账号"
+
+
+def test_a_window_code_is_never_one_another_user_holds_live(client, sandbox, demo, monkeypatch):
+    # Review finding: with colliding live codes, the newest won — an attacker holding many codes could
+    # take a victim's link at the window. A code alike to a live one is drawn again.
+    from app.services import identity
+
+    draws = iter(["12345678", "12345678", "87654321"])
+    monkeypatch.setattr(identity, "_new_code", lambda: next(draws))
+    _, victim = wechat_user(client, sandbox)
+    _, attacker = wechat_user(client, sandbox)
+    assert window_code(client, victim)["code"] == "12345678"
+    assert window_code(client, attacker)["code"] == "87654321"  # not the victim's live code
+    response = link(client, demo.tokens["window1"], OWNER, "12345678")
+    assert response.status_code == 201
+    me = client.get("/api/v1/me", headers=bearer(victim)).get_json()
+    assert me["user"]["identity_proof"] == "window"
+    assert client.get("/api/v1/me", headers=bearer(attacker)).get_json()["user"]["identity_proof"] is None
+
+
+def test_two_live_codes_alike_link_nobody(app, client, sandbox, demo):
+    from app.extensions import app_session
+    from models import IdentityLinkCode
+
+    _, first = wechat_user(client, sandbox)
+    _, second = wechat_user(client, sandbox)
+    code = window_code(client, first)["code"]
+    window_code(client, second)
+    with app_session() as session, session.begin():  # as if both were issued at the same instant
+        hashes = session.scalars(select(IdentityLinkCode.code_hash).order_by(IdentityLinkCode.id)).all()
+        session.execute(update(IdentityLinkCode).values(code_hash=hashes[0]))
+    assert link(client, demo.tokens["window1"], OWNER, code).status_code == 404
