@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -35,7 +35,7 @@ from app import errors
 from app.security.pii import PiiCipher
 from app.services import audit
 from app.services.auth import Principal
-from models import ConsoleLockout, ConsoleSession, StaffUser
+from models import AuditEvent, ConsoleLockout, ConsoleSession, StaffUser
 
 IDLE_TIMEOUT = timedelta(minutes=15)
 ABSOLUTE_TIMEOUT = timedelta(hours=8)
@@ -294,6 +294,20 @@ def _end_sessions(session: Session, staff_id: int, now: datetime, reason: str, k
     session.execute(query.values(ended_at=now, end_reason=reason))
 
 
+_SIGNED_IN_CHECKS_FAILED = ("console.password_change_failed", "console.totp_enrol_failed")
+
+
+def _stop_guessing(session: Session, staff_id: int, now: datetime) -> None:
+    """A session that keeps failing the password check of a signed-in form (a stolen session guessing
+    the password) is ended, with every other session of that staff member, after ``MAX_FAILURES``
+    within ``IDLE_TIMEOUT``: signing in again goes through the lock-out of ``sign_in``."""
+    failures = session.scalar(select(func.count()).select_from(AuditEvent).where(
+        AuditEvent.actor_kind == "staff", AuditEvent.actor_id == staff_id,
+        AuditEvent.action.in_(_SIGNED_IN_CHECKS_FAILED), AuditEvent.created_at > now - IDLE_TIMEOUT))
+    if failures >= MAX_FAILURES:
+        _end_sessions(session, staff_id, now, "too_many_failures")
+
+
 def change_password(session: Session, *, user: ConsoleUser, current_password: str, new_password: str,
                     now: datetime, ip: str | None = None) -> None:
     """The signed-in staff member changes their password; their other sessions end."""
@@ -305,6 +319,8 @@ def change_password(session: Session, *, user: ConsoleUser, current_password: st
             failed = True
             audit.record(session, actor_kind="staff", actor_id=staff.id, action="console.password_change_failed",
                          at=now, ip=ip, target_kind="staff", target_id=staff.id)
+            session.flush()
+            _stop_guessing(session, staff.id, now)
         else:
             check_password_rules(new_password, staff.username)
             staff.password_hash, staff.password_changed_at = hash_password(new_password), now
@@ -328,6 +344,8 @@ def enrol_totp(session: Session, pii: PiiCipher, *, user: ConsoleUser, password:
             failed = True
             audit.record(session, actor_kind="staff", actor_id=staff.id, action="console.totp_enrol_failed",
                          at=now, ip=ip, target_kind="staff", target_id=staff.id)
+            session.flush()
+            _stop_guessing(session, staff.id, now)
         else:
             staff.totp_secret_enc = pii.encrypt(secret, context=TOTP_CONTEXT)
             staff.totp_last_step = step

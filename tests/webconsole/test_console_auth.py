@@ -270,3 +270,15 @@ def test_cheap_test_hashing_never_reaches_a_production_app(monkeypatch):
     console.init_app(prod)
     assert console_auth._hasher.time_cost == 3 and console_auth._hasher.memory_cost == 65536
     assert console_auth.hash_password("a long enough password").startswith("$argon2id$v=19$m=65536,t=3")
+
+
+def test_a_signed_in_session_that_keeps_guessing_the_password_is_ended(app, client):
+    # Review finding: the password checks of signed-in forms were outside the lock-out, so a stolen
+    # session could guess the password without limit. After five failures the sessions end.
+    signed_in(client, app, "clerk", "window")
+    for _ in range(5):
+        assert client.get("/console/").status_code == 200
+        post(client, "/console/account", {"current_password": "not my password",
+                                          "new_password": "a much longer new password"}, page="/console/account")
+    response = client.get("/console/")
+    assert response.status_code in (302, 303) and "/console/login" in response.headers["Location"]
