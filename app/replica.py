@@ -1,9 +1,10 @@
 """Record reads on a PostgreSQL streaming replica (``DATABASE_REPLICA_URL``, issue 14).
 
 Which reads: the blueprints of record look-ups — deductions, quota, authorization records,
-notifications, the audit log, the staff console's look-ups of deliveries, suspensions and binding
-records — take their session from ``read_session()`` instead of ``session()``. Everything else, and
-every service that writes (money transactions, look-ups that are audit-logged), uses the primary.
+notifications, the audit log, the staff API's and web console's look-ups of deliveries, suspensions
+and binding records, the console's overview — take their session from ``read_session()`` instead of
+``session()``. Everything else, and every service that writes (money transactions, look-ups that
+are audit-logged), uses the primary.
 
 When a read goes to the primary instead:
 

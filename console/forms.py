@@ -76,6 +76,16 @@ class CertificationForm(FlaskForm):
     reason = TextAreaField("备注", validators=[Optional(), Length(max=500)])
 
 
+class PhoneForm(FlaskForm):
+    id_number = StringField("身份证号码（已核验身份证原件）", validators=[DataRequired(REQUIRED), Length(max=32)])
+    phone = StringField("新的预留手机号", validators=[DataRequired(REQUIRED), Length(max=20)])
+
+
+class IdentityLinkForm(FlaskForm):
+    id_number = StringField("身份证号码（已核验身份证原件）", validators=[DataRequired(REQUIRED), Length(max=32)])
+    link_code = StringField("小程序显示的窗口核验码", validators=[DataRequired(REQUIRED), Length(max=16)])
+
+
 class PasswordForm(FlaskForm):
     current_password = PasswordField("当前密码", validators=[DataRequired(REQUIRED)])
     new_password = PasswordField("新密码（至少 12 位）", validators=[DataRequired(REQUIRED), Length(max=256)])

@@ -16,17 +16,22 @@ from app.services import (
     console_auth,
     documents,
     filings,
+    identity,
     overview,
     person_lookup,
+    phones,
     suspensions,
 )
+from app.web import read_session
 from app.web import session as db_session
 from console import charts, messages
 from console.forms import (
     CertificationForm,
     FilingForm,
+    IdentityLinkForm,
     LookupForm,
     PasswordForm,
+    PhoneForm,
     ReasonForm,
     RequiredReasonForm,
     SignInForm,
@@ -41,6 +46,14 @@ TOTP_PENDING = "console.totp_pending"
 bp = Blueprint("console", __name__, template_folder="templates", static_folder="static",
                static_url_path="/static")
 install(bp)
+
+
+def _reader() -> Any:
+    """The session for a page's plain record reads, as staff_api reads them: ``read_session()`` (the
+    replica when DATABASE_REPLICA_URL is set and it is safe) on a GET; the primary when this request
+    itself may just have written (a POST showing the page again), so the page shows that write.
+    Audit-logged look-ups (参保人查询) and every write always use the primary."""
+    return read_session() if request.method in ("GET", "HEAD") else db_session()
 
 
 # --- sign-in ----------------------------------------------------------------------------------------
@@ -122,7 +135,7 @@ def totp() -> Any:
 @roles(*ALL)
 def home() -> Any:
     """概览: pending reviews, settlements, co-pay, refunds, notices, with SVG charts."""
-    data = overview.overview(db_session(), now=now())
+    data = overview.overview(read_session(), now=now())
     days = [d["day"] for d in data["days"]]
     notices = data["notices"]
     return render_template(
@@ -153,10 +166,11 @@ def reviews() -> Any:
 
 def _binding_page(binding_id: int, error: str | None = None, status: int = 200) -> Any:
     caller = user().principal
-    binding = bindings.get_binding(db_session(), pii=domain().pii, caller=caller, binding_id=binding_id)
+    reader = _reader()
+    binding = bindings.get_binding(reader, pii=domain().pii, caller=caller, binding_id=binding_id)
     pledge, _missing = attempt(lambda: bindings.get_pledge(db_session(), signer=domain().pledge_signer, caller=caller,
                                                            binding_id=binding_id))
-    records = authorizations.list_binding_records_for_staff(db_session(), binding_id=binding_id)
+    records = authorizations.list_binding_records_for_staff(reader, binding_id=binding_id)
     return render_template("console/binding.html", b=binding, pledge=pledge, records=records["items"],
                            form=ReasonForm(), reject_form=RequiredReasonForm(), error=error), status
 
@@ -300,6 +314,42 @@ def persons() -> Any:
     return render_template("console/persons.html", form=form, r=result, error=error), 200 if error is None else 422
 
 
+# --- reserved phone numbers and window identity links (R21) ------------------------------------------
+
+
+@bp.route("/persons/phone", methods=["GET", "POST"])
+@roles(*WRITE)
+def person_phone() -> Any:
+    """预留手机号: update a person's reserved mobile number after checking the ID card (audited)."""
+    form, updated, error = PhoneForm(), None, None
+    if form.validate_on_submit():
+        updated, error = attempt(lambda: phones.set_reserved_phone(
+            db_session(), domain().pii, user().id, form.id_number.data.strip(), form.phone.data, now(), client_ip()))
+    elif request.method == "POST":
+        error = "请填写身份证号码和手机号。"
+    # Neither the ID number nor the full phone number is sent back (R17): the page shows them masked.
+    form.id_number.data = form.phone.data = ""
+    return render_template("console/person_phone.html", form=form, updated=updated, error=error), (
+        200 if error is None else 422)
+
+
+@bp.route("/identity-links", methods=["GET", "POST"])
+@roles(*WRITE)
+def identity_link() -> Any:
+    """窗口实名核验: link the mini-program user who shows a window code to the checked person (R21)."""
+    form, linked, error = IdentityLinkForm(), None, None
+    if form.validate_on_submit():
+        d = domain()
+        linked, error = attempt(lambda: identity.link_at_window(
+            db_session(), d.pii, d.policy, user().id, form.id_number.data.strip(), form.link_code.data, now(),
+            client_ip()))
+    elif request.method == "POST":
+        error = "请填写身份证号码和窗口核验码。"
+    form.id_number.data = form.link_code.data = ""
+    return render_template("console/identity_link.html", form=form, linked=linked, error=error), (
+        200 if error is None else 422)
+
+
 # --- suspensions -------------------------------------------------------------------------------------
 
 
@@ -319,8 +369,9 @@ def suspensions_page() -> Any:
         else:
             error = "请选择范围并填写原因。"
     form.id_number.data = ""
-    active = suspensions.list_suspensions(db_session(), pii=domain().pii, active=True, limit=100)
-    lifted = suspensions.list_suspensions(db_session(), pii=domain().pii, active=False, limit=20)
+    reader = _reader()
+    active = suspensions.list_suspensions(reader, pii=domain().pii, active=True, limit=100)
+    lifted = suspensions.list_suspensions(reader, pii=domain().pii, active=False, limit=20)
     return render_template("console/suspensions.html", form=form, error=error, created=created,
                            active=active["items"], lifted=lifted["items"], lift_form=ReasonForm()), (
         200 if error is None else 422)
@@ -400,7 +451,7 @@ def deliveries() -> Any:
     state = request.args.get("state") or "failed"
     if state not in ATTENTION_STATES + ("sent", "pending"):
         state = "failed"
-    page = inbox.list_deliveries(db_session(), state=state, channel=None, settlement_no=None,
+    page = inbox.list_deliveries(read_session(), state=state, channel=None, settlement_no=None,
                                  cursor=request.args.get("cursor") or None, limit=50)
     return render_template("console/deliveries.html", page=page, state=state, form=RequiredReasonForm(),
                            resent=request.args.get("resent"))
@@ -431,7 +482,7 @@ def audit_log() -> Any:
                "actor_id": _int(args.get("actor_id")), "since": args.get("since") or None,
                "until": args.get("until") or None}
     page, error = attempt(lambda: authorizations.list_audit_log(
-        db_session(), cursor=args.get("cursor") or None, limit=50, **filters))
+        read_session(), cursor=args.get("cursor") or None, limit=50, **filters))
     shown = {key: value for key, value in filters.items() if value is not None}
     return render_template("console/audit.html", page=page, filters=filters, shown_filters=shown, error=error), (
         200 if error is None else 400)

@@ -92,6 +92,21 @@ def test_bind_at_the_window_and_print_the_certificate(page, app, demo):
     assert "存证签名有效" in page.inner_text("#attestation-verified")
 
 
+def test_update_a_reserved_phone_from_the_person_look_up(page, app, demo):
+    sign_in(page, app, "clerk", "window")
+    page.click("nav.menu >> text=参保人查询")
+    page.click("#to-phone")
+    page.wait_for_url("**/console/persons/phone")
+    page.fill("#id_number", SPOUSE)
+    page.fill("#phone", "138 0000 9999")
+    page.click("#update-phone")
+    page.wait_for_selector("#phone-updated")
+    assert "138****9999" in page.inner_text("#phone-updated")
+    html = page.content()
+    assert "13800009999" not in html and SPOUSE not in html
+    assert page.input_value("#id_number") == "" and page.input_value("#phone") == ""
+
+
 def test_suspend_an_owner_and_the_next_settlement_pays_nothing_from_that_owner(page, app, client, sandbox, demo):
     fresh(app)
     make_binding(app, OWNER, CHILD, "child")
