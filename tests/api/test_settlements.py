@@ -314,6 +314,23 @@ def test_r13_a_replay_returns_the_original_response_and_moves_no_more_money(app,
     assert balance(app, OWNER) == 350_000 - 12_345
 
 
+def test_r13_before_r20_a_replay_after_the_delay_window_still_returns_the_original(app, client, family,
+                                                                                   monkeypatch):
+    # Found by the state machine: a replay arriving more than 72 h after its service time was refused
+    # as SERVICE_TIME_OUT_OF_RANGE instead of getting its original answer.
+    code = issue(client, family.owner_token, family.child)
+    service = iso(datetime.now(UTC) - timedelta(hours=70))
+    first = created(settle(client, code, [drug(1_000)], out_no="HIS-LATE", service_time=service))
+    later = datetime.now(UTC) + timedelta(hours=3)
+    monkeypatch.setattr("institution_api.settlements.now", lambda: later)
+    again = settle(client, code, [drug(1_000)], out_no="HIS-LATE", service_time=service)
+    assert again.status_code == 201 and again.get_json() == first
+    assert balance(app, OWNER) == 350_000 - 1_000
+    # A new bill with that service time is out of range by then.
+    fresh = issue(client, family.owner_token, family.child)
+    assert error_code(settle(client, fresh, [drug(1_000)], service_time=service), 422) == "SERVICE_TIME_OUT_OF_RANGE"
+
+
 def test_r13_the_same_number_with_another_body_is_a_conflict(app, client, family):
     code = issue(client, family.owner_token, family.child)
     created(settle(client, code, [drug(1_000)], out_no="HIS-0002"))
