@@ -305,7 +305,7 @@ def _stop_guessing(session: Session, staff_id: int, now: datetime) -> None:
         AuditEvent.actor_kind == "staff", AuditEvent.actor_id == staff_id,
         AuditEvent.action.in_(_SIGNED_IN_CHECKS_FAILED), AuditEvent.created_at > now - IDLE_TIMEOUT))
     if failures >= MAX_FAILURES:
-        _end_sessions(session, staff_id, now, "too_many_failures")
+        _end_sessions(session, staff_id, now, "guessing")  # end_reason is at most 16 characters
 
 
 def change_password(session: Session, *, user: ConsoleUser, current_password: str, new_password: str,
