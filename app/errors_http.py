@@ -79,6 +79,12 @@ def register_error_handlers(app: Flask) -> None:
     from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
     from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+    def _unavailable(what: str):
+        # The same envelope as any domain 503; ``retry_after`` in the details becomes Retry-After.
+        return _domain(UpstreamUnavailable(
+            "A service we depend on is briefly unavailable; please retry the same request.",
+            details={"unavailable": what, "retry_after": INFRA_RETRY_AFTER_SECONDS}))
+
     @app.errorhandler(OperationalError)
     @app.errorhandler(InterfaceError)
     @app.errorhandler(PoolTimeout)
@@ -111,11 +117,3 @@ def register_error_handlers(app: Flask) -> None:
         log.exception("unhandled error")
         return envelope("INTERNAL_ERROR", message_for("INTERNAL_ERROR", locale()), 500)
 
-
-def _unavailable(what: str):
-    err = UpstreamUnavailable(
-        "A service we depend on is briefly unavailable; please retry the same request.",
-        details={"unavailable": what, "retry_after": INFRA_RETRY_AFTER_SECONDS},
-    )
-    message = translate(err.template, code=err.code, params=err.params, locale=locale())
-    return envelope(err.code, message, err.status, err.details, {"Retry-After": str(INFRA_RETRY_AFTER_SECONDS)})
