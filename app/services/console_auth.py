@@ -297,10 +297,13 @@ def _end_sessions(session: Session, staff_id: int, now: datetime, reason: str, k
 _SIGNED_IN_CHECKS_FAILED = ("console.password_change_failed", "console.totp_enrol_failed")
 
 
-def _stop_guessing(session: Session, staff_id: int, now: datetime) -> None:
-    """A session that keeps failing the password check of a signed-in form (a stolen session guessing
-    the password) is ended, with every other session of that staff member, after ``MAX_FAILURES``
-    within ``IDLE_TIMEOUT``: signing in again goes through the lock-out of ``sign_in``."""
+def _signed_in_check_failed(session: Session, staff_id: int, action: str, now: datetime, ip: str | None) -> None:
+    """Record a failed password check of a signed-in form. A session that keeps failing it (a stolen
+    session guessing the password) is ended, with every other session of that staff member, after
+    ``MAX_FAILURES`` within ``IDLE_TIMEOUT``: signing in again goes through the lock-out of ``sign_in``."""
+    audit.record(session, actor_kind="staff", actor_id=staff_id, action=action, at=now, ip=ip,
+                 target_kind="staff", target_id=staff_id)
+    session.flush()
     failures = session.scalar(select(func.count()).select_from(AuditEvent).where(
         AuditEvent.actor_kind == "staff", AuditEvent.actor_id == staff_id,
         AuditEvent.action.in_(_SIGNED_IN_CHECKS_FAILED), AuditEvent.created_at > now - IDLE_TIMEOUT))
@@ -317,10 +320,7 @@ def change_password(session: Session, *, user: ConsoleUser, current_password: st
         assert staff is not None
         if not _password_ok(staff.password_hash, current_password):
             failed = True
-            audit.record(session, actor_kind="staff", actor_id=staff.id, action="console.password_change_failed",
-                         at=now, ip=ip, target_kind="staff", target_id=staff.id)
-            session.flush()
-            _stop_guessing(session, staff.id, now)
+            _signed_in_check_failed(session, staff.id, "console.password_change_failed", now, ip)
         else:
             check_password_rules(new_password, staff.username)
             staff.password_hash, staff.password_changed_at = hash_password(new_password), now
@@ -342,10 +342,7 @@ def enrol_totp(session: Session, pii: PiiCipher, *, user: ConsoleUser, password:
         step = totp_step(secret, code, now)
         if not _password_ok(staff.password_hash, password) or step is None:
             failed = True
-            audit.record(session, actor_kind="staff", actor_id=staff.id, action="console.totp_enrol_failed",
-                         at=now, ip=ip, target_kind="staff", target_id=staff.id)
-            session.flush()
-            _stop_guessing(session, staff.id, now)
+            _signed_in_check_failed(session, staff.id, "console.totp_enrol_failed", now, ip)
         else:
             staff.totp_secret_enc = pii.encrypt(secret, context=TOTP_CONTEXT)
             staff.totp_last_step = step
