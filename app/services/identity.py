@@ -197,6 +197,12 @@ def _code_hash(pii: PiiCipher, code: str) -> str:
     return pii.blind_index(code, kind="identity_link_code")
 
 
+def _live(code_hash: str, now: datetime) -> tuple[Any, ...]:
+    """The link codes with this hash that are unused and unexpired."""
+    return (IdentityLinkCode.code_hash == code_hash, IdentityLinkCode.used_at.is_(None),
+            IdentityLinkCode.expires_at > now)
+
+
 def _new_code() -> str:
     return "".join(secrets.choice("0123456789") for _ in range(WINDOW_CODE_DIGITS))
 
@@ -209,13 +215,12 @@ def issue_window_code(session: Session, pii: PiiCipher, user_id: int, now: datet
     with session.begin():
         for _ in range(20):
             code = _new_code()
-            if session.scalar(select(IdentityLinkCode.id).where(
-                    IdentityLinkCode.code_hash == _code_hash(pii, code), IdentityLinkCode.used_at.is_(None),
-                    IdentityLinkCode.expires_at > now).limit(1)) is None:
+            code_hash = _code_hash(pii, code)
+            if session.scalar(select(IdentityLinkCode.id).where(*_live(code_hash, now)).limit(1)) is None:
                 break
         else:  # 20 draws in a row among live codes: far more codes are live than 10^8 allows for
             raise errors.RateLimited("Too many link codes are live; try again shortly.")
-        session.add(IdentityLinkCode(code_hash=_code_hash(pii, code), user_id=user_id, expires_at=now + WINDOW_CODE_TTL,
+        session.add(IdentityLinkCode(code_hash=code_hash, user_id=user_id, expires_at=now + WINDOW_CODE_TTL,
                                      created_at=now))
         audit.record(session, actor_kind="user", actor_id=user_id, action="identity.window_code", at=now)
     return {"code": code, "expires_at": iso(now + WINDOW_CODE_TTL),
@@ -230,11 +235,8 @@ def link_at_window(session: Session, pii: PiiCipher, policy: RegionPolicy, staff
     number = validate_id_number(id_number, today=shanghai_date(now))
     code = (link_code or "").strip()
     with session.begin():
-        live = session.scalars(
-            select(IdentityLinkCode)
-            .where(IdentityLinkCode.code_hash == _code_hash(pii, code), IdentityLinkCode.used_at.is_(None),
-                   IdentityLinkCode.expires_at > now)
-            .order_by(IdentityLinkCode.id.desc()).limit(2).with_for_update()).all()
+        live = session.scalars(select(IdentityLinkCode).where(*_live(_code_hash(pii, code), now))
+                               .order_by(IdentityLinkCode.id.desc()).limit(2).with_for_update()).all()
         # Two live codes alike (issued at the same instant): whose it is cannot be told — link nobody.
         row = live[0] if len(live) == 1 else None
         bidx = pii.blind_index(number, kind="id_number")
