@@ -321,9 +321,7 @@ def _patient(session: Session, deps: MoneyDeps, institution: InstitutionIdentity
     failed card look-up counts against the institution's limit (``guard``), so the API cannot be
     used to test card numbers; past it, card look-ups are ``RATE_LIMITED``.
     """
-    if request.card is None:
-        if not well_formed(request.voucher_code or ""):
-            raise errors.VoucherInvalid()
+    if request.card is None:  # the code's form was checked by ``settle`` before any database work
         return _voucher(session, deps.vouchers.code_hash(request.voucher_code), service_time, now, lock=lock)
     if guard is not None:
         guard.check(institution.id)
