@@ -47,20 +47,18 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import create_engine, insert, select, text
+from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import make_url
 
 from app.config import normalize_database_url
-from app.security.id_number import make_id_number
 from app.security.request_signing import sign
+from bench.settlement import HOSPITAL, HOSPITAL_SECRET, seed_families
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-HOSPITAL = "HBENCH01"
-HOSPITAL_SECRET = "bench-hospital-secret-0123456789"
 SETTLE_PATH = "/api/v1/institution/settlements"
 WECHAT_APPID, WECHAT_SECRET = "wxbench000000001", "bench-wechat-secret"
 PATHS = ("settlement", "voucher", "signin", "me")
@@ -122,49 +120,15 @@ def seed(env: dict[str, str], families: int, vouchers: int) -> dict[str, list]:
     from app import create_app
     from app.config import Config
     from app.extensions import app_session
-    from app.services.registry import load_registry
-    from models import AuthToken, Base, Binding, Person, User, Voucher
+    from models import AuthToken, Base, User
 
     app = create_app(Config.from_env(env=env))
     Base.metadata.create_all(app.extensions["db.engine"])
-    domain = app.extensions["domain"]
     now = datetime.now(UTC)
-    owners = [make_id_number("532621", date(1960, 1, 1) + timedelta(days=i), 100 + i % 800) for i in range(families)]
-    children = [make_id_number("532621", date(2005, 1, 1) + timedelta(days=i), 100 + i % 800)
-                for i in range(families)]
-    registry = {
-        "as_of": datetime.now(UTC).isoformat(),  # a snapshot taken now (load-registry requires it)
-        "persons": [{"id_number": n, "name": f"职工{i}", "social_card_no": f"B{i:010d}", "insurance_type": "employee",
-                     "region_code": "532621", "status": "active"} for i, n in enumerate(owners)]
-        + [{"id_number": n, "name": f"孩子{i}", "social_card_no": f"K{i:010d}", "insurance_type": "resident",
-            "region_code": "532621", "status": "active"} for i, n in enumerate(children)],
-        "accounts": [{"id_number": n, "balance_fen": 1_000_000_000} for n in owners],
-        "households": [{"a": o, "b": c, "relationship": "child"} for o, c in zip(owners, children, strict=True)],
-        "institutions": [{"code": HOSPITAL, "name": "基准医院", "kind": "hospital", "region_code": "532601",
-                          "designated": True, "api_secret": HOSPITAL_SECRET}],
-    }
+    out: dict[str, list] = {"codes": [], "tokens": [], "children": []}
+    pairs, out["codes"] = seed_families(app, families, vouchers, 1_000_000_000, now)
     with app.app_context():
-        with app_session() as session:
-            load_registry(session, domain.pii, registry, now)
-        codec = domain.money.vouchers
-        out: dict[str, list] = {"codes": [], "tokens": [], "children": []}
         with app_session() as session, session.begin():
-            ids = dict(session.execute(select(Person.id_number_bidx, Person.id)).all())
-            person = {n: ids[domain.pii.blind_index(n, kind="id_number")] for n in owners + children}
-            pairs = [(person[o], person[c]) for o, c in zip(owners, children, strict=True)]
-            binding_ids = [session.execute(insert(Binding).values(
-                owner_person_id=o, beneficiary_person_id=c, relationship="child", channel="window", status="active",
-                effective_at=now - timedelta(days=30), relationship_confirmed=True, created_at=now,
-            ).returning(Binding.id)).scalar_one() for o, c in pairs]
-            rows = []
-            for i in range(vouchers):
-                owner_id, child_id = pairs[i % families]
-                code = codec.new_code("53")
-                out["codes"].append(code)
-                rows.append({"code_hash": codec.code_hash(code), "person_id": child_id, "holder_person_id": owner_id,
-                             "holder_user_id": None, "binding_id": binding_ids[i % families],
-                             "expires_at": now + timedelta(hours=3), "created_at": now})
-            session.execute(insert(Voucher), rows)
             user_ids = [session.execute(insert(User).values(
                 channel="wechat", wechat_openid=f"o-bench-owner-{i}", person_id=owner_id, verified_at=now,
                 last_login_at=now, created_at=now).returning(User.id)).scalar_one()

@@ -87,28 +87,25 @@ class Result:
 # --------------------------------------------------------------------------- data
 
 
-def seed(env: dict[str, str], families: int, vouchers: int) -> list[str]:
-    """Load the families, bind each child to its owner, and write ``vouchers`` 亲情码 codes; return them."""
-    from app import create_app
-    from app.config import Config
+def seed_families(app, families: int, vouchers: int, balance_fen: int, now: datetime) -> tuple[list, list[str]]:
+    """Load ``families`` owner + child pairs (the owner's account holding ``balance_fen``) and the
+    benchmark hospital, bind each child to its owner, and write ``vouchers`` 亲情码 codes for the
+    children, round-robin. Returns the (owner person id, child person id) pairs and the codes."""
     from app.extensions import app_session
     from app.services.registry import load_registry
-    from models import Base, Binding, Person, Voucher
+    from models import Binding, Person, Voucher
 
-    app = create_app(Config.from_env(env=env))
-    Base.metadata.create_all(app.extensions["db.engine"])
     domain = app.extensions["domain"]
-    now = datetime.now(UTC)
     owners = [make_id_number("532621", date(1960, 1, 1) + timedelta(days=i), 100 + i % 800) for i in range(families)]
     children = [make_id_number("532621", date(2005, 1, 1) + timedelta(days=i), 100 + i % 800)
                 for i in range(families)]
     registry = {
-        "as_of": datetime.now(UTC).isoformat(),  # a snapshot taken now (load-registry requires it)
+        "as_of": now.isoformat(),  # a snapshot taken now (load-registry requires it)
         "persons": [{"id_number": n, "name": f"职工{i}", "social_card_no": f"B{i:010d}", "insurance_type": "employee",
                      "region_code": "532621", "status": "active"} for i, n in enumerate(owners)]
         + [{"id_number": n, "name": f"孩子{i}", "social_card_no": f"K{i:010d}", "insurance_type": "resident",
             "region_code": "532621", "status": "active"} for i, n in enumerate(children)],
-        "accounts": [{"id_number": n, "balance_fen": 100_000_000} for n in owners],
+        "accounts": [{"id_number": n, "balance_fen": balance_fen} for n in owners],
         "households": [{"a": o, "b": c, "relationship": "child"} for o, c in zip(owners, children, strict=True)],
         "institutions": [{"code": HOSPITAL, "name": "基准医院", "kind": "hospital", "region_code": "532601",
                           "designated": True, "api_secret": HOSPITAL_SECRET}],
@@ -135,6 +132,22 @@ def seed(env: dict[str, str], families: int, vouchers: int) -> list[str]:
                              "holder_user_id": None, "binding_id": binding_ids[i % families],
                              "expires_at": now + timedelta(hours=3), "created_at": now})
             session.execute(insert(Voucher), rows)
+    return pairs, codes
+
+
+def seed(env: dict[str, str], families: int, vouchers: int) -> list[str]:
+    """Load the families, bind each child to its owner, and write ``vouchers`` 亲情码 codes; return them."""
+    from app import create_app
+    from app.config import Config
+    from app.extensions import app_session
+    from models import Base
+
+    app = create_app(Config.from_env(env=env))
+    Base.metadata.create_all(app.extensions["db.engine"])
+    now = datetime.now(UTC)
+    _, codes = seed_families(app, families, vouchers, 100_000_000, now)
+    with app.app_context():
+        with app_session() as session, session.begin():
             for statement in ("CREATE TABLE IF NOT EXISTS bench_accounts (id BIGINT PRIMARY KEY, "
                               "balance_fen BIGINT NOT NULL)",
                               "CREATE TABLE IF NOT EXISTS bench_rows (id BIGSERIAL PRIMARY KEY, account_id BIGINT "
