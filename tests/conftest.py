@@ -199,6 +199,17 @@ def make_app(make_config: Any, app: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
+def ledger_stays_clean(app: Any) -> Iterator[None]:
+    """For the modules that move money (``pytestmark = pytest.mark.usefixtures("ledger_stays_clean")``):
+    verify-ledger must be clean after every test. Not autouse: notify tests write settlements without
+    ledger entries on purpose."""
+    from tests.money_helpers import assert_ledger_clean
+
+    yield
+    assert_ledger_clean(app)
+
+
+@pytest.fixture
 def client(app: Any) -> Any:
     return app.test_client()
 

@@ -18,7 +18,6 @@ from tests.money_helpers import (
     OWNER,
     PHARMACY,
     SPOUSE,
-    assert_ledger_clean,
     balance,
     drug,
     fresh,
@@ -41,10 +40,8 @@ def settle_by_card(client, card_no, id_number, items=None, *, inst=HOSPITAL, out
     return signed(client, inst, None, "POST", URL, body)
 
 
-@pytest.fixture(autouse=True)
-def _ledger_stays_clean(app):
-    yield
-    assert_ledger_clean(app)
+# verify-ledger must be clean after every test that moves money (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("ledger_stays_clean")
 
 
 @pytest.fixture

@@ -16,8 +16,10 @@ from sqlalchemy import text
 from app.extensions import app_session
 from app.policy import shanghai_date
 from app.services import records
-from tests.api.test_records import _ledger_stays_clean, deductions, family  # noqa: F401 — fixtures
+from tests.api.test_records import deductions, family  # noqa: F401 — fixtures
 from tests.money_helpers import CHILD, OWNER, person_id, refund
+
+pytestmark = pytest.mark.usefixtures("ledger_stays_clean")
 
 
 def test_copied_columns_match_their_sources(app, client, family):  # noqa: F811

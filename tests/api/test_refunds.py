@@ -13,7 +13,6 @@ from tests.money_helpers import (
     OWNER,
     PHARMACY,
     SPOUSE,
-    assert_ledger_clean,
     balance,
     drug,
     fresh,
@@ -29,11 +28,8 @@ from tests.money_helpers import (
     verify_ledger,
 )
 
-
-@pytest.fixture(autouse=True)
-def _ledger_stays_clean(app):
-    yield
-    assert_ledger_clean(app)
+# verify-ledger must be clean after every test that moves money (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("ledger_stays_clean")
 
 
 @pytest.fixture

@@ -35,7 +35,6 @@ from tests.money_helpers import (
     PHARMACY,
     SPOUSE,
     ZIBO_HOSPITAL,
-    assert_ledger_clean,
     balance,
     drug,
     fresh,
@@ -50,11 +49,8 @@ from tests.money_helpers import (
     verify_ledger,
 )
 
-
-@pytest.fixture(autouse=True)
-def _ledger_stays_clean(app):
-    yield
-    assert_ledger_clean(app)
+# verify-ledger must be clean after every test that moves money (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("ledger_stays_clean")
 
 
 @pytest.fixture
