@@ -222,14 +222,13 @@ def init_app(app: Flask) -> None:
 
     @app.before_request
     def _metrics_start() -> None:
-        g.metrics_started = time.perf_counter()
         # Per request, even where an app context outlives it (tests, CLI): no stale outcome or code.
         g.pop("money_outcome", None)
         g.pop("error_code", None)
 
     @app.after_request
     def _metrics_observe(response: Response) -> Response:
-        started = g.get("metrics_started")
+        started = g.get("request_started")  # set by the request log's hook (app/logs.py), registered first
         if started is None:
             return response
         route = request.url_rule.rule if request.url_rule else "<unmatched>"
