@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import os
 import secrets
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,10 +19,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from app import create_app
-from app.config import Config, normalize_database_url
+from app.config import Config
 from models import Base
 
 WECHAT_APPID = "wx0000000000test"
@@ -55,17 +53,10 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not server:
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.sqlite3'}"
         return
-    server = normalize_database_url(server)
-    name = f"copay_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(server).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    from tests.helpers import scratch_database
+
+    with scratch_database("copay_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,17 @@ reserved number — the phone button proves that number too (Wenshan's ``phone_c
 
 from __future__ import annotations
 
+import os
 import secrets
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from app.config import normalize_database_url
 from app.demo import DEMO_PHONES
 
 
@@ -62,3 +70,19 @@ def signed_in_person(client: Any, sandbox: Any, name: str, id_number: str, openi
         response = prove_phone_wechat(client, sandbox, token, openid, phone)
         assert response.status_code == 200, response.get_json()
     return token
+
+
+@contextmanager
+def scratch_database(prefix: str = "copay_ops") -> Iterator[str]:
+    """A new empty database on the TEST_DATABASE_URL server, dropped afterwards."""
+    server = normalize_database_url(os.environ["TEST_DATABASE_URL"])
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

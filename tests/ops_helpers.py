@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import socket
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-
-from app.config import ROOT, normalize_database_url
+from app.config import ROOT
 from tests.money_helpers import CHILD, OWNER, fresh, issue, make_binding, person_id, refund, settle, sign_in
 
 UNITS = ROOT / "deploy" / "systemd"
@@ -35,22 +28,6 @@ def unit_environment(unit: str) -> dict[str, str]:
                 name, _, value = assignment.partition("=")
                 found[name] = value
     return found
-
-
-@contextmanager
-def scratch_database(prefix: str = "copay_ops") -> Iterator[str]:
-    """A new empty database on the TEST_DATABASE_URL server, dropped afterwards."""
-    server = normalize_database_url(os.environ["TEST_DATABASE_URL"])
-    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(server).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def free_port() -> int:

@@ -22,8 +22,9 @@ from app.config import ROOT
 from app.demo import OWNER
 from app.security.pii import index_key_b64_from
 from tests.conftest import TEMPLATE_DEDUCTION, TEST_KEYS, WECHAT_APPID, WECHAT_SECRET, _pem_private
+from tests.helpers import scratch_database
 from tests.money_helpers import HOSPITAL, NAMES, SECRETS, drug, sign_headers
-from tests.ops_helpers import free_port, scratch_database, unit_command, unit_environment
+from tests.ops_helpers import free_port, unit_command, unit_environment
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 

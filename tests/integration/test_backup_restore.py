@@ -10,7 +10,8 @@ from sqlalchemy import create_engine, text
 
 from models import Base
 from scripts.backup import BackupError, backup, restore, verify
-from tests.ops_helpers import money_history, scratch_database
+from tests.helpers import scratch_database
+from tests.ops_helpers import money_history
 
 
 def _documents(app) -> Path:
