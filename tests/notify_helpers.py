@@ -171,6 +171,17 @@ class NotifyWorld:
             self.notifier.committed(delivery_ids)
         return Settled(settlement.id, settlement_no, delivery_ids)
 
+    def failed_push(self, template_id: str) -> tuple[Party, int]:
+        """张伟 pays 100 fen for 张小明 and WeChat refuses the deduction push for good (47003): the
+        owner and the failed delivery's id."""
+        owner, child = self.person("张伟"), self.person("张小明")
+        self.subscribe(owner, "wechat", template_id)
+        self.sandbox.inject_fault("wechat.subscribe_send", errcode=47003)
+        (delivery_id,) = self.settle(child, [(owner, "copay", 100)]).delivery_ids
+        self.notifier.drain()
+        self.sandbox.clear_faults()
+        return owner, delivery_id
+
     def refund(self, settled: Settled, beneficiary: Party, credits: list[tuple[Party, str, int]]) -> list[int]:
         """A refund crediting ``credits`` back to the owners' accounts."""
         at = self.now()

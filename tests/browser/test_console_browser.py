@@ -134,13 +134,8 @@ def test_suspend_an_owner_and_the_next_settlement_pays_nothing_from_that_owner(p
 
 def test_resend_a_failed_notice(page, app, sandbox):
     world = NotifyWorld(app, sandbox)
-    owner, child = world.person("张伟"), world.person("张小明")
-    world.subscribe(owner, "wechat", TEMPLATE_DEDUCTION)
-    sandbox.inject_fault("wechat.subscribe_send", errcode=47003)
-    (delivery_id,) = world.settle(child, [(owner, "copay", 100)]).delivery_ids
-    notifier = app.extensions["domain"].notifier
-    notifier.drain()
-    sandbox.clear_faults()
+    owner, delivery_id = world.failed_push(TEMPLATE_DEDUCTION)
+    notifier = world.notifier
     sign_in(page, app, "clerk", "window")
 
     page.click("nav.menu >> text=通知投递")

@@ -266,13 +266,8 @@ def test_filings_and_certifications_show_the_resulting_state(app, client, demo, 
 
 def test_a_failed_notice_is_listed_and_resent_with_an_audit_row(app, client, sandbox):
     world = NotifyWorld(app, sandbox)
-    owner, child = world.person("张伟"), world.person("张小明")
-    world.subscribe(owner, "wechat", TEMPLATE_DEDUCTION)
-    sandbox.inject_fault("wechat.subscribe_send", errcode=47003)
-    (delivery_id,) = world.settle(child, [(owner, "copay", 100)]).delivery_ids
-    notifier = app.extensions["domain"].notifier
-    notifier.drain()
-    sandbox.clear_faults()
+    _, delivery_id = world.failed_push(TEMPLATE_DEDUCTION)
+    notifier = world.notifier
     signed_in(client, app, "clerk", "window")
     listing = client.get("/console/deliveries?state=failed").get_data(as_text=True)
     assert f'id="delivery-{delivery_id}"' in listing and "47003" in listing and "重发" in listing
