@@ -75,6 +75,42 @@ def _reachable_users(session: Session, person_ids: Collection[int]) -> dict[int,
     return found
 
 
+@dataclass(frozen=True)
+class NoticeDraft:
+    """One notice of a money movement, before it is written: its values and the channels it may go on."""
+
+    kind: str  # deduction | refund | receipt
+    person_id: int
+    amount_fen: int
+    balance_after_fen: int | None
+    content: dict[str, Any]
+    channels: tuple[str, ...]
+
+
+def money_notice_drafts(event: MoneyEvent, movements: Sequence[AccountMovement], *,
+                        receipt_channels: Collection[str] = ()) -> list[NoticeDraft]:
+    """The notices of one money movement (R15): one per person whose account moved, and a receipt
+    for the beneficiary when co-pay funds were used in a settlement. Pure: no database."""
+    refund = event.refund_id is not None
+    per_owner: dict[int, list[AccountMovement]] = {}
+    for movement in movements:
+        if movement.amount_fen > 0:
+            per_owner.setdefault(movement.owner_person_id, []).append(movement)
+    copay_total = sum(m.amount_fen for m in movements if m.kind == "copay")
+    relationships = event.relationships or {}
+    drafts = []
+    for owner_id, parts in per_owner.items():
+        amount = sum(p.amount_fen for p in parts)
+        balance_after = parts[-1].balance_after_fen
+        relationship = "self" if owner_id == event.beneficiary_person_id else relationships.get(owner_id)
+        drafts.append(NoticeDraft("refund" if refund else "deduction", owner_id, amount, balance_after,
+                                  _content(event, amount, balance_after, relationship), CHANNELS))
+    if copay_total and not refund:
+        drafts.append(NoticeDraft("receipt", event.beneficiary_person_id, copay_total, None,
+                                  _content(event, copay_total, None, None), tuple(receipt_channels)))
+    return drafts
+
+
 def add_money_notices(
     session: Session,
     event: MoneyEvent,
@@ -85,54 +121,27 @@ def add_money_notices(
     """Write the notices and pending deliveries of one money movement; return the delivery ids.
 
     Three statements whatever the number of owners: find the recipients' users, insert the
-    notices, insert the deliveries.
+    notices, insert the deliveries. (A settlement on PostgreSQL writes the same rows inside its
+    one write statement instead: ``app.services.settlements``.)
     """
-    refund = event.refund_id is not None
-    movement_key = f"r{event.refund_id}" if refund else f"s{event.settlement_id}"
-    per_owner: dict[int, list[AccountMovement]] = {}
-    for movement in movements:
-        if movement.amount_fen > 0:
-            per_owner.setdefault(movement.owner_person_id, []).append(movement)
-    copay_total = sum(m.amount_fen for m in movements if m.kind == "copay")
-    recipients = set(per_owner) | ({event.beneficiary_person_id} if copay_total else set())
-    if not recipients:
+    drafts = money_notice_drafts(event, movements, receipt_channels=receipt_channels)
+    if not drafts:
         return []
-    users = _reachable_users(session, recipients)
-    relationships = event.relationships or {}
-
-    notices: list[tuple[dict[str, Any], Collection[str]]] = []
-    for owner_id, parts in per_owner.items():
-        amount = sum(p.amount_fen for p in parts)
-        balance_after = parts[-1].balance_after_fen
-        relationship = "self" if owner_id == event.beneficiary_person_id else relationships.get(owner_id)
-        notices.append(({
-            "kind": "refund" if refund else "deduction",
-            "person_id": owner_id,
-            "amount_fen": amount,
-            "balance_after_fen": balance_after,
-            "content": _content(event, amount, balance_after, relationship),
-        }, CHANNELS))
-    if copay_total and not refund:
-        notices.append(({
-            "kind": "receipt",
-            "person_id": event.beneficiary_person_id,
-            "amount_fen": copay_total,
-            "balance_after_fen": None,
-            "content": _content(event, copay_total, None, None),
-        }, tuple(receipt_channels)))
-
+    users = _reachable_users(session, {d.person_id for d in drafts})
+    movement_key = f"r{event.refund_id}" if event.refund_id is not None else f"s{event.settlement_id}"
     common = {"settlement_id": event.settlement_id, "refund_id": event.refund_id, "movement_key": movement_key,
               "settlement_no": event.settlement_no, "created_at": event.at}
     connection = session.connection()
-    notice_ids = connection.execute(
-        _INSERT_NOTICES, [{**common, **values} for values, _channels in notices]).scalars().all()
+    notice_ids = connection.execute(_INSERT_NOTICES, [
+        {**common, "kind": d.kind, "person_id": d.person_id, "amount_fen": d.amount_fen,
+         "balance_after_fen": d.balance_after_fen, "content": d.content} for d in drafts]).scalars().all()
     rows = [
         {"notice_id": notice_id, "channel": channel, "user_id": user_id, "state": "pending", "attempts": 0,
          "next_attempt_at": event.at, "give_up_at": event.at + RETRY_WINDOW, "created_at": event.at,
          "updated_at": event.at}
-        for notice_id, (values, channels) in zip(notice_ids, notices, strict=True)
-        for channel, user_id in users.get(values["person_id"], {}).items()
-        if channel in channels
+        for notice_id, draft in zip(notice_ids, drafts, strict=True)
+        for channel, user_id in users.get(draft.person_id, {}).items()
+        if channel in draft.channels
     ]
     if not rows:
         return []

@@ -41,6 +41,14 @@ class UnbalancedJournal(AssertionError):
     """A programming error: a journal's entries must sum to zero."""
 
 
+def journal_rows(kind: str, entries: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The ``(account_id, amount_fen)`` entries a journal writes: the non-zero ones, which must sum to zero."""
+    rows = [(account_id, amount) for account_id, amount in entries if amount != 0]
+    if sum(amount for _, amount in rows) != 0:
+        raise UnbalancedJournal(f"{kind} journal does not balance: {rows}")
+    return rows
+
+
 def post_journal(
     session: Session,
     kind: str,
@@ -56,9 +64,7 @@ def post_journal(
     Entries credit (+) or debit (−) accounts; the caller has already updated the balances
     under its row locks, so balance = sum of entries stays true in the same transaction.
     """
-    rows = [(account_id, amount) for account_id, amount in entries if amount != 0]
-    if sum(amount for _, amount in rows) != 0:
-        raise UnbalancedJournal(f"{kind} journal does not balance: {rows}")
+    rows = journal_rows(kind, entries)
     values = {"kind": kind, "settlement_id": settlement_id, "refund_id": refund_id, "memo": memo, "created_at": at}
     if rows and session.get_bind().dialect.name == "postgresql":
         return session.execute(_INSERT_JOURNAL_WITH_ENTRIES, {

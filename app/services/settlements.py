@@ -34,7 +34,7 @@ from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, insert, literal, null, or_, select, union_all, update
+from sqlalchemy import and_, bindparam, exists, func, insert, literal, null, or_, select, text, union_all, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -45,7 +45,7 @@ from app.institution_auth import InstitutionIdentity
 from app.policy import SHANGHAI, RegionPolicy, owner_ineligibility, shanghai_date
 from app.security.id_number import validate_id_number
 from app.security.pii import PiiCipher, mask_id_number, mask_name
-from app.services.ledger import post_journal, system_account_id
+from app.services.ledger import journal_rows, post_journal, system_account_id
 from app.services.vouchers import VoucherCodec, check_usable, well_formed
 from app.settlement_plan import (
     AccountFacts,
@@ -78,7 +78,8 @@ from models import (
 from models import ChronicCertification as ChronicCertificationRow
 from models import OffsiteFiling as OffsiteFilingRow
 from models.base import UTCDateTime
-from notify.outbox import AccountMovement, MoneyEvent, add_money_notices, receipt_channels
+from notify.outbox import AccountMovement, MoneyEvent, add_money_notices, money_notice_drafts, receipt_channels
+from notify.retry import RETRY_WINDOW
 
 # Bindings that can still explain a payment or its absence: live ones, and those ended after the
 # service (R6: "an unbinding stops all later deductions" is then reported, not silently skipped).
@@ -323,6 +324,7 @@ def _patient(session: Session, deps: MoneyDeps, institution: InstitutionIdentity
     """
     if request.card is None:  # the code's form was checked by ``settle`` before any database work
         return _voucher(session, deps.vouchers.code_hash(request.voucher_code), service_time, now, lock=lock)
+    folded = _folded(session)
     if guard is not None:
         guard.check(institution.id)
     card_no, id_number = request.card
@@ -332,8 +334,9 @@ def _patient(session: Session, deps: MoneyDeps, institution: InstitutionIdentity
     except errors.IdNumberInvalid:
         number = None
     if number is not None:
-        row = session.execute(_CARD, {"id_bidx": deps.pii.blind_index(number, kind="id_number"),
-                                      "service_time": service_time, "now": now}).first()
+        row = session.execute(_CARD_WITH_FACTS if folded else _CARD,
+                              {"id_bidx": deps.pii.blind_index(number, kind="id_number"),
+                               "service_time": service_time, "now": now, "on": shanghai_date(service_time)}).first()
     if row is not None:
         on_file = deps.pii.decrypt(row.social_card_no_enc, context="person.social_card_no")
         if row.status != "active" or not hmac.compare_digest(_card_key(on_file).encode(), _card_key(card_no).encode()):
@@ -348,9 +351,17 @@ def _card_key(card_no: str) -> str:
 
 
 def _voucher(session: Session, code_hash: str, service_time: datetime, now: datetime, *, lock: bool) -> Any:
-    """The voucher, the person it names (with their own account) and whether they are suspended (R11)."""
-    return session.execute(_VOUCHER_LOCKED if lock else _VOUCHER,
-                           {"code_hash": code_hash, "service_time": service_time, "now": now}).first()
+    """The voucher, the person it names (with their own account) and whether they are suspended (R11);
+    on PostgreSQL also their filings and certifications valid on the service date (``facts``)."""
+    statements = _VOUCHER_WITH_FACTS if _folded(session) else (_VOUCHER, _VOUCHER_LOCKED)
+    return session.execute(statements[lock], {"code_hash": code_hash, "service_time": service_time, "now": now,
+                                              "on": shanghai_date(service_time)}).first()
+
+
+def _folded(session: Session) -> bool:
+    """PostgreSQL: facts read in fewer statements and the writes made in one (JSON aggregates and
+    data-modifying CTEs); SQLite, the embedded default, runs the plain statements one by one."""
+    return session.get_bind().dialect.name == "postgresql"
 
 
 def _load_facts(session: Session, deps: MoneyDeps, institution: InstitutionIdentity, request: SettlementRequest,
@@ -360,16 +371,29 @@ def _load_facts(session: Session, deps: MoneyDeps, institution: InstitutionIdent
     year = service_date.year
     bindings = session.execute(_BINDINGS_SHARED if lock else _BINDINGS,
                                {"beneficiary_id": beneficiary_id, "service_time": service_time, "now": now}).all()
-    filings, certifications = _filings_and_certifications(session, beneficiary_id, service_date)
+    folded = _folded(session)
+    if folded:
+        filings, certifications = _facts_from_json(voucher.facts)
+    else:
+        filings, certifications = _filings_and_certifications(session, beneficiary_id, service_date)
 
     if lock:
         used_fen = lock_cap_row(session, beneficiary_id, year)
     else:
         used_fen = session.scalar(_CAP_USED, {"beneficiary_id": beneficiary_id, "year": year}) or 0
     account_ids = {b.account_id for b in bindings} | ({voucher.own_account_id} if voucher.own_account_id else set())
-    balances = lock_accounts(session, account_ids) if lock else _balances(session, account_ids)
     limited = [b.id for b in bindings if b.yearly_limit_fen is not None]
-    paid_by_binding = dict(session.execute(_BINDING_USAGE, {"ids": limited, "year": year}).all()) if limited else {}
+    if lock and folded and account_ids:
+        # The accounts locked in id order and, read after the cap row's lock (which serialises every
+        # writer of this beneficiary's binding usage), what each limited binding paid this year.
+        rows = session.execute(_LOCK_ACCOUNTS_WITH_USAGE, {"ids": sorted(account_ids), "limited": limited,
+                                                           "year": year}).all()
+        balances = {r.id: r.balance_fen for r in rows}
+        paid_by_binding = {int(b): paid for b, paid in (rows[0].usage or {}).items()} if rows else {}
+    else:
+        balances = lock_accounts(session, account_ids) if lock else _balances(session, account_ids)
+        paid_by_binding = (dict(session.execute(_BINDING_USAGE, {"ids": limited, "year": year}).all())
+                           if limited else {})
 
     sources = []
     for b in bindings:
@@ -432,6 +456,17 @@ def _filings_and_certifications(session: Session, person_id: int, service_date: 
     return filings, certifications
 
 
+def _facts_from_json(facts: list[list[Any]] | None) -> tuple[list[OffsiteFiling], list[ChronicCertification]]:
+    """The ``facts`` column of the PostgreSQL voucher/card statement: [what, value, from, to] rows."""
+    filings, certifications = [], []
+    for what, value, valid_from, valid_to in facts or ():
+        if what == "filing":
+            filings.append(OffsiteFiling(value, date.fromisoformat(valid_from), date.fromisoformat(valid_to)))
+        else:
+            certifications.append(ChronicCertification(date.fromisoformat(valid_from), date.fromisoformat(valid_to)))
+    return filings, certifications
+
+
 def lock_cap_row(session: Session, beneficiary_id: int, year: int) -> int:
     """Create the (beneficiary, year) cap row if needed and lock it; return its ``used_fen`` (R8).
 
@@ -460,6 +495,9 @@ def _apply(session: Session, deps: MoneyDeps, institution: InstitutionIdentity, 
            voucher: Any, facts: _Facts, plan: Plan, body: dict[str, Any], service_time: datetime,
            now: datetime) -> list[int]:
     """Write everything the plan decided; return the delivery ids of the notices (R15)."""
+    if _folded(session):
+        return _apply_in_one_statement(session, deps, institution, request, voucher, facts, plan, body,
+                                       service_time, now)
     settlement_id = session.execute(_INSERT_SETTLEMENT, {
         "settlement_no": body["settlement_no"], "institution_id": institution.id,
         "out_settlement_no": request.out_settlement_no, "request_hash": request.request_hash,
@@ -510,6 +548,68 @@ def _apply(session: Session, deps: MoneyDeps, institution: InstitutionIdentity, 
     )
     move_balance(session, clearing_id, paid_fen, now)  # last: the institution's row is the hottest
     return delivery_ids
+
+
+def _apply_in_one_statement(session: Session, deps: MoneyDeps, institution: InstitutionIdentity,
+                            request: SettlementRequest, voucher: Any, facts: _Facts, plan: Plan,
+                            body: dict[str, Any], service_time: datetime, now: datetime) -> list[int]:
+    """PostgreSQL: the same rows as ``_apply`` writes statement by statement, in ONE data-modifying
+    statement (``_WRITE_ALL``): one round trip instead of eleven. Every row lock it takes but one is
+    already held — the voucher, the cap row and the personal accounts were locked while the facts
+    were read, and ``binding_usage`` rows are only written under their beneficiary's cap row — so
+    the order of its parts cannot deadlock; the institution's clearing account, the hottest row,
+    is locked last, at the end of the transaction, as before. The guards stay: each debit applies
+    only while the balance covers it, and the balances it returns must be the plan's (else
+    ``LedgerInvariantBroken`` rolls everything back)."""
+    created_year = now.astimezone(SHANGHAI).year
+    payments = [(int(p.account_id), int(p.owner_person_id), int(p.binding_id) if p.binding_id else None, p)
+                for p in plan.payments]
+    debits: dict[int, int] = {}
+    for account_id, _, _, p in payments:
+        debits[account_id] = debits.get(account_id, 0) + p.amount_fen
+    paid_fen = plan.own_account_fen + plan.copay_fen
+    clearing_id = None
+    entries: list[tuple[int, int]] = []
+    drafts: list[Any] = []
+    if payments:
+        clearing_id = institution.clearing_account_id or system_account_id(session, "institution", institution.id)
+        entries = journal_rows("settlement", [*((a, -x) for a, x in debits.items()), (clearing_id, paid_fen)])
+        drafts = money_notice_drafts(
+            MoneyEvent(settlement_id=0, settlement_no=body["settlement_no"],  # the id is the statement's
+                       beneficiary_person_id=voucher.person_id,
+                       beneficiary_masked_name=body["beneficiary"]["name"], institution_name=institution.name,
+                       at=now, relationships={facts.sources[b].owner_person_id: facts.sources[b].relationship
+                                              for _, _, b, _ in payments if b is not None}),
+            [AccountMovement(owner_id, p.kind, p.amount_fen, p.balance_after_fen) for _, owner_id, _, p in payments],
+            receipt_channels=deps.receipt_channels)
+    dumps = json.dumps
+    row = session.connection().execute(_WRITE_ALL, {
+        "settlement_no": body["settlement_no"], "institution_id": institution.id,
+        "out_settlement_no": request.out_settlement_no, "request_hash": request.request_hash,
+        "voucher_id": voucher.id, "beneficiary_person_id": voucher.person_id, "service_time": service_time,
+        "auth_method": request.auth_method, "total_fen": plan.total_fen, "eligible_fen": plan.eligible_fen,
+        "own_account_fen": plan.own_account_fen, "copay_fen": plan.copay_fen, "cash_fen": plan.cash_fen,
+        "items": dumps([_item_json(item) for item in request.items]), "reasons": dumps(body["reasons"]),
+        "response": dumps(body), "now": now, "year": facts.year, "created_year": created_year,
+        "payments": dumps([{"sequence": p.sequence, "kind": p.kind, "account_id": account_id,
+                            "owner_person_id": owner_id, "binding_id": binding_id, "amount_fen": p.amount_fen,
+                            "balance_after_fen": p.balance_after_fen}
+                           for account_id, owner_id, binding_id, p in payments]),
+        "debits": dumps([{"account_id": a, "amount_fen": x} for a, x in debits.items()]),
+        "clearing_id": clearing_id, "paid_fen": paid_fen,
+        "entries": dumps([{"account_id": a, "amount_fen": x} for a, x in entries]),
+        "binding_usage": dumps([{"binding_id": b, "paid_fen": x} for b, x in _per_binding(payments).items()]),
+        "notices": dumps([{"kind": d.kind, "person_id": d.person_id, "amount_fen": d.amount_fen,
+                           "balance_after_fen": d.balance_after_fen, "content": d.content,
+                           "channels": list(d.channels)} for d in drafts]),
+        "give_up_at": now + RETRY_WINDOW,
+    }).one()
+    after = {account_id: balance for account_id, balance in row.debited or []}
+    if after != {a: facts.accounts[a] - x for a, x in debits.items()}:
+        raise LedgerInvariantBroken(f"accounts {sorted(debits)}: balance moved under the lock")
+    if payments and row.clearing_after is None:
+        raise LedgerInvariantBroken(f"account {clearing_id}: the clearing account was not credited")
+    return list(row.delivery_ids or [])
 
 
 def move_balance(session: Session, account_id: int, delta_fen: int, now: datetime,
@@ -661,6 +761,30 @@ _CARD = (
     .where(persons_t.c.id_number_bidx == bindparam("id_bidx"))
 )
 
+
+
+def _facts_of(person: Any) -> Any:
+    """PostgreSQL: the person's R10 filings and R8 certifications valid on the service date (``on``),
+    as one JSON array of [what, value, valid_from, valid_to] — a column of the voucher statement
+    instead of a statement of its own."""
+    facts = union_all(*(
+        select(literal(what).label("what"), value.label("value"), table.c.valid_from, table.c.valid_to)
+        .where(table.c.person_id == person, table.c.revoked_at.is_(None),
+               table.c.valid_from <= bindparam("on"), table.c.valid_to >= bindparam("on"))
+        .correlate(person.table)
+        for what, table, value in (("filing", filings_t, filings_t.c.region_prefix),
+                                   ("chronic", certifications_t, certifications_t.c.disease_code))
+    )).subquery("facts")
+    return (select(func.json_agg(func.json_build_array(facts.c.what, facts.c.value, facts.c.valid_from,
+                                                       facts.c.valid_to)))
+            .scalar_subquery().label("facts"))
+
+
+# (no lock, lock) on PostgreSQL
+_VOUCHER_WITH_FACTS = (_VOUCHER.add_columns(_facts_of(vouchers_t.c.person_id)),
+                       _VOUCHER_LOCKED.add_columns(_facts_of(vouchers_t.c.person_id)))
+_CARD_WITH_FACTS = _CARD.add_columns(_facts_of(persons_t.c.id))
+
 _BINDINGS = (
     select(bindings_t.c.id, bindings_t.c.owner_person_id, bindings_t.c.relationship, bindings_t.c.status,
            bindings_t.c.effective_at, bindings_t.c.ended_at, bindings_t.c.yearly_limit_fen,
@@ -714,6 +838,14 @@ _ADD_BINDING_USAGE = {
 _LOCK_ACCOUNTS = (select(accounts_t.c.id, accounts_t.c.balance_fen)
                   .where(accounts_t.c.id.in_(bindparam("ids", expanding=True)))
                   .order_by(accounts_t.c.id).with_for_update())
+_LOCK_ACCOUNTS_WITH_USAGE = (
+    select(accounts_t.c.id, accounts_t.c.balance_fen,
+           select(func.json_object_agg(binding_usage_t.c.binding_id, binding_usage_t.c.paid_fen))
+           .where(binding_usage_t.c.binding_id.in_(bindparam("limited", expanding=True)),
+                  binding_usage_t.c.year == bindparam("year"))
+           .scalar_subquery().label("usage"))
+    .where(accounts_t.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(accounts_t.c.id).with_for_update(of=accounts_t))
 _BALANCES = select(accounts_t.c.id, accounts_t.c.balance_fen).where(
     accounts_t.c.id.in_(bindparam("ids", expanding=True)))
 _DEBIT = (update(accounts_t)
@@ -727,3 +859,77 @@ _CREDIT = (update(accounts_t).where(accounts_t.c.id == bindparam("account_id"))
 _INSERT_SETTLEMENT = insert(settlements_t).returning(settlements_t.c.id)
 _INSERT_PAYMENT = insert(payments_t)
 _USE_VOUCHER = update(vouchers_t).where(vouchers_t.c.id == bindparam("voucher_id")).values(used_at=bindparam("at"))
+
+# PostgreSQL: every write of a settlement in one statement (``_apply_in_one_statement``). Row sets
+# travel as JSON arrays expanded by ``jsonb_to_recordset``; the data-modifying CTEs all see the
+# snapshot the statement started with, and each reads only what the CTEs before it RETURN.
+_WRITE_ALL = text("""
+WITH s AS (
+  INSERT INTO settlements (settlement_no, institution_id, out_settlement_no, request_hash, voucher_id,
+                           auth_method, beneficiary_person_id, service_time, status, total_fen, eligible_fen,
+                           own_account_fen, copay_fen, cash_fen, refunded_fen, items, reasons, response, created_at)
+  VALUES (:settlement_no, :institution_id, :out_settlement_no, :request_hash, :voucher_id, :auth_method,
+          :beneficiary_person_id, :service_time, 'settled', :total_fen, :eligible_fen, :own_account_fen,
+          :copay_fen, :cash_fen, 0, CAST(:items AS jsonb), CAST(:reasons AS jsonb), CAST(:response AS jsonb), :now)
+  RETURNING id
+), used AS (
+  UPDATE vouchers SET used_at = :now WHERE id = :voucher_id
+), p AS (
+  INSERT INTO payments (settlement_id, sequence, kind, account_id, owner_person_id, binding_id, amount_fen,
+                        refunded_fen, balance_after_fen, beneficiary_person_id, created_year)
+  SELECT s.id, x.sequence, x.kind, x.account_id, x.owner_person_id, x.binding_id, x.amount_fen, 0,
+         x.balance_after_fen, :beneficiary_person_id, :created_year
+  FROM s, jsonb_to_recordset(CAST(:payments AS jsonb))
+          AS x(sequence int, kind text, account_id bigint, owner_person_id bigint, binding_id bigint,
+               amount_fen bigint, balance_after_fen bigint)
+), debited AS (
+  UPDATE accounts a SET balance_fen = a.balance_fen - x.amount_fen, updated_at = :now
+  FROM jsonb_to_recordset(CAST(:debits AS jsonb)) AS x(account_id bigint, amount_fen bigint)
+  WHERE a.id = x.account_id AND a.balance_fen >= x.amount_fen
+  RETURNING a.id, a.balance_fen
+), j AS (
+  INSERT INTO journals (kind, settlement_id, memo, created_at)
+  SELECT 'settlement', s.id, :settlement_no, :now FROM s WHERE :paid_fen > 0
+  RETURNING id
+), e AS (
+  INSERT INTO ledger_entries (journal_id, account_id, amount_fen)
+  SELECT j.id, x.account_id, x.amount_fen
+  FROM j, jsonb_to_recordset(CAST(:entries AS jsonb)) AS x(account_id bigint, amount_fen bigint)
+), cap AS (
+  UPDATE cap_usage SET used_fen = used_fen + :copay_fen
+  WHERE beneficiary_person_id = :beneficiary_person_id AND year = :year AND :copay_fen > 0
+), bu AS (
+  INSERT INTO binding_usage (binding_id, year, paid_fen)
+  SELECT x.binding_id, :year, x.paid_fen FROM jsonb_to_recordset(CAST(:binding_usage AS jsonb))
+                                                AS x(binding_id bigint, paid_fen bigint)
+  ON CONFLICT (binding_id, year) DO UPDATE SET paid_fen = binding_usage.paid_fen + excluded.paid_fen
+), n AS (
+  INSERT INTO notices (kind, person_id, settlement_id, movement_key, settlement_no, amount_fen, balance_after_fen,
+                       content, created_at)
+  SELECT x.kind, x.person_id, s.id, 's' || s.id, :settlement_no, x.amount_fen, x.balance_after_fen, x.content, :now
+  FROM s, jsonb_to_recordset(CAST(:notices AS jsonb))
+          AS x(kind text, person_id bigint, amount_fen bigint, balance_after_fen bigint, content jsonb,
+               channels text[])
+  RETURNING id, person_id, kind
+), d AS (
+  -- each notice goes to the recipient's most recently signed-in user on each channel it may use
+  INSERT INTO deliveries (notice_id, channel, user_id, state, attempts, credit_used, next_attempt_at, give_up_at,
+                          created_at, updated_at)
+  SELECT n.id, u.channel, u.id, 'pending', 0, false, :now, :give_up_at, :now, :now
+  FROM n JOIN jsonb_to_recordset(CAST(:notices AS jsonb)) AS x(kind text, person_id bigint, channels text[])
+         ON x.kind = n.kind AND x.person_id = n.person_id
+  JOIN LATERAL (SELECT DISTINCT ON (users.channel) users.id, users.channel FROM users
+                WHERE users.person_id = n.person_id
+                ORDER BY users.channel, users.last_login_at DESC NULLS LAST, users.id DESC) u
+    ON u.channel = ANY(x.channels)
+  RETURNING id
+), clearing AS (
+  UPDATE accounts SET balance_fen = balance_fen + :paid_fen, updated_at = :now
+  WHERE id = :clearing_id AND :paid_fen > 0
+  RETURNING balance_fen
+)
+SELECT (SELECT id FROM s) AS settlement_id,
+       (SELECT json_agg(json_build_array(id, balance_fen)) FROM debited) AS debited,
+       (SELECT balance_fen FROM clearing) AS clearing_after,
+       (SELECT array_agg(id ORDER BY id) FROM d) AS delivery_ids
+""")
