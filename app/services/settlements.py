@@ -303,7 +303,7 @@ def _check_can_settle(institution: InstitutionIdentity, voucher: Any, now: datet
 
 
 def _replay(session: Session, institution_id: int, request: SettlementRequest) -> Outcome | None:
-    row = session.execute(_REPLAY, {"institution_id": institution_id,
+    row = session.connection().execute(_REPLAY, {"institution_id": institution_id,
                                     "out_settlement_no": request.out_settlement_no}).first()
     if row is None:
         return None
@@ -334,7 +334,7 @@ def _patient(session: Session, deps: MoneyDeps, institution: InstitutionIdentity
     except errors.IdNumberInvalid:
         number = None
     if number is not None:
-        row = session.execute(_CARD_WITH_FACTS if folded else _CARD,
+        row = session.connection().execute(_CARD_WITH_FACTS if folded else _CARD,
                               {"id_bidx": deps.pii.blind_index(number, kind="id_number"),
                                "service_time": service_time, "now": now, "on": shanghai_date(service_time)}).first()
     if row is not None:
@@ -354,8 +354,8 @@ def _voucher(session: Session, code_hash: str, service_time: datetime, now: date
     """The voucher, the person it names (with their own account) and whether they are suspended (R11);
     on PostgreSQL also their filings and certifications valid on the service date (``facts``)."""
     statements = _VOUCHER_WITH_FACTS if _folded(session) else (_VOUCHER, _VOUCHER_LOCKED)
-    return session.execute(statements[lock], {"code_hash": code_hash, "service_time": service_time, "now": now,
-                                              "on": shanghai_date(service_time)}).first()
+    return session.connection().execute(statements[lock], {
+        "code_hash": code_hash, "service_time": service_time, "now": now, "on": shanghai_date(service_time)}).first()
 
 
 def _folded(session: Session) -> bool:
@@ -369,7 +369,7 @@ def _load_facts(session: Session, deps: MoneyDeps, institution: InstitutionIdent
     beneficiary_id = voucher.person_id
     service_date = shanghai_date(service_time)
     year = service_date.year
-    bindings = session.execute(_BINDINGS_SHARED if lock else _BINDINGS,
+    bindings = session.connection().execute(_BINDINGS_SHARED if lock else _BINDINGS,
                                {"beneficiary_id": beneficiary_id, "service_time": service_time, "now": now}).all()
     folded = _folded(session)
     if folded:
@@ -380,19 +380,19 @@ def _load_facts(session: Session, deps: MoneyDeps, institution: InstitutionIdent
     if lock:
         used_fen = lock_cap_row(session, beneficiary_id, year)
     else:
-        used_fen = session.scalar(_CAP_USED, {"beneficiary_id": beneficiary_id, "year": year}) or 0
+        used_fen = session.connection().scalar(_CAP_USED, {"beneficiary_id": beneficiary_id, "year": year}) or 0
     account_ids = {b.account_id for b in bindings} | ({voucher.own_account_id} if voucher.own_account_id else set())
     limited = [b.id for b in bindings if b.yearly_limit_fen is not None]
     if lock and folded and account_ids:
         # The accounts locked in id order and, read after the cap row's lock (which serialises every
         # writer of this beneficiary's binding usage), what each limited binding paid this year.
-        rows = session.execute(_LOCK_ACCOUNTS_WITH_USAGE, {"ids": sorted(account_ids), "limited": limited,
+        rows = session.connection().execute(_LOCK_ACCOUNTS_WITH_USAGE, {"ids": sorted(account_ids), "limited": limited,
                                                            "year": year}).all()
         balances = {r.id: r.balance_fen for r in rows}
         paid_by_binding = {int(b): paid for b, paid in (rows[0].usage or {}).items()} if rows else {}
     else:
         balances = lock_accounts(session, account_ids) if lock else _balances(session, account_ids)
-        paid_by_binding = (dict(session.execute(_BINDING_USAGE, {"ids": limited, "year": year}).all())
+        paid_by_binding = (dict(session.connection().execute(_BINDING_USAGE, {"ids": limited, "year": year}).all())
                            if limited else {})
 
     sources = []
@@ -474,18 +474,19 @@ def lock_cap_row(session: Session, beneficiary_id: int, year: int) -> int:
     of the same beneficiary to commit) and ``RETURNING`` reads the value that one left.
     """
     stmt = _CAP_LOCK[session.get_bind().dialect.name]
-    return session.execute(stmt, {"beneficiary_person_id": beneficiary_id, "year": year, "used_fen": 0}).scalar_one()
+    return session.connection().execute(
+        stmt, {"beneficiary_person_id": beneficiary_id, "year": year, "used_fen": 0}).scalar_one()
 
 
 def lock_accounts(session: Session, account_ids: Iterable[int]) -> dict[int, int]:
     """Lock accounts in ascending id order (the one order every money transaction uses); id → balance."""
     ids = sorted(set(account_ids))
-    return dict(session.execute(_LOCK_ACCOUNTS, {"ids": ids}).all()) if ids else {}
+    return dict(session.connection().execute(_LOCK_ACCOUNTS, {"ids": ids}).all()) if ids else {}
 
 
 def _balances(session: Session, account_ids: Iterable[int]) -> dict[int, int]:
     ids = list(set(account_ids))
-    return dict(session.execute(_BALANCES, {"ids": ids}).all()) if ids else {}
+    return dict(session.connection().execute(_BALANCES, {"ids": ids}).all()) if ids else {}
 
 
 # --------------------------------------------------------------------------- writing

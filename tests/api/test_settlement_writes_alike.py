@@ -71,20 +71,21 @@ def _written(app, settlement_no: str) -> dict:
                 select(LedgerEntry.__table__).where(LedgerEntry.journal_id == journal.id))),
             "notices": [_plain(r, at) | {"movement_key": r.movement_key == f"s{sid}"} for r in notices],
             "deliveries": sorted(
-                (str(_plain(r, at)) for r in session.execute(select(Delivery.__table__).where(
-                    Delivery.notice_id.in_([n.id for n in notices]))))),
+                str(_plain(r, at)) for r in session.execute(select(Delivery.__table__).where(
+                    Delivery.notice_id.in_([n.id for n in notices])))),
         }
 
 
 def _usage(app, child: int) -> tuple:
     """The child's cap usage and their bindings' usage, rows of 0 left out (a refund leaves them at 0)."""
     with app_session() as session, session.begin():
-        return tuple([tuple(r) for r in rows if r[1]] for rows in (session.execute(select(CapUsage.year, CapUsage.used_fen)
-                                .where(CapUsage.beneficiary_person_id == child)).all(),
-                session.execute(select(BindingUsage.binding_id, BindingUsage.paid_fen)
-                                .join(Binding, Binding.id == BindingUsage.binding_id)
-                                .where(Binding.beneficiary_person_id == child).order_by(BindingUsage.binding_id))
-                .all()))
+        cap = session.execute(select(CapUsage.year, CapUsage.used_fen)
+                              .where(CapUsage.beneficiary_person_id == child)).all()
+        bindings = session.execute(select(BindingUsage.binding_id, BindingUsage.paid_fen)
+                                   .join(Binding, Binding.id == BindingUsage.binding_id)
+                                   .where(Binding.beneficiary_person_id == child)
+                                   .order_by(BindingUsage.binding_id)).all()
+    return tuple([tuple(r) for r in rows if r[1]] for rows in (cap, bindings))
 
 
 def test_the_folded_and_the_plain_writes_write_the_same_rows(app, client, sandbox, family, postgres,  # noqa: F811
