@@ -864,7 +864,8 @@ _USE_VOUCHER = update(vouchers_t).where(vouchers_t.c.id == bindparam("voucher_id
 # PostgreSQL: every write of a settlement in one statement (``_apply_in_one_statement``). Row sets
 # travel as JSON arrays expanded by ``jsonb_to_recordset``; the data-modifying CTEs all see the
 # snapshot the statement started with, and each reads only what the CTEs before it RETURN.
-_WRITE_ALL = text("""
+# Whitespace is squeezed out (``_squeezed``): psycopg caches the parsing of statements of up to 4 KB.
+_WRITE_ALL_SQL = """
 WITH s AS (
   INSERT INTO settlements (settlement_no, institution_id, out_settlement_no, request_hash, voucher_id,
                            auth_method, beneficiary_person_id, service_time, status, total_fen, eligible_fen,
@@ -933,4 +934,12 @@ SELECT (SELECT id FROM s) AS settlement_id,
        (SELECT json_agg(json_build_array(id, balance_fen)) FROM debited) AS debited,
        (SELECT balance_fen FROM clearing) AS clearing_after,
        (SELECT array_agg(id ORDER BY id) FROM d) AS delivery_ids
-""")
+"""
+
+
+def _squeezed(sql: str) -> str:
+    """SQL without comments and with single spaces (no string literal here holds two spaces or ``--``)."""
+    return " ".join(line.split("--", 1)[0].strip() for line in sql.splitlines() if line.split("--", 1)[0].strip())
+
+
+_WRITE_ALL = text(_squeezed(_WRITE_ALL_SQL))
