@@ -87,6 +87,7 @@ class Phase:
     commits: int = 0
     rollbacks: int = 0
     server_cpu_seconds: float = 0.0
+    database_cpu_seconds: float = 0.0
     error_sample: str = ""
 
     @property
@@ -106,6 +107,10 @@ class Phase:
     @property
     def cpu_ms_per_request(self) -> float:
         return 1000 * self.server_cpu_seconds / max(1, self.requests_total)
+
+    @property
+    def database_cpu_ms_per_request(self) -> float:
+        return 1000 * self.database_cpu_seconds / max(1, self.requests_total)
 
     @property
     def rollbacks_per_request(self) -> float:
@@ -226,14 +231,31 @@ def server_cpu_seconds(master_pid: int) -> float:
     ticks = os.sysconf("SC_CLK_TCK")
     children = Path(f"/proc/{master_pid}/task/{master_pid}/children")
     pids = [master_pid] + ([int(pid) for pid in children.read_text().split()] if children.exists() else [])
-    total = 0
+    return sum(_cpu_seconds(pids).values())
+
+
+def _cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds of each live process of ``pids`` (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
+        out[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return out
+
+
+def database_cpu_seconds(admin_url: str, database: str) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend serving ``database`` (the server is local):
+    what the database did for a phase, read before its server closes the connections."""
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        pids = conn.execute(text("SELECT pid FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"),
+                            {"d": database}).scalars().all()
+    engine.dispose()
+    return _cpu_seconds([int(pid) for pid in pids])
 
 
 # --------------------------------------------------------------------------- clients
@@ -412,9 +434,13 @@ def main(argv: list[str] | None = None) -> None:
                     spy = _start_profile(process.pid, Path(options.profile) / f"{kind}.folded",
                                          options.warmup + options.seconds)
                 cpu_before = server_cpu_seconds(process.pid)
+                database_before = database_cpu_seconds(server_url, name)
                 result = drive(kind, port, units[kind], options.clients, options.client_processes,
                                options.warmup, options.seconds)
                 result.server_cpu_seconds = server_cpu_seconds(process.pid) - cpu_before
+                database_after = database_cpu_seconds(server_url, name)
+                result.database_cpu_seconds = sum(cpu - database_before.get(pid, 0.0)
+                                                  for pid, cpu in database_after.items())
             finally:
                 stop(process)
                 if spy is not None:
@@ -426,7 +452,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {kind:<15} {result.ok:>6} ok {result.errors:>5} errors  {result.throughput:8.1f}/s  "
                   f"p50 {result.percentile(0.5):6.1f} ms  p99 {result.percentile(0.99):6.1f} ms  "
                   f"commits/req {result.commits_per_request:.2f}  rollbacks/req {result.rollbacks_per_request:.2f}  "
-                  f"server CPU {result.cpu_ms_per_request:.1f} ms/req"
+                  f"server CPU {result.cpu_ms_per_request:.1f} ms/req  "
+                  f"PostgreSQL CPU {result.database_cpu_ms_per_request:.1f} ms/req"
                   + (f"  first error: {result.error_sample}" if result.error_sample else ""), flush=True)
             return result
 
@@ -455,8 +482,9 @@ LABELS = {"settlement": "POST /institution/settlements", "voucher": "POST /vouch
 
 def table(rows: list[tuple[str, Phase, Phase | None]]) -> str:
     lines = ["| path | service req/s | reference req/s | ratio | service p50 / p99 ms | reference p50 / p99 ms "
-             "| commits / req (rollbacks) | reference commits / req | server CPU ms / req (reference) | errors |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| commits / req (rollbacks) | reference commits / req | server CPU ms / req (reference) "
+             "| PostgreSQL CPU ms / req (reference) | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for path, s, r in rows:
         ref = f"{r.throughput:.0f}" if r else "—"
         ratio = f"{s.throughput / r.throughput:.2f}×" if r and r.throughput else "—"
@@ -466,6 +494,8 @@ def table(rows: list[tuple[str, Phase, Phase | None]]) -> str:
                      f"{s.percentile(0.5):.1f} / {s.percentile(0.99):.1f} | {ref_lat} | "
                      f"{s.commits_per_request:.2f} ({s.rollbacks_per_request:.2f}) | {ref_commits} | "
                      f"{s.cpu_ms_per_request:.1f} ({f'{r.cpu_ms_per_request:.1f}' if r else '—'}) | "
+                     f"{s.database_cpu_ms_per_request:.1f} "
+                     f"({f'{r.database_cpu_ms_per_request:.1f}' if r else '—'}) | "
                      f"{s.errors}{'/' + str(r.errors) if r else ''} |")
     return "\n".join(lines)
 
