@@ -596,7 +596,7 @@ def _apply_in_one_statement(session: Session, deps: MoneyDeps, institution: Inst
                             "owner_person_id": owner_id, "binding_id": binding_id, "amount_fen": p.amount_fen,
                             "balance_after_fen": p.balance_after_fen}
                            for account_id, owner_id, binding_id, p in payments]),
-        "debits": dumps([{"account_id": a, "amount_fen": x} for a, x in debits.items()]),
+        "debit_accounts": list(debits), "debit_amounts": list(debits.values()),
         "clearing_id": clearing_id, "paid_fen": paid_fen,
         "entries": dumps([{"account_id": a, "amount_fen": x} for a, x in entries]),
         "binding_usage": dumps([{"binding_id": b, "paid_fen": x} for b, x in _per_binding(payments).items()]),
@@ -885,8 +885,9 @@ WITH s AS (
           AS x(sequence int, kind text, account_id bigint, owner_person_id bigint, binding_id bigint,
                amount_fen bigint, balance_after_fen bigint)
 ), debited AS (
+  -- arrays, not JSON: unnest's row estimate keeps this a look-up by primary key, never a scan
   UPDATE accounts a SET balance_fen = a.balance_fen - x.amount_fen, updated_at = :now
-  FROM jsonb_to_recordset(CAST(:debits AS jsonb)) AS x(account_id bigint, amount_fen bigint)
+  FROM unnest(CAST(:debit_accounts AS bigint[]), CAST(:debit_amounts AS bigint[])) AS x(account_id, amount_fen)
   WHERE a.id = x.account_id AND a.balance_fen >= x.amount_fen
   RETURNING a.id, a.balance_fen
 ), j AS (
