@@ -228,7 +228,6 @@ def stop(process: subprocess.Popen) -> None:
 def server_cpu_seconds(master_pid: int) -> float:
     """User + system CPU used so far by gunicorn's master and workers (Linux /proc): unlike
     throughput on a shared machine, it does not depend on what else the cores are doing."""
-    ticks = os.sysconf("SC_CLK_TCK")
     children = Path(f"/proc/{master_pid}/task/{master_pid}/children")
     pids = [master_pid] + ([int(pid) for pid in children.read_text().split()] if children.exists() else [])
     return sum(_cpu_seconds(pids).values())
