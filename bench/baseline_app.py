@@ -7,10 +7,18 @@ minimal Flask app with SQLAlchemy Core under the same engine settings as the ser
 - ``POST /settle {"account_id": n, "amount_fen": x}``: lock the account, debit it, insert a ledger
   row and an outbox row, commit, answer JSON;
 - ``POST /voucher {"person_id": n}`` (bearer token): look the token up, insert one voucher row, commit;
-- ``GET /me`` (bearer token): look the token up joined to its user, answer JSON.
+- ``GET /me`` (bearer token): look the token up joined to its user, answer JSON;
+- ``POST /settle-rows {"code_hash": h, "amount_fen": x, "institution_id": i, "clearing_id": c}``: the
+  settlement's floor — the service's own five statements (the voucher, the bindings, the cap row,
+  the accounts locked, then every row in one write) with the values filled in without any rule: the
+  bill is paid from the first bound owner's account. What a settlement costs in the database when
+  the signature, the nonce, validation, the plan, the response and the notice hand-over are taken
+  away: the gap between it and ``/settle`` is the cost of the records the rules keep (payment,
+  journal and entries, cap and binding usage, notices and deliveries, the voucher's use).
 
 No signature, no validation, no plan, no rules, no audit — what is left when everything the service
-adds is taken away. ``bench/run.py`` creates its tables (``bench_*``) and drives it.
+adds is taken away (``/settle-rows`` keeps the service's rows, nothing else). ``bench/run.py``
+creates its tables (``bench_*``) and drives it.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from sqlalchemy import text
 
 from app.config import normalize_database_url
 from app.extensions import make_engine
+from app.policy import SHANGHAI
 
 app = Flask(__name__)
 engine = make_engine(normalize_database_url(os.environ.get("BENCH_DATABASE_URL", "")))
@@ -84,3 +93,46 @@ def me():
     if user is None:
         return jsonify(error="unauthenticated"), 401
     return jsonify(id=user.id, person_id=user.person_id, channel=user.channel)
+
+
+@app.post("/settle-rows")
+def settle_rows():
+    from app.services import settlements as s  # the service's own statements, built once at import
+
+    body = request.get_json()
+    amount_fen, now = int(body["amount_fen"]), datetime.now(UTC)
+    on = now.astimezone(SHANGHAI).date()
+    with engine.begin() as conn:
+        voucher = conn.execute(s._VOUCHER_WITH_FACTS[1], {"code_hash": body["code_hash"], "service_time": now,
+                                                          "now": now, "on": on}).one()
+        binding = conn.execute(s._BINDINGS_SHARED, {"beneficiary_id": voucher.person_id, "service_time": now,
+                                                    "now": now}).first()
+        used_fen = conn.execute(s._CAP_LOCK["postgresql"], {"beneficiary_person_id": voucher.person_id,
+                                                            "year": on.year, "used_fen": 0}).scalar_one()
+        account = conn.execute(s._LOCK_ACCOUNTS_WITH_USAGE, {"ids": [binding.account_id], "limited": [],
+                                                             "year": on.year}).one()
+        settlement_no = f"F{secrets.randbelow(10**12):012d}"
+        after = account.balance_fen - amount_fen
+        content = {"amount_fen": amount_fen, "settlement_no": settlement_no}
+        row = conn.execute(s._WRITE_ALL, {
+            "settlement_no": settlement_no, "institution_id": body["institution_id"],
+            "out_settlement_no": settlement_no, "request_hash": "0" * 64, "voucher_id": voucher.id,
+            "beneficiary_person_id": voucher.person_id, "service_time": now, "auth_method": "voucher",
+            "total_fen": amount_fen, "eligible_fen": amount_fen, "own_account_fen": 0, "copay_fen": amount_fen,
+            "cash_fen": 0, "items": "[]", "reasons": "[]", "response": json.dumps(content), "now": now,
+            "year": on.year, "created_year": on.year,
+            "payments": json.dumps([{"sequence": 1, "kind": "copay", "account_id": binding.account_id,
+                                     "owner_person_id": binding.owner_person_id, "binding_id": binding.id,
+                                     "amount_fen": amount_fen, "balance_after_fen": after}]),
+            "debit_accounts": [binding.account_id], "debit_amounts": [amount_fen],
+            "clearing_id": body["clearing_id"], "paid_fen": amount_fen,
+            "entries": json.dumps([{"account_id": binding.account_id, "amount_fen": -amount_fen},
+                                   {"account_id": body["clearing_id"], "amount_fen": amount_fen}]),
+            "binding_usage": json.dumps([{"binding_id": binding.id, "paid_fen": amount_fen}]),
+            "notices": json.dumps([{"kind": "deduction", "person_id": binding.owner_person_id,
+                                    "amount_fen": amount_fen, "balance_after_fen": after, "content": content,
+                                    "channels": ["wechat"]}]),
+            "give_up_at": now,
+        }).one()
+    return jsonify(settlement_no=settlement_no, cap_used_fen=used_fen + amount_fen,
+                   deliveries=row.delivery_ids), 201

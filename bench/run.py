@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import create_engine, insert, text
+from sqlalchemy import create_engine, insert, select, text
 from sqlalchemy.engine import make_url
 
 from app.config import normalize_database_url
@@ -130,9 +130,19 @@ def seed(env: dict[str, str], families: int, vouchers: int) -> dict[str, list]:
     app = create_app(Config.from_env(env=env))
     Base.metadata.create_all(app.extensions["db.engine"])
     now = datetime.now(UTC)
-    out: dict[str, list] = {"codes": [], "tokens": [], "children": []}
-    pairs, out["codes"] = seed_families(app, families, vouchers, 1_000_000_000, now)
+    out: dict[str, list] = {"codes": [], "tokens": [], "children": [], "floor": []}
+    # Half of the vouchers for the service, half (as stored hashes) for the floor reference.
+    pairs, codes = seed_families(app, families, 2 * vouchers, 1_000_000_000, now)
+    out["codes"] = codes[:vouchers]
     with app.app_context():
+        from app.services.ledger import system_account_id
+        from models import Institution
+
+        with app_session() as session, session.begin():
+            institution_id = session.scalar(select(Institution.id).where(Institution.code == HOSPITAL))
+            clearing_id = system_account_id(session, "institution", institution_id)
+        codec = app.extensions["domain"].money.vouchers
+        out["floor"] = [(codec.code_hash(code), institution_id, clearing_id) for code in codes[vouchers:]]
         with app_session() as session, session.begin():
             user_ids = [session.execute(insert(User).values(
                 channel="wechat", wechat_openid=f"o-bench-owner-{i}", person_id=owner_id, verified_at=now,
@@ -270,6 +280,11 @@ def _request(kind: str, unit: object, seq: int) -> tuple[str, str, dict[str, str
         return "POST", SETTLE_PATH, {
             "X-Inst-Code": HOSPITAL, "X-Timestamp": ts, "X-Nonce": nonce, "Content-Type": "application/json",
             "X-Signature": sign(HOSPITAL_SECRET, "POST", SETTLE_PATH, ts, nonce, body)}, body, 201
+    if kind == "floor-settlement":
+        code_hash, institution_id, clearing_id = unit  # type: ignore[misc]
+        return "POST", "/settle-rows", {"Content-Type": "application/json"}, json.dumps(
+            {"code_hash": code_hash, "amount_fen": 5_000, "institution_id": institution_id,
+             "clearing_id": clearing_id}).encode(), 201
     if kind == "ref-settlement":
         return "POST", "/settle", {"Content-Type": "application/json"}, json.dumps(
             {"account_id": unit, "amount_fen": 1}).encode(), 201
@@ -414,6 +429,7 @@ def main(argv: list[str] | None = None) -> None:
         units = {
             "settlement": data["codes"],
             "ref-settlement": [1 + i % options.families for i in range(budget)],
+            "floor-settlement": data["floor"],
             "voucher": [(data["tokens"][i % options.families], data["children"][i % options.families])
                         for i in range(budget)],
             "me": [data["tokens"][i % options.families] for i in range(budget)],
@@ -460,6 +476,8 @@ def main(argv: list[str] | None = None) -> None:
             service = phase(path, "wsgi:app")
             reference = phase(f"ref-{path}", "bench.baseline_app:app") if path != "signin" else None
             rows.append((path, service, reference))
+            if path == "settlement":
+                rows.append(("settlement-floor", phase("floor-settlement", "bench.baseline_app:app"), reference))
         load_after = os.getloadavg()
         print()
         print(table(rows))
@@ -476,6 +494,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 LABELS = {"settlement": "POST /institution/settlements", "voucher": "POST /vouchers",
+          "settlement-floor": "floor: a settlement's statements and rows, no rules",
           "signin": "POST /auth/wechat", "me": "GET /me"}
 
 
