@@ -132,8 +132,8 @@ _vouchers, _persons, _bindings = Voucher.__table__, Person.__table__, Binding.__
 
 
 def _facts() -> Select[Any]:
-    """The person a voucher would name and the holder's binding with them (the live one first:
-    at most one binding per pair is live, R5), or no row when there is no such person."""
+    """The person a voucher would name and the holder's binding with them (an active one first,
+    else the latest, as before), or no row when there is no such person."""
     pair = _bindings.alias("pair")
     binding = (select(pair.c.id)
                .where(pair.c.owner_person_id == bindparam("holder_id"), pair.c.beneficiary_person_id == _persons.c.id)
@@ -154,7 +154,7 @@ def _insert_with_audit() -> Any:
     return insert(audit_table).from_select(
         [*names, "target_id"],
         select(*(bindparam(f"audit_{name}", type_=audit_table.c[name].type) for name in names), voucher.c.id),
-    ).returning(audit_table.c.target_id)
+    )
 
 
 # Built once (the voucher issue is a hot path): Core statements on the tables.
