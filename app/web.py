@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from flask import current_app, g, request
+from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
 from app import errors
@@ -56,7 +57,7 @@ def principal() -> Principal:
     return g.principal
 
 
-def _authenticate() -> Principal:
+def _authenticate(query: Select[Any] | None = None) -> Principal:
     token = _bearer()
     if token is None:
         raise errors.Unauthenticated()
@@ -64,9 +65,9 @@ def _authenticate() -> Principal:
     begin_envelope = getattr(request_session, "begin_envelope", None)
     if begin_envelope is not None and begin_envelope():
         # The look-up runs in a transaction the use case takes over (one commit per request).
-        found = resolve_token(request_session, token, now())
+        found = resolve_token(request_session, token, now(), query)
     else:
-        found = authenticate(request_session, token, now())
+        found = authenticate(request_session, token, now(), query)
     g.principal = found
     g.actor_label = f"{found.kind}:{found.id}"
     return found
@@ -95,6 +96,24 @@ def user_required(fn: F) -> F:
 
     wrapper.api_auth = ("user", ())  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
+
+
+def user_required_with(query: Select[Any]) -> Callable[[F], F]:
+    """``user_required`` whose token look-up is ``query`` (an ``app.services.auth.user_by_token(...)``):
+    it reads the view's facts about the caller in the same statement as the token, and the view
+    finds them in ``principal().facts``. Same refusals as ``user_required``."""
+
+    def decorator(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if _authenticate(query).kind != "user":
+                raise errors.Forbidden("This endpoint is for mini-program users.")
+            return fn(*args, **kwargs)
+
+        wrapper.api_auth = ("user", ())  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorator
 
 
 def staff_required(*roles: str) -> Callable[[F], F]:

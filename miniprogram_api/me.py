@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask_smorest import Blueprint
 
 from app.services import identity, phones
-from app.web import client_ip, domain, now, principal, rate_limited, session, user_required
+from app.web import client_ip, domain, now, principal, rate_limited, session, user_required, user_required_with
 from miniprogram_api.schemas import (
     IdentityResultSchema,
     IdentitySchema,
@@ -19,12 +19,12 @@ bp = Blueprint("me", __name__, description="The signed-in user")
 
 
 @bp.get("")
-@user_required
+@user_required_with(identity.ME_BY_TOKEN)
 @bp.response(200, MeSchema)
 def get_me():
     """The masked person, account balance (owners), proof and phone status, and the region policy."""
     d = domain()
-    return identity.describe_me(session(), d.pii, d.policy, principal().id)
+    return identity.describe_me(d.pii, d.policy, principal().facts)
 
 
 @bp.post("/identity")

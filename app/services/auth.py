@@ -4,24 +4,45 @@ Tokens are opaque random strings; only their SHA-256 is stored. An access token 
 tokens it was issued with share a ``chain_id``: rotating keeps the chain, reusing an already
 rotated refresh token revokes the whole chain (a stolen token is then useless to both parties),
 and logout revokes the chain too.
+
+Sign-in and the bearer-token look-up are hot paths (issue 13): their statements are Core, built
+once at import, and run on the transaction's connection (no ORM loads or flushes). On PostgreSQL a
+sign-in is ONE statement (a data-modifying CTE: the user found and updated or created, the audit
+row, the two tokens); SQLite runs the same steps one statement each.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import (
+    Select,
+    String,
+    bindparam,
+    exists,
+    false,
+    func,
+    insert,
+    literal,
+    select,
+    true,
+    union_all,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import errors
+from app.request_context import current_request_id
 from app.services import audit
 from models import AuthToken, StaffUser, User
 from models.base import UTCDateTime
+
+_tokens, _users, _staff = AuthToken.__table__, User.__table__, StaffUser.__table__
 
 
 @dataclass(frozen=True)
@@ -34,6 +55,9 @@ class Principal:
     channel: str | None = None
     role: str | None = None
     chain_id: str | None = None
+    # The row of the token look-up: with ``user_by_token(...)`` it carries the view's own facts,
+    # read in the same statement as the token (``app.web.user_required_with``).
+    facts: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -52,44 +76,133 @@ def new_staff_token() -> tuple[str, str]:
     return token, token_hash(token)
 
 
-def _issue_pair(session: Session, user: User, settings: TokenSettings, now: datetime,
-                chain_id: str | None = None) -> dict[str, Any]:
-    chain_id = chain_id or secrets.token_hex(16)
+def _new_pair(settings: TokenSettings, now: datetime, chain_id: str) -> tuple[str, str, dict[str, Any]]:
+    """A fresh access and refresh token and the parameters that store their hashes."""
     access = "at_" + secrets.token_urlsafe(32)
     refresh = "rt_" + secrets.token_urlsafe(32)
-    session.add_all([
-        AuthToken(kind="access", token_hash=token_hash(access), user_id=user.id, chain_id=chain_id,
-                  expires_at=now + timedelta(seconds=settings.access_ttl_seconds), created_at=now),
-        AuthToken(kind="refresh", token_hash=token_hash(refresh), user_id=user.id, chain_id=chain_id,
-                  expires_at=now + timedelta(seconds=settings.refresh_ttl_seconds), created_at=now),
-    ])
+    return access, refresh, {
+        "chain_id": chain_id, "now": now,
+        "access_hash": token_hash(access), "access_expires_at": now + timedelta(seconds=settings.access_ttl_seconds),
+        "refresh_hash": token_hash(refresh),
+        "refresh_expires_at": now + timedelta(seconds=settings.refresh_ttl_seconds),
+    }
+
+
+def _token_rows(user_id: int, pair: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"kind": kind, "token_hash": pair[f"{kind}_hash"], "user_id": user_id, "chain_id": pair["chain_id"],
+             "expires_at": pair[f"{kind}_expires_at"], "created_at": pair["now"]} for kind in ("access", "refresh")]
+
+
+def _pair_response(access: str, refresh: str, settings: TokenSettings, user_id: int, channel: str,
+                   person_id: int | None) -> dict[str, Any]:
     return {
         "access_token": access,
         "refresh_token": refresh,
         "token_type": "Bearer",
         "expires_in": settings.access_ttl_seconds,
-        "user": {"id": user.id, "channel": user.channel, "verified": user.person_id is not None},
+        "user": {"id": user_id, "channel": channel, "verified": person_id is not None},
     }
 
 
-def _sign_in(session: Session, channel: str, lookup: Any, fill: Any, settings: TokenSettings,
+def _issue_pair(session: Session, user_id: int, channel: str, person_id: int | None, settings: TokenSettings,
+                now: datetime, chain_id: str | None = None) -> dict[str, Any]:
+    access, refresh, pair = _new_pair(settings, now, chain_id or secrets.token_hex(16))
+    session.connection().execute(_INSERT_TOKEN, _token_rows(user_id, pair))
+    return _pair_response(access, refresh, settings, user_id, channel, person_id)
+
+
+@dataclass(frozen=True)
+class _SignInStatements:
+    """The statements of one way to find a platform identity's user (``key``): ``set`` columns take
+    the platform's values, ``kept`` columns keep the stored value when the platform gives none."""
+
+    channel: str
+    key: str
+    find: Any  # SQLite: the user, then an update or an insert, the audit row, the tokens
+    update: Any
+    create: Any
+    all_in_one: Any  # PostgreSQL: everything in one data-modifying CTE
+
+    @classmethod
+    def build(cls, channel: str, key: str, replaced: tuple[str, ...] = (), kept: tuple[str, ...] = ()
+              ) -> _SignInStatements:
+        now = bindparam("now", type_=UTCDateTime())
+
+        def param(name: str) -> Any:
+            # Named apart from the columns: a parameter named like a column of an UPDATE or an
+            # INSERT would be taken as a value for that column.
+            return bindparam(f"new_{name}", type_=_users.c[name].type)
+
+        changes = {**{name: param(name) for name in replaced}, **{name: func.coalesce(param(name), _users.c[name])
+                                                             for name in kept if name != key}, "last_login_at": now}
+        new = dict.fromkeys((key, *replaced, *kept))
+        who = (_users.c.id, _users.c.channel, _users.c.person_id)
+        find = select(*who).where(_users.c[key] == param(key))
+        update_ = update(_users).where(_users.c.id == bindparam("user_id")).values(changes)
+        create = (insert(_users).values({"channel": channel, **{name: param(name) for name in new},
+                                         "last_login_at": now, "created_at": now}).returning(*who))
+        # PostgreSQL: update the user if they exist, else create them (a racing first sign-in of
+        # the same identity fails on the unique key and is retried: it then finds the winner's row).
+        found = (update(_users).where(_users.c[key] == param(key)).values(changes)
+                 .returning(*who, false().label("created")).cte("found"))
+        made = (insert(_users).from_select(
+            ["channel", *new, "last_login_at", "created_at"],
+            select(literal(channel, String), *(param(name) for name in new), now, now)
+            .where(~exists(select(found.c.id))))
+            .returning(*who, true().label("created")).cte("made"))
+        user = union_all(select(found), select(made)).cte("signed_in")
+        a = audit.TABLE
+        audit_row = insert(a).from_select(
+            ["actor_kind", "actor_id", "action", "details", "request_id", "ip", "created_at"],
+            select(literal("user", String), user.c.id, literal("auth.sign_in", String),
+                   func.jsonb_build_object(literal("channel", String), literal(channel, String),
+                                           literal("new_user", String), user.c.created),
+                   bindparam("request_id", type_=a.c.request_id.type), bindparam("ip", type_=a.c.ip.type), now),
+        ).cte("audit_row")
+        tokens = [insert(_tokens).from_select(
+            ["kind", "token_hash", "user_id", "chain_id", "expires_at", "created_at"],
+            select(literal(kind, String), bindparam(f"{kind}_hash", type_=_tokens.c.token_hash.type), user.c.id,
+                   bindparam("chain_id", type_=_tokens.c.chain_id.type),
+                   bindparam(f"{kind}_expires_at", type_=UTCDateTime()), now),
+        ).cte(f"{kind}_token") for kind in ("access", "refresh")]
+        all_in_one = select(user.c.id, user.c.channel, user.c.person_id).add_cte(audit_row, *tokens)
+        return cls(channel, key, find, update_, create, all_in_one)
+
+
+_INSERT_TOKEN = insert(_tokens)
+_WECHAT = _SignInStatements.build("wechat", "wechat_openid", replaced=("wechat_session_key_enc",),
+                                  kept=("wechat_unionid",))
+_ALIPAY_BY_USER_ID = _SignInStatements.build("alipay", "alipay_user_id", kept=("alipay_open_id",))
+_ALIPAY_BY_OPEN_ID = _SignInStatements.build("alipay", "alipay_open_id", kept=("alipay_user_id",))
+
+
+def _sign_in(session: Session, how: _SignInStatements, fields: dict[str, Any], settings: TokenSettings,
              now: datetime, ip: str | None) -> dict[str, Any]:
+    """Find the platform identity's user (``fields[how.key]``) or create them, record the sign-in
+    with its audit row and issue a token pair: one transaction."""
+    access, refresh, pair = _new_pair(settings, now, secrets.token_hex(16))
+    new = {f"new_{name}": value for name, value in fields.items()}
     # Two first sign-ins of the same platform identity may race to create the user; the
     # unique constraint lets one win, and the other signs in to the winner's row.
     for attempt in (1, 2):
         try:
             with session.begin():
-                user = session.scalar(select(User).where(lookup))
-                created = user is None
-                if user is None:
-                    user = User(channel=channel, created_at=now)
-                    session.add(user)
-                fill(user)
-                user.last_login_at = now
-                session.flush()
-                audit.record(session, actor_kind="user", actor_id=user.id, action="auth.sign_in", at=now,
-                             details={"channel": channel, "new_user": created}, ip=ip)
-                return _issue_pair(session, user, settings, now)
+                connection = session.connection()
+                if connection.dialect.name == "postgresql":
+                    user_id, channel, person_id = connection.execute(how.all_in_one, {
+                        **new, **pair, "request_id": current_request_id.get(), "ip": ip}).one()
+                else:
+                    found = connection.execute(how.find, {f"new_{how.key}": fields[how.key]}).first()
+                    if found is None:
+                        user_id, channel, person_id = connection.execute(how.create, {**new, "now": now}).one()
+                    else:
+                        user_id, channel, person_id = found
+                        connection.execute(how.update, {**new, "now": now, "user_id": user_id})
+                    connection.execute(audit.INSERT, audit.values(
+                        actor_kind="user", actor_id=user_id, action="auth.sign_in", at=now,
+                        details={"channel": how.channel, "new_user": found is None}, ip=ip))
+                    connection.execute(_INSERT_TOKEN, _token_rows(user_id, pair))
+            return _pair_response(access, refresh, settings, user_id, channel, person_id)
         except IntegrityError:
             if attempt == 2:
                 raise
@@ -101,26 +214,19 @@ def sign_in_with_wechat(session: Session, wechat: Any, pii: Any, code: str, sett
     """Exchange a ``wx.login`` code (code2Session) for our tokens. The session_key stays here."""
     # The platform call happens before the transaction: no row lock is held across the network.
     found = wechat.code_to_session(code)
-
-    def fill(user: User) -> None:
-        user.wechat_openid = found.openid
-        user.wechat_unionid = found.unionid or user.wechat_unionid
-        user.wechat_session_key_enc = pii.encrypt(found.session_key, context="user.wechat_session_key")
-
-    return _sign_in(session, "wechat", User.wechat_openid == found.openid, fill, settings, now, ip)
+    return _sign_in(session, _WECHAT, {
+        "wechat_openid": found.openid, "wechat_unionid": found.unionid,
+        "wechat_session_key_enc": pii.encrypt(found.session_key, context="user.wechat_session_key")},
+        settings, now, ip)
 
 
 def sign_in_with_alipay(session: Session, alipay: Any, auth_code: str, settings: TokenSettings,
                         now: datetime, ip: str | None = None) -> dict[str, Any]:
     """Exchange a ``my.getAuthCode`` code (alipay.system.oauth.token) for our tokens."""
     found = alipay.exchange_auth_code(auth_code)
-    lookup = (User.alipay_user_id == found.user_id) if found.user_id else (User.alipay_open_id == found.open_id)
-
-    def fill(user: User) -> None:
-        user.alipay_user_id = found.user_id or user.alipay_user_id
-        user.alipay_open_id = found.open_id or user.alipay_open_id
-
-    return _sign_in(session, "alipay", lookup, fill, settings, now, ip)
+    how = _ALIPAY_BY_USER_ID if found.user_id else _ALIPAY_BY_OPEN_ID
+    return _sign_in(session, how, {"alipay_user_id": found.user_id or None, "alipay_open_id": found.open_id or None},
+                    settings, now, ip)
 
 
 def _revoke_chain(session: Session, chain_id: str, now: datetime) -> None:
@@ -149,7 +255,7 @@ def refresh_tokens(session: Session, refresh_token: str, settings: TokenSettings
         else:
             row.used_at = now
             user = session.get_one(User, row.user_id)
-            result = _issue_pair(session, user, settings, now, chain_id=row.chain_id)
+            result = _issue_pair(session, user.id, user.channel, user.person_id, settings, now, chain_id=row.chain_id)
     if reused:
         raise errors.Unauthenticated("The refresh token was already used; you have been signed out.")
     return result
@@ -163,35 +269,45 @@ def logout(session: Session, caller: Principal, now: datetime) -> None:
         audit.record(session, actor_kind="user", actor_id=caller.id, action="auth.logout", at=now)
 
 
-def authenticate(session: Session, token: str, now: datetime) -> Principal:
+def user_by_token(*columns: Any, join: Any = None) -> Select[Any]:
+    """The bearer-token look-up of a user, reading ``columns`` of the caller's own facts in the same
+    statement (``join`` extends the FROM, e.g. with outer joins to the user's person). The token
+    conditions are always the same: an unrevoked, unexpired access token."""
+    source = _tokens.join(_users, _users.c.id == _tokens.c.user_id)
+    return (
+        select(_tokens.c.user_id, _tokens.c.chain_id, _users.c.person_id, _users.c.channel, *columns)
+        .select_from(join(source) if join is not None else source)
+        .where(_tokens.c.token_hash == bindparam("token_hash"), _tokens.c.kind == "access",
+               _tokens.c.revoked_at.is_(None), _tokens.c.expires_at > bindparam("now", type_=UTCDateTime()))
+    )
+
+
+def authenticate(session: Session, token: str, now: datetime, query: Select[Any] | None = None) -> Principal:
     """Resolve a bearer token to its principal, or raise ``Unauthenticated``."""
     with session.begin():
-        return resolve_token(session, token, now)
+        return resolve_token(session, token, now, query)
 
 
-def resolve_token(session: Session, token: str, now: datetime) -> Principal:
+def resolve_token(session: Session, token: str, now: datetime, query: Select[Any] | None = None) -> Principal:
     """``authenticate`` inside a transaction the caller opened (the request envelope's, which the
-    use case then commits: one transaction per request)."""
+    use case then commits: one transaction per request). ``query``: a ``user_by_token(...)`` that
+    also reads the view's facts (``Principal.facts``); a staff token never reads them."""
     hashed = token_hash(token)
     if token.startswith("st_"):
-        staff = session.execute(_STAFF_BY_TOKEN, {"token_hash": hashed, "now": now}).first()
+        staff = session.connection().execute(_STAFF_BY_TOKEN, {"token_hash": hashed, "now": now}).first()
         if staff is not None:
             return Principal(kind="staff", id=staff.id, role=staff.role)
     elif token.startswith("at_"):
-        row = session.execute(_USER_BY_TOKEN, {"token_hash": hashed, "now": now}).first()
+        row = session.connection().execute(query if query is not None else _USER_BY_TOKEN,
+                                           {"token_hash": hashed, "now": now}).first()
         if row is not None:
             return Principal(kind="user", id=row.user_id, person_id=row.person_id, channel=row.channel,
-                             chain_id=row.chain_id)
+                             chain_id=row.chain_id, facts=row)
     raise errors.Unauthenticated("The access token is missing, expired or revoked.")
 
 
-# Built once: the look-up runs on every signed-in request.
-_STAFF_BY_TOKEN = select(StaffUser.id, StaffUser.role).where(
-    StaffUser.token_hash == bindparam("token_hash"), StaffUser.active, StaffUser.token_revoked_at.is_(None),
-    StaffUser.token_expires_at > bindparam("now", type_=UTCDateTime()))
-_USER_BY_TOKEN = (
-    select(AuthToken.user_id, AuthToken.chain_id, User.person_id, User.channel)
-    .join(User, User.id == AuthToken.user_id)
-    .where(AuthToken.token_hash == bindparam("token_hash"), AuthToken.kind == "access",
-           AuthToken.revoked_at.is_(None), AuthToken.expires_at > bindparam("now", type_=UTCDateTime()))
-)
+# Built once: the look-up runs on every signed-in request (Core on the tables: no ORM layer).
+_STAFF_BY_TOKEN = select(_staff.c.id, _staff.c.role).where(
+    _staff.c.token_hash == bindparam("token_hash"), _staff.c.active, _staff.c.token_revoked_at.is_(None),
+    _staff.c.token_expires_at > bindparam("now", type_=UTCDateTime()))
+_USER_BY_TOKEN = user_by_token()

@@ -31,6 +31,7 @@ from app.policy import IDENTITY_PROOFS, RegionPolicy, names_match, shanghai_date
 from app.security.id_number import validate_id_number
 from app.security.pii import PiiCipher, mask_id_number, mask_mobile, mask_name, normalize_for_index
 from app.services import audit
+from app.services.auth import user_by_token
 from app.timefmt import iso
 from models import Account, IdentityLinkCode, Person, User
 from notify.person_notices import add_person_notice
@@ -268,40 +269,60 @@ def link_at_window(session: Session, pii: PiiCipher, policy: RegionPolicy, staff
 
 def person_view(pii: PiiCipher, person: Person) -> dict[str, Any]:
     """The masked person, as every response shows it (R17)."""
+    return masked_person(pii, person.id, person.name_enc, person.id_number_enc)
+
+
+def masked_person(pii: PiiCipher, person_id: int, name_enc: str, id_number_enc: str) -> dict[str, Any]:
+    """``person_view`` from the columns a Core statement read: only the name and the ID number
+    are decrypted, and only to be masked."""
     return {
-        "person_id": person.id,
-        "name": mask_name(pii.decrypt(person.name_enc, context="person.name")),
-        "id_number": mask_id_number(pii.decrypt(person.id_number_enc, context="person.id_number")),
+        "person_id": person_id,
+        "name": mask_name(pii.decrypt(name_enc, context="person.name")),
+        "id_number": mask_id_number(pii.decrypt(id_number_enc, context="person.id_number")),
     }
 
 
-def describe_me(session: Session, pii: PiiCipher, policy: Any, user_id: int) -> dict[str, Any]:
-    """The signed-in user, their masked person, their balance (owners) and the region policy."""
-    with session.begin():
-        user = session.get_one(User, user_id)
-        result: dict[str, Any] = {
-            "user": {"id": user.id, "channel": user.channel, "verified": user.person_id is not None,
-                     "identity_proof": user.identity_proof, "identity_proven_at": iso(user.identity_proven_at),
-                     "must_prove_identity_again": user.unproven_person_id is not None and user.person_id is None,
-                     "phone": None if user.phone_enc is None else {
-                         "number": mask_mobile(pii.decrypt(user.phone_enc, context="user.phone")),
-                         "proven_via": user.phone_proof, "proven_at": iso(user.phone_proven_at)}},
-            "person": None,
-            "account": None,
-            "policy": policy.summary(),
+_users, _persons, _accounts = User.__table__, Person.__table__, Account.__table__
+# GET /me reads everything it shows in its token look-up: ONE statement, built once (issue 13).
+# Outer joins: a user not linked to a person has no person, a beneficiary may have no account.
+ME_BY_TOKEN = user_by_token(
+    _users.c.identity_proof, _users.c.identity_proven_at, _users.c.unproven_person_id,
+    _users.c.phone_enc.label("user_phone_enc"), _users.c.phone_bidx.label("user_phone_bidx"),
+    _users.c.phone_proof, _users.c.phone_proven_at,
+    _persons.c.name_enc, _persons.c.id_number_enc, _persons.c.insurance_type, _persons.c.region_code,
+    _persons.c.status, _persons.c.phone_enc.label("person_phone_enc"),
+    _persons.c.phone_bidx.label("person_phone_bidx"),
+    _accounts.c.id.label("account_id"), _accounts.c.balance_fen,
+    join=lambda source: source.outerjoin(_persons, _persons.c.id == _users.c.person_id)
+    .outerjoin(_accounts, _accounts.c.person_id == _persons.c.id),
+)
+
+
+def describe_me(pii: PiiCipher, policy: Any, me: Any) -> dict[str, Any]:
+    """The signed-in user, their masked person, their balance (owners) and the region policy, from
+    the row ``ME_BY_TOKEN`` read with the caller's token (no statement of its own). PII is
+    decrypted only for what is shown, masked."""
+    result: dict[str, Any] = {
+        "user": {"id": me.user_id, "channel": me.channel, "verified": me.person_id is not None,
+                 "identity_proof": me.identity_proof, "identity_proven_at": iso(me.identity_proven_at),
+                 "must_prove_identity_again": me.unproven_person_id is not None and me.person_id is None,
+                 "phone": None if me.user_phone_enc is None else {
+                     "number": mask_mobile(pii.decrypt(me.user_phone_enc, context="user.phone")),
+                     "proven_via": me.phone_proof, "proven_at": iso(me.phone_proven_at)}},
+        "person": None,
+        "account": None,
+        "policy": policy.summary(),
+    }
+    if me.person_id is not None:
+        result["person"] = masked_person(pii, me.person_id, me.name_enc, me.id_number_enc) | {
+            "insurance_type": me.insurance_type,
+            "region_code": me.region_code,
+            "status": me.status,
+            "reserved_phone": None if me.person_phone_enc is None
+            else mask_mobile(pii.decrypt(me.person_phone_enc, context="person.phone")),
+            "phone_matches_reserved": None if me.person_phone_bidx is None or me.user_phone_bidx is None
+            else hmac.compare_digest(me.person_phone_bidx, me.user_phone_bidx),
         }
-        if user.person_id is not None:
-            person = session.get_one(Person, user.person_id)
-            result["person"] = person_view(pii, person) | {
-                "insurance_type": person.insurance_type,
-                "region_code": person.region_code,
-                "status": person.status,
-                "reserved_phone": None if person.phone_enc is None
-                else mask_mobile(pii.decrypt(person.phone_enc, context="person.phone")),
-                "phone_matches_reserved": None if person.phone_bidx is None or user.phone_bidx is None
-                else hmac.compare_digest(person.phone_bidx, user.phone_bidx),
-            }
-            account = session.scalar(select(Account).where(Account.person_id == person.id))
-            if account is not None:
-                result["account"] = {"balance_fen": account.balance_fen}
-        return result
+        if me.account_id is not None:
+            result["account"] = {"balance_fen": me.balance_fen}
+    return result

@@ -21,14 +21,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import segno
-from sqlalchemy import insert, select
+from sqlalchemy import Select, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from app import errors
 from app.security.id_number import PROVINCE_CODES
 from app.security.pii import PiiCipher, decode_config_key
 from app.services import audit
-from app.services.identity import person_view
+from app.services.identity import masked_person
 from app.timefmt import iso
 from models import Binding, Person, Voucher
 
@@ -89,47 +89,79 @@ def issue_voucher(
     whether that person exists or not); a binding that exists but is not active (pending,
     suspended, unbound) is ``BINDING_NOT_ACTIVE``. A suspended *beneficiary* still gets a voucher:
     their own account and cash still work (R11, R12).
+
+    Two statements (issue 13): the person named and the holder's binding with them in one read,
+    then the voucher and its audit row in one write (a data-modifying CTE; two inserts on SQLite).
     """
     if holder_person_id is None:
         raise errors.Forbidden("Verify your identity first.", details={"reason": "identity_not_verified"})
     target_id = person_id if person_id is not None else holder_person_id
     with session.begin():
+        connection = session.connection()
+        facts = connection.execute(_FACTS, {"target_id": target_id, "holder_id": holder_person_id}).first()
         binding_id = None
         if target_id != holder_person_id:
-            binding_id = _active_binding_id(session, holder_person_id, target_id)
-        person = session.get(Person, target_id)
-        if person is None:
+            # A binding's beneficiary is a person (foreign key): no row here means no binding either.
+            if facts is None or facts.binding_id is None:
+                raise errors.NotFound("You have no binding with this person.")
+            if facts.binding_status != "active":
+                raise errors.BindingNotActive(details={"binding_id": facts.binding_id, "status": facts.binding_status})
+            binding_id = facts.binding_id
+        if facts is None:
             raise errors.NotFound()
-        if person.status != "active":
+        if facts.status != "active":
             raise errors.BeneficiaryNotEligible(
                 "The person named on the voucher is not an active insured person.", details={"reason": "inactive"})
-        code = codec.new_code(person.region_code[:2])
+        code = codec.new_code(facts.region_code[:2])
         expires_at = now + timedelta(seconds=codec.ttl_seconds)
-        voucher_id = session.execute(
-            insert(Voucher).values(
-                code_hash=codec.code_hash(code), person_id=target_id, holder_person_id=holder_person_id,
-                holder_user_id=user_id, binding_id=binding_id, expires_at=expires_at, created_at=now,
-            ).returning(Voucher.id)
-        ).scalar_one()
-        audit.record(session, actor_kind="user", actor_id=user_id, action="voucher.issue", at=now, ip=ip,
-                     target_kind="voucher", target_id=voucher_id,
-                     details={"person_id": target_id, "binding_id": binding_id})
-        shown = person_view(pii, person)
+        voucher = {"code_hash": codec.code_hash(code), "person_id": target_id, "holder_person_id": holder_person_id,
+                   "holder_user_id": user_id, "binding_id": binding_id, "expires_at": expires_at,
+                   "created_at": now}
+        row = audit.values(actor_kind="user", actor_id=user_id, action="voucher.issue", at=now, ip=ip,
+                           target_kind="voucher", details={"person_id": target_id, "binding_id": binding_id})
+        if connection.dialect.name == "postgresql":
+            connection.execute(_INSERT_WITH_AUDIT, {**voucher, **{f"audit_{k}": v for k, v in row.items()}})
+        else:
+            voucher_id = connection.execute(_INSERT, voucher).scalar_one()
+            connection.execute(audit.INSERT, row | {"target_id": voucher_id})
+        shown = masked_person(pii, target_id, facts.name_enc, facts.id_number_enc)
     return {"code": code, "person": shown, "expires_at": iso(expires_at), "ttl_seconds": codec.ttl_seconds}
 
 
-def _active_binding_id(session: Session, owner_id: int, beneficiary_id: int) -> int:
-    row = session.execute(
-        select(Binding.id, Binding.status)
-        .where(Binding.owner_person_id == owner_id, Binding.beneficiary_person_id == beneficiary_id)
-        .order_by((Binding.status == "active").desc(), Binding.id.desc())
-        .limit(1)
-    ).first()
-    if row is None:
-        raise errors.NotFound("You have no binding with this person.")
-    if row.status != "active":
-        raise errors.BindingNotActive(details={"binding_id": row.id, "status": row.status})
-    return row.id
+_vouchers, _persons, _bindings = Voucher.__table__, Person.__table__, Binding.__table__
+
+
+def _facts() -> Select[Any]:
+    """The person a voucher would name and the holder's binding with them (an active one first,
+    else the latest, as before), or no row when there is no such person."""
+    pair = _bindings.alias("pair")
+    binding = (select(pair.c.id)
+               .where(pair.c.owner_person_id == bindparam("holder_id"), pair.c.beneficiary_person_id == _persons.c.id)
+               .order_by((pair.c.status == "active").desc(), pair.c.id.desc())
+               .limit(1).correlate(_persons).scalar_subquery())
+    return (select(_persons.c.status, _persons.c.region_code, _persons.c.name_enc, _persons.c.id_number_enc,
+                   _bindings.c.id.label("binding_id"), _bindings.c.status.label("binding_status"))
+            .select_from(_persons.outerjoin(_bindings, _bindings.c.id == binding))
+            .where(_persons.c.id == bindparam("target_id")))
+
+
+def _insert_with_audit() -> Any:
+    """PostgreSQL: the voucher and its audit row (which names the voucher's id) in ONE statement."""
+    audit_table = audit.TABLE
+    voucher = (insert(_vouchers).values({name: bindparam(name, type_=_vouchers.c[name].type) for name in _COLUMNS})
+               .returning(_vouchers.c.id).cte("voucher"))
+    names = [c.name for c in audit_table.c if c.name not in ("id", "target_id")]
+    return insert(audit_table).from_select(
+        [*names, "target_id"],
+        select(*(bindparam(f"audit_{name}", type_=audit_table.c[name].type) for name in names), voucher.c.id),
+    )
+
+
+# Built once (the voucher issue is a hot path): Core statements on the tables.
+_COLUMNS = ("code_hash", "person_id", "holder_person_id", "holder_user_id", "binding_id", "expires_at", "created_at")
+_FACTS = _facts()
+_INSERT = insert(_vouchers).returning(_vouchers.c.id)
+_INSERT_WITH_AUDIT = _insert_with_audit()
 
 
 def voucher_image(session: Session, codec: VoucherCodec, user_id: int, code: str, kind: str, now: datetime) -> bytes:

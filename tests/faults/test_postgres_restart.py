@@ -30,7 +30,7 @@ def test_postgres_restarted_under_load(private_postgres, make_app, sandbox):
     engine = create_engine(private_postgres.url)
     Base.metadata.create_all(engine)
     engine.dispose()
-    app = make_app(DATABASE_URL=private_postgres.url, RATE_LIMIT_PER_USER="100000/60")
+    app = make_app(DATABASE_URL=private_postgres.url, RATE_LIMIT_PER_USER="100000/60", RATE_LIMIT_PER_IP="100000/60")
     client = app.test_client()
     try:
         with app.app_context():

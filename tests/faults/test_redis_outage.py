@@ -37,7 +37,7 @@ def _worker_burst(app) -> int:
 
 
 def test_redis_killed_under_load(private_redis, make_app, sandbox, demo, caplog):
-    app = make_app(REDIS_URL=private_redis.url, RATE_LIMIT_PER_USER="100000/60")
+    app = make_app(REDIS_URL=private_redis.url, RATE_LIMIT_PER_USER="100000/60", RATE_LIMIT_PER_IP="100000/60")
     client = app.test_client()
     with app.app_context():
         fam = family(app, client, sandbox)
