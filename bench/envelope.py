@@ -27,7 +27,6 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, jsonify, make_response, request
@@ -176,9 +175,8 @@ def main(argv: list[str] | None = None) -> None:
             status = call(app, method, path, body)
             if status != expected:
                 raise SystemExit(f"{label}: {status} from {app.name}, expected {expected}")
-        best: Callable[[Flask, cProfile.Profile | None], float] = lambda app, prof: min(  # noqa: E731
-            measure(app, method, path, body, options.requests, prof) for _ in range(options.repeat))
-        ours, theirs = best(service, profile), best(bare, None)
+        ours = min(measure(service, method, path, body, options.requests, profile) for _ in range(options.repeat))
+        theirs = min(measure(bare, method, path, body, options.requests) for _ in range(options.repeat))
         print(f"{label:<32} {ours:11.0f} {theirs:9.0f} {ours - theirs:12.0f}", flush=True)
     if profile is not None:
         profile.dump_stats(options.profile)
