@@ -268,24 +268,27 @@ def _refuse_nul() -> errors.DomainError:
 def check_request_body() -> None:
     """Before each request: no NUL character in the path, query or form (PostgreSQL text cannot hold
     one), and a JSON operation gets JSON, or an error that says what is wrong."""
-    if request.endpoint is None:
+    req = request._get_current_object()  # the request itself, not one proxy look-up per attribute
+    rule = req.url_rule
+    if rule is None:
         return
-    if _has_nul(request.view_args or {}) or (request.query_string and _has_nul(list(request.args.lists()))):
+    if _has_nul(req.view_args or {}) or (req.query_string and _has_nul(list(req.args.lists()))):
         raise _refuse_nul()
-    if request.method not in BODY_METHODS:
+    if req.method not in BODY_METHODS:
         return
-    if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        if _has_nul(list(request.form.lists())) or _has_nul([f.filename or "" for f in request.files.values()]):
+    mimetype = req.mimetype
+    if mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        if _has_nul(list(req.form.lists())) or _has_nul([f.filename or "" for f in req.files.values()]):
             raise _refuse_nul()
-    if not _reads_json(current_app.view_functions.get(request.endpoint)):
+    if not _reads_json(current_app.view_functions.get(rule.endpoint)):
         return
-    raw = request.get_data(cache=True)
+    raw = req.get_data(cache=True)
     if not raw:
         return  # the schema reports the missing fields
-    if not request.is_json:
+    if not req.is_json:
         raise errors.UnsupportedMediaType(
             "Send the body as JSON with Content-Type: application/json.",
-            details={"content_type": request.mimetype or None, "expected": "application/json"})
+            details={"content_type": mimetype or None, "expected": "application/json"})
     try:
         parsed = json.loads(raw.decode("utf-8"))
     except RecursionError:
