@@ -6,13 +6,18 @@ import logging
 
 from flask import Flask
 
+from app import envelope
 from app.config import ROOT, Config
+
+# Before any blueprint module is imported (they all import from this package): see app/envelope.py.
+envelope.install_arguments_parser()
 
 
 def create_app(config: Config | None = None) -> Flask:
     """Build the service: config, extensions, domain singletons, blueprints, errors, CLI."""
     config = config or Config.from_env()
-    app = Flask(__name__, instance_path=str(config_instance_path()))
+    app = envelope.ServiceFlask(__name__, instance_path=str(config_instance_path()))
+    app.session_interface = envelope.CookieSessions()
     app.config.from_mapping(config.to_flask())
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.json.sort_keys = False  # type: ignore[attr-defined]

@@ -28,6 +28,7 @@ from app.i18n import HTTP_ONLY_MESSAGES, default_messages, message_for
 from app.schema_fields import MAX_ID
 
 MAX_JSON_DEPTH = 32
+_NUL_ESCAPE = b"\\u0000"  # the six bytes \u0000
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 ERROR_SCHEMA = "Error"
 INSTITUTION_HEADERS = ("X-Inst-Code", "X-Timestamp", "X-Nonce", "X-Signature")
@@ -217,6 +218,19 @@ def _json_operation(view: Callable[..., Any] | None) -> bool:
     return any(parameter.get("in") == "json" for parameter in arguments.get("parameters", []))
 
 
+# Whether a view reads a JSON body, by view function: what its decorators declared at import.
+_json_views: dict[Callable[..., Any], bool] = {}
+
+
+def _reads_json(view: Callable[..., Any] | None) -> bool:
+    if view is None:
+        return False
+    known = _json_views.get(view)
+    if known is None:
+        known = _json_views[view] = _json_operation(view)
+    return known
+
+
 def _depth(value: Any) -> int:
     deepest, stack = 0, [(value, 1)]
     while stack:
@@ -254,24 +268,27 @@ def _refuse_nul() -> errors.DomainError:
 def check_request_body() -> None:
     """Before each request: no NUL character in the path, query or form (PostgreSQL text cannot hold
     one), and a JSON operation gets JSON, or an error that says what is wrong."""
-    if request.endpoint is None:
+    req = request._get_current_object()  # the request itself, not one proxy look-up per attribute
+    rule = req.url_rule
+    if rule is None:
         return
-    if _has_nul(request.view_args or {}) or _has_nul(list(request.args.lists())):
+    if _has_nul(req.view_args or {}) or (req.query_string and _has_nul(list(req.args.lists()))):
         raise _refuse_nul()
-    if request.method not in BODY_METHODS:
+    if req.method not in BODY_METHODS:
         return
-    if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        if _has_nul(list(request.form.lists())) or _has_nul([f.filename or "" for f in request.files.values()]):
+    mimetype = req.mimetype
+    if mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        if _has_nul(list(req.form.lists())) or _has_nul([f.filename or "" for f in req.files.values()]):
             raise _refuse_nul()
-    if not _json_operation(current_app.view_functions.get(request.endpoint)):
+    if not _reads_json(current_app.view_functions.get(rule.endpoint)):
         return
-    raw = request.get_data(cache=True)
+    raw = req.get_data(cache=True)
     if not raw:
         return  # the schema reports the missing fields
-    if not request.is_json:
+    if not req.is_json:
         raise errors.UnsupportedMediaType(
             "Send the body as JSON with Content-Type: application/json.",
-            details={"content_type": request.mimetype or None, "expected": "application/json"})
+            details={"content_type": mimetype or None, "expected": "application/json"})
     try:
         parsed = json.loads(raw.decode("utf-8"))
     except RecursionError:
@@ -281,12 +298,17 @@ def check_request_body() -> None:
         raise errors.ValidationFailed("The request body is not valid JSON.",
                                       details={"reason": "malformed_json"}) from None
     else:
-        too_deep = _depth(parsed) > MAX_JSON_DEPTH
+        # Each array or object of the document opens with a ``[`` or ``{`` of the body: a body with
+        # at most MAX_JSON_DEPTH of them cannot nest deeper, and need not be walked.
+        containers = raw.count(b"[") + raw.count(b"{")
+        too_deep = containers > MAX_JSON_DEPTH and _depth(parsed) > MAX_JSON_DEPTH
     if too_deep:
         raise errors.ValidationFailed("The JSON body is nested too deeply (at most {max} levels).",
                                       params={"max": MAX_JSON_DEPTH},
                                       details={"reason": "too_deep", "max_depth": MAX_JSON_DEPTH})
-    if _has_nul(parsed):
+    # Strict JSON has no raw control character anywhere (the parse above refused one): a U+0000 in
+    # the document can only come from the escape ``\u0000``, so a body without it has none.
+    if _NUL_ESCAPE in raw and _has_nul(parsed):
         raise _refuse_nul()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import sys
 import time
@@ -21,6 +22,14 @@ from app.security.pii import mask_text
 
 log = logging.getLogger("app.request")
 
+# Every pattern ``mask_text`` masks (18- and 15-digit ID numbers, mobile numbers) is a run of at
+# least 11 digits: a text without one comes out of ``mask_text`` unchanged, so it is not scanned.
+_DIGIT_RUN = re.compile(r"\d{11}")
+
+
+def _masked(text: str) -> str:
+    return mask_text(text) if _DIGIT_RUN.search(text) else text
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -28,13 +37,13 @@ class JsonFormatter(logging.Formatter):
             "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
             "level": record.levelname,
             "logger": record.name,
-            "msg": mask_text(record.getMessage()),
+            "msg": _masked(record.getMessage()),
         }
         fields = getattr(record, "fields", None)
         if fields:
-            payload.update({k: mask_text(v) if isinstance(v, str) else v for k, v in fields.items()})
+            payload.update({k: _masked(v) if isinstance(v, str) else v for k, v in fields.items()})
         if record.exc_info:
-            payload["exc"] = mask_text(self.formatException(record.exc_info))
+            payload["exc"] = _masked(self.formatException(record.exc_info))
         return json.dumps(payload, ensure_ascii=False)
 
 
@@ -55,28 +64,34 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def _start() -> None:
         g.request_started = time.perf_counter()
-        incoming = request.headers.get("X-Request-Id", "")
-        g.request_id = incoming if incoming.isalnum() and len(incoming) <= 64 else secrets.token_hex(8)
-        g.request_id_token = current_request_id.set(g.request_id)
+        incoming = request.environ.get("HTTP_X_REQUEST_ID", "")
+        request_id = incoming if incoming.isalnum() and len(incoming) <= 64 else secrets.token_hex(8)
+        g.request_id = request_id
+        g.request_id_token = current_request_id.set(request_id)
 
     @app.after_request
     def _log(response: Response) -> Response:
-        started = g.get("request_started")
-        latency_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
-        response.headers["X-Request-Id"] = g.get("request_id", "")
-        token = g.pop("request_id_token", None)
+        state = g._get_current_object()  # the request's g itself, not one proxy look-up per field
+        request_id = state.get("request_id")
+        response.headers["X-Request-Id"] = request_id if request_id is not None else ""
+        token = state.pop("request_id_token", None)
         if token is not None:
             current_request_id.reset(token)
+        if not log.isEnabledFor(logging.INFO):
+            return response  # the line would be dropped: do not build it
+        started = state.get("request_started")
+        latency_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
+        rule = request.url_rule
         log.info(
             "request",
             extra={"fields": {
-                "request_id": g.get("request_id"),
+                "request_id": request_id,
                 "method": request.method,
-                "route": request.url_rule.rule if request.url_rule else "<unmatched>",
+                "route": rule.rule if rule is not None else "<unmatched>",
                 "status": response.status_code,
                 "latency_ms": latency_ms,
-                "actor": g.get("actor_label"),
-                "error_code": g.get("error_code"),
+                "actor": state.get("actor_label"),
+                "error_code": state.get("error_code"),
             }},
         )
         return response

@@ -148,33 +148,57 @@ class StateCollector:
         return families
 
 
+# Label children by their label values, looked up once per process: ``labels()`` takes a lock and
+# builds its key on every call. The keys come from closed sets (route templates, METHODS, statuses,
+# error codes), so these stay small; the bound is a guard, past it ``labels()`` is simply called.
+_MAX_CHILDREN = 4096
+_request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+_money_children: dict[tuple[str, str, str], Any] = {}
+
+
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
     method = method if method in METHODS else "OTHER"
-    REQUESTS.labels(route, method, str(status)).inc()
-    LATENCY.labels(route, method).observe(seconds)
+    key = (route, method, status)
+    children = _request_children.get(key)
+    if children is None:
+        children = (REQUESTS.labels(route, method, str(status)), LATENCY.labels(route, method))
+        if len(_request_children) < _MAX_CHILDREN:
+            _request_children[key] = children
+    children[0].inc()
+    children[1].observe(seconds)
+
+
+def _count_money(kind: str, outcome: str, error_code: str) -> None:
+    key = (kind, outcome, error_code)
+    child = _money_children.get(key)
+    if child is None:
+        child = MONEY.labels(kind, outcome, error_code)
+        if len(_money_children) < _MAX_CHILDREN:
+            _money_children[key] = child
+    child.inc()
 
 
 def observe_money(kind: str, status: int, error_code: str | None, outcome: Any) -> None:
     """Count one settlement or refund request; amounts only for new money movements."""
     if error_code is not None or status >= 400 or outcome is None:
-        MONEY.labels(kind, "rejected", error_code or f"HTTP_{status}").inc()
+        _count_money(kind, "rejected", error_code or f"HTTP_{status}")
         return
     if getattr(outcome, "replayed", False):
-        MONEY.labels(kind, "replayed", "").inc()
+        _count_money(kind, "replayed", "")
         return
     body = outcome.body
     if kind == "settlement":
         if body.get("status") == "dry_run":
-            MONEY.labels(kind, "dry_run", "").inc()
+            _count_money(kind, "dry_run", "")
             return
-        MONEY.labels(kind, "settled", "").inc()
+        _count_money(kind, "settled", "")
         copay = int(body.get("copay_fen") or 0)
         COPAY_FEN.inc(copay)
         OWN_ACCOUNT_FEN.inc(int(body.get("own_account_fen") or 0))
         if copay:
             COPAY_AMOUNT.observe(copay)
     else:
-        MONEY.labels(kind, "refunded", "").inc()
+        _count_money(kind, "refunded", "")
         REFUND_FEN.inc(int(body.get("amount_fen") or 0))
 
 
@@ -223,23 +247,26 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def _metrics_start() -> None:
         # Per request, even where an app context outlives it (tests, CLI): no stale outcome or code.
-        g.pop("money_outcome", None)
-        g.pop("error_code", None)
+        state = g._get_current_object()
+        state.pop("money_outcome", None)
+        state.pop("error_code", None)
 
     @app.after_request
     def _metrics_observe(response: Response) -> Response:
-        started = g.get("request_started")  # set by the request log's hook (app/logs.py), registered first
+        state = g._get_current_object()  # the request's g itself, not one proxy look-up per field
+        started = state.get("request_started")  # set by the request log's hook (app/logs.py), registered first
         if started is None:
             return response
-        route = request.url_rule.rule if request.url_rule else "<unmatched>"
+        rule = request.url_rule
+        route = rule.rule if rule is not None else "<unmatched>"
         if route == "/metrics":
             return response
         status = response.status_code
         observe_request(route, request.method, status, time.perf_counter() - started)
-        endpoint = request.endpoint or ""
+        endpoint = rule.endpoint if rule is not None else ""
         kind = _MONEY_ENDPOINTS.get(endpoint)
         if kind is not None:
-            observe_money(kind, status, g.get("error_code"), g.get("money_outcome"))
+            observe_money(kind, status, state.get("error_code"), state.get("money_outcome"))
         elif endpoint == _VOUCHER_ENDPOINT and status < 300:
             VOUCHERS.inc()
         return response

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CSP = "default-src 'none'; frame-ancestors 'none'"
 HTML_FALLBACK_CSP = "frame-ancestors 'none'"
 HSTS = "max-age=31536000; includeSubDomains"
+LOOPBACK_LITERALS = frozenset({"127.0.0.1", "::1"})  # the usual spellings, known without parsing
 
 
 def _is_loopback(address: str | None) -> bool:
@@ -37,24 +38,34 @@ def init_app(app: Flask) -> None:
             "to the number of proxies in front (0 only if clients connect directly)"
         )
     warned = {"exposed": False}
+    # (lower-case name, name, value) of each header every response gets unless it set its own; the
+    # Content-Security-Policy depends on the response's type and is decided per response below.
+    defaults = [("x-content-type-options", "X-Content-Type-Options", "nosniff"),
+                ("x-frame-options", "X-Frame-Options", "DENY"),
+                ("referrer-policy", "Referrer-Policy", "no-referrer"),
+                ("cross-origin-resource-policy", "Cross-Origin-Resource-Policy", "same-origin")]
+    if production:
+        defaults.append(("strict-transport-security", "Strict-Transport-Security", HSTS))
 
     @app.after_request
     def _security_headers(response: Response) -> Response:
         headers = response.headers
-        headers.setdefault("X-Content-Type-Options", "nosniff")
-        headers.setdefault("X-Frame-Options", "DENY")
-        # JSON, images and files need nothing; an HTML page that did not set its own policy (the
-        # Swagger UI at /api/docs loads its scripts from a CDN) is at least never framed.
-        html = response.mimetype == "text/html"
-        headers.setdefault("Content-Security-Policy", HTML_FALLBACK_CSP if html else DEFAULT_CSP)
-        headers.setdefault("Referrer-Policy", "no-referrer")
-        headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
-        if production:
-            headers.setdefault("Strict-Transport-Security", HSTS)
-        if not production and not warned["exposed"] and not _is_loopback(request.environ.get("REMOTE_ADDR")):
-            warned["exposed"] = True
-            log.warning(
-                "development mode is serving a client from another machine: development secrets under "
-                "instance/ and the platform emulator are not for real data; set APP_ENV=production"
-            )
+        # One pass over the headers already set (what each ``setdefault`` would scan for again).
+        present = {key.lower() for key, _value in headers.items()}
+        for lower, name, value in defaults:
+            if lower not in present:
+                headers.add(name, value)
+        if "content-security-policy" not in present:
+            # JSON, images and files need nothing; an HTML page that did not set its own policy (the
+            # Swagger UI at /api/docs loads its scripts from a CDN) is at least never framed.
+            html = response.mimetype == "text/html"
+            headers.add("Content-Security-Policy", HTML_FALLBACK_CSP if html else DEFAULT_CSP)
+        if not production and not warned["exposed"]:
+            address = request.environ.get("REMOTE_ADDR")
+            if address not in LOOPBACK_LITERALS and not _is_loopback(address):
+                warned["exposed"] = True
+                log.warning(
+                    "development mode is serving a client from another machine: development secrets under "
+                    "instance/ and the platform emulator are not for real data; set APP_ENV=production"
+                )
         return response

@@ -76,8 +76,10 @@ def test_rotation_rewrites_every_value_and_the_old_key_can_go(app, make_app, loa
     rotated = _rotated_app(make_app)
     before = {(ctx, tok) for ctx, tok in _all_tokens(app)}
     assert before and all(tok.split(".")[1] == OLD_KID for _ctx, tok in before)
-    bidx_before = {r.id: r.id_number_bidx for r in app.extensions["db.engine"].connect().execute(
-        select(Person.id, Person.id_number_bidx))}
+    # Closed at once: a connection left to the garbage collector keeps its read transaction (and on
+    # SQLite its lock) until a collection happens to run, and the rotation below would wait for it.
+    with app.extensions["db.engine"].connect() as conn:
+        bidx_before = {r.id: r.id_number_bidx for r in conn.execute(select(Person.id, Person.id_number_bidx))}
 
     result = _invoke(rotated, "rotate-pii-key", "--batch-size", "7")
     assert result.exit_code == 0, result.output
