@@ -285,8 +285,20 @@ class Row:
     load: tuple[float, float]
 
 
+def _profile(pid: int, seconds: float, out: str) -> subprocess.Popen | None:
+    """py-spy (when installed) on one worker for the phase: folded stacks of the samples holding the GIL."""
+    spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    if not os.path.exists(spy):
+        print("  (py-spy not installed: no profile)")
+        return None
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--format", "raw",
+                             "--output", out, "--nonblocking", "--gil"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def _phase(bench: Bench, mode: str, workers: int, rate: float, seconds: float, producers: int,
-           producer: str, log_dir: str, premade_from: int) -> Row:
+           log_dir: str, premade_from: int, profile: str | None) -> Row:
     global _BENCH, _COMMITTED
     pool = [bench.worker(burst=False, log_path=f"{log_dir}/w{workers}-r{rate:g}-{i}.log") for i in range(workers)] \
         if mode == "rq" else []
@@ -311,10 +323,13 @@ def _phase(bench: Bench, mode: str, workers: int, rate: float, seconds: float, p
     sampler = threading.Thread(target=sample, daemon=True)
     started = time.time() + 0.5
     sampler.start()
+    spy = _profile(pool[0].pid, seconds, f"{profile}/worker-w{workers}-r{rate:g}.folded") if profile and pool else None
     with multiprocessing.get_context("fork").Pool(producers) as producer_pool:
         parts = producer_pool.map(_produce, [(k, producers, rate, started, seconds, premade_from)
                                              for k in range(producers)])
     produced_until = time.time()
+    if spy is not None:
+        spy.wait(timeout=60)
     commit_times = {n: t for part, _lags in parts for n, t in part.items()}
     lags = [lag for _part, part_lags in parts for lag in part_lags]
     last_commit = max(commit_times.values())
@@ -340,7 +355,7 @@ def _phase(bench: Bench, mode: str, workers: int, rate: float, seconds: float, p
 
 
 def run(mode: str, backlog: int, rates: list[float], seconds: float, workers: list[int], producers: int,
-        producer: str) -> None:
+        producer: str, profile: str | None = None) -> None:
     from app.config import Config  # noqa: F401 — imported early so import time is not measured
     from models import Base
     from sandbox import Sandbox
@@ -398,7 +413,7 @@ def run(mode: str, backlog: int, rates: list[float], seconds: float, workers: li
         rows = []
         premade_from = 0
         for w, r in plan:
-            row = _phase(bench, mode, w, r, seconds, producers, producer, log_dir, premade_from)
+            row = _phase(bench, mode, w, r, seconds, producers, log_dir, premade_from, profile)
             premade_from += row.committed
             rows.append(row)
             print(f"workers {w}, {r:g}/s scheduled: {row.committed} committed at {row.reached:.0f}/s "
@@ -441,9 +456,10 @@ def main() -> None:
     parser.add_argument("--producers", type=int, default=4, help="processes committing settlements")
     parser.add_argument("--producer", choices=("settlement", "notices"), default="settlement",
                         help="commit voucher + settlement + notices, or notices of premade settlements")
+    parser.add_argument("--profile", default=None, help="directory for py-spy folded stacks of the first worker")
     args = parser.parse_args()
     run(args.mode, args.backlog, [float(r) for r in args.rate.split(",")], args.seconds,
-        [int(w) for w in args.workers.split(",")], args.producers, args.producer)
+        [int(w) for w in args.workers.split(",")], args.producers, args.producer, args.profile)
 
 
 if __name__ == "__main__":
