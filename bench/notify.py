@@ -242,15 +242,16 @@ _COMMITTED: Any = None  # multiprocessing.Value: settlements committed so far in
 _WORKERS: list[subprocess.Popen] = []
 
 
-def _produce(args: tuple[int, int, float, float, float, int]) -> tuple[dict[str, float], list[float]]:
+def _produce(args: tuple[int, int, float, float, float, int, int]) -> tuple[dict[str, float], list[float]]:
     """One producer process: commit at rate/producers on a fixed schedule until the end.
 
     Returns number → commit time, and how late each commit started against its schedule (s)."""
-    k, producers, rate, started, seconds, premade_from = args
+    k, producers, rate, started, seconds, premade_from, phase = args
     bench = _BENCH
     bench.app.extensions["db.engine"].dispose(close=False)  # never share the parent's connections
     bench.commit_times = {}
-    bench._serials = itertools.count(10_000_000 * (k + 1))  # settlement numbers unique across producers
+    # Settlement numbers unique across producers and phases.
+    bench._serials = itertools.count(100_000_000 * (phase + 1) + 10_000_000 * k)
     count = int(seconds * rate / producers)
     premade = _PREMADE[premade_from + k::producers] if _PREMADE else None
     lags = []
@@ -298,7 +299,7 @@ def _profile(pid: int, seconds: float, out: str) -> subprocess.Popen | None:
 
 
 def _phase(bench: Bench, mode: str, workers: int, rate: float, seconds: float, producers: int,
-           log_dir: str, premade_from: int, profile: str | None) -> Row:
+           log_dir: str, premade_from: int, profile: str | None, phase: int) -> Row:
     global _BENCH, _COMMITTED
     pool = [bench.worker(burst=False, log_path=f"{log_dir}/w{workers}-r{rate:g}-{i}.log") for i in range(workers)] \
         if mode == "rq" else []
@@ -325,7 +326,7 @@ def _phase(bench: Bench, mode: str, workers: int, rate: float, seconds: float, p
     sampler.start()
     spy = _profile(pool[0].pid, seconds, f"{profile}/worker-w{workers}-r{rate:g}.folded") if profile and pool else None
     with multiprocessing.get_context("fork").Pool(producers) as producer_pool:
-        parts = producer_pool.map(_produce, [(k, producers, rate, started, seconds, premade_from)
+        parts = producer_pool.map(_produce, [(k, producers, rate, started, seconds, premade_from, phase)
                                              for k in range(producers)])
     produced_until = time.time()
     if spy is not None:
@@ -412,8 +413,8 @@ def run(mode: str, backlog: int, rates: list[float], seconds: float, workers: li
             _PREMADE = bench.premade_settlements(sum(int(seconds * r) + producers for _w, r in plan))
         rows = []
         premade_from = 0
-        for w, r in plan:
-            row = _phase(bench, mode, w, r, seconds, producers, log_dir, premade_from, profile)
+        for phase, (w, r) in enumerate(plan):
+            row = _phase(bench, mode, w, r, seconds, producers, log_dir, premade_from, profile, phase)
             premade_from += row.committed
             rows.append(row)
             print(f"workers {w}, {r:g}/s scheduled: {row.committed} committed at {row.reached:.0f}/s "
