@@ -175,3 +175,13 @@ def test_a_due_retry_is_queued_by_the_sweep_and_sent(app, world, worker, sandbox
 
     assert world.delivery(delivery_id).state == "sent"
     assert len(sandbox.sent_messages(to=owner.openid)) == 1
+
+
+def test_an_unreadable_hand_over_list_keeps_no_send_slot_and_fails_no_settlement(redis_down_app):
+    notifier = redis_down_app.extensions["domain"].notifier
+    with redis_down_app.app_context():
+        notifier.committed([1, 2])  # connection refused: logged, the rows wait for the sweeper
+        notifier.send_slots = threading.BoundedSemaphore(1)
+        with pytest.raises(Exception, match="(?i)connect"):
+            take_handovers(notifier, 0.0)
+        assert notifier.send_slots.acquire(blocking=False)  # the slot was given back
