@@ -111,7 +111,9 @@ class StateCollector:
                                        labels=["channel", "state"])
         oldest = GaugeMetricFamily("copay_delivery_oldest_open_age_seconds",
                                    "Age of the oldest delivery still pending or sending (0: none)")
-        queue = GaugeMetricFamily("copay_rq_queue_depth", "Jobs waiting in the RQ notice queue", labels=["queue"])
+        queue = GaugeMetricFamily("copay_rq_queue_depth",
+                                  "Notice work waiting in Redis: RQ jobs (notify), commit-time hand-overs (handover)",
+                                  labels=["queue"])
         up = GaugeMetricFamily("copay_metrics_state_up", "1 when the database (and Redis) answered this scrape",
                                labels=["source"])
         engine = self.app.extensions["db.engine"]
@@ -129,12 +131,14 @@ class StateCollector:
             up.add_metric(["database"], 0)
         redis = self.app.extensions.get("redis")
         if redis is not None:
-            from notify.dispatch import QUEUE_NAME
+            from notify.dispatch import HANDOVER_KEY, QUEUE_NAME
 
             try:
                 from rq import Queue
 
                 queue.add_metric([QUEUE_NAME], Queue(QUEUE_NAME, connection=redis).count)
+                # The commit-time hand-overs (one per settlement or refund) not yet taken by a worker.
+                queue.add_metric(["handover"], redis.llen(HANDOVER_KEY))
                 up.add_metric(["redis"], 1)
             except Exception:  # noqa: BLE001
                 up.add_metric(["redis"], 0)

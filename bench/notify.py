@@ -1,19 +1,33 @@
-"""Benchmark: notices delivered per second by one ``notify-worker`` against the local emulator, and
-the delay from settlement commit to push (p50/p99).
+"""Benchmark: deduction notices — pushes per second of ``notify-worker`` against the local emulator,
+and the delay from the commit of a settlement to its push (p50/p99) at a fixed rate.
 
     BENCH_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres \\
     BENCH_REDIS_URL=redis://127.0.0.1:6379/14 \\
-        .venv/bin/python -m bench.notify [--backlog 2000] [--rate 40] [--seconds 20] [--mode rq|inprocess]
+        .venv/bin/python -m bench.notify [--backlog 1000] [--rate 100] [--seconds 20] [--workers 1,2,4]
+                                         [--producer settlement|notices] [--producers 4] [--mode rq|inprocess]
 
 A scratch database is created on the PostgreSQL server (dropped afterwards); BENCH_REDIS_URL must
 name a Redis database the benchmark may empty. The emulator runs in this process; with ``--mode
-rq`` the worker is a separate ``flask --app wsgi notify-worker`` process (one RQ SimpleWorker plus
-its sweeper), with ``--mode inprocess`` (no Redis) this process delivers on its own thread pool.
+rq`` each worker is a separate ``flask --app wsgi notify-worker`` process (hand-over thread, RQ
+SimpleWorker, sweeper, 8 send threads), with ``--mode inprocess`` (no Redis) this process delivers
+on its own thread pool.
 
 1. Backlog: ``--backlog`` settlements are committed (one owner with a long-term subscription
-   each, so one WeChat push each), then the worker drains them (``--burst``): pushes per second.
-2. Latency: with the worker running, settlements are committed at ``--rate`` per second for
-   ``--seconds``; each push's delay is the emulator's receive time minus the commit time.
+   each, so one WeChat push each), then one worker drains them (``--burst``): pushes per second,
+   for deliveries handed over at commit and for rows only the sweeper finds (Redis was down).
+2. Latency, for each ``--workers`` count and each ``--rate``: with the workers running,
+   ``--producers`` processes commit at the fixed rate for ``--seconds`` — an open loop: each
+   commit has its scheduled time, and a producer that falls behind does not slow the schedule
+   down, it commits late (reported as the schedule lag and the rate reached). Each push's delay is
+   the emulator's receive time minus the time its transaction committed.
+   ``--producer settlement`` commits a voucher, a settlement and its notices in one transaction
+   (the notice part through ``notify.outbox.add_money_notices``, as the settlement engine does);
+   ``--producer notices`` has the settlements made beforehand and commits only their notices and
+   deliveries — the same rows and hand-over at a fraction of the cost, for rates the machine
+   cannot settle at while the workers run. Every commit is followed by ``notifier.committed``.
+   Reported: the rate reached, commit→push p50/p99/max, the backlog (committed, not yet pushed)
+   at its largest and when the producers stop, the workers' CPU per push (from /proc) and how
+   long the last push took after the last commit.
 """
 
 from __future__ import annotations
@@ -25,12 +39,13 @@ import multiprocessing
 import os
 import resource
 import secrets
-import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -47,6 +62,7 @@ WECHAT_SECRET = "bench-wechat-secret"
 ALIPAY_APPID = "2021000000009999"
 TEMPLATE = "bench-deduction"
 OWNERS = 50
+_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _key() -> str:
@@ -54,8 +70,20 @@ def _key() -> str:
 
 
 def _percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a live process (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 class Bench:
@@ -124,26 +152,61 @@ class Bench:
                 session.execute(insert(Consent).values(user_id=user_id, channel="wechat", template_id=TEMPLATE,
                                                        one_time_credits=0, long_term="accept", created_at=now))
 
-    def settle(self, notify: bool = True) -> str:
-        """One settlement of one owner's co-pay, committed with its notices, as the engine does."""
+    def _settlement_rows(self, serial: int, now: datetime) -> tuple[dict[str, Any], dict[str, Any]]:
+        number = f"B{serial:015d}"
+        voucher = {"code_hash": secrets.token_hex(32), "person_id": self.beneficiary,
+                   "holder_person_id": self.beneficiary, "expires_at": now + timedelta(minutes=2), "used_at": now,
+                   "created_at": now}
+        settlement = {
+            "settlement_no": number, "institution_id": self.institution_id, "out_settlement_no": number,
+            "request_hash": secrets.token_hex(32), "beneficiary_person_id": self.beneficiary, "service_time": now,
+            "status": "settled", "total_fen": 1230, "eligible_fen": 1230, "own_account_fen": 0, "copay_fen": 1230,
+            "cash_fen": 0, "refunded_fen": 0, "items": [], "reasons": [], "response": {}, "created_at": now,
+        }
+        return voucher, settlement
+
+    def premade_settlements(self, count: int) -> list[tuple[int, int, str]]:
+        """``count`` settlements committed now, without notices: (serial, settlement id, number)."""
+        from app.extensions import app_session
+        from models import Settlement, Voucher
+
+        now = datetime.now(UTC)
+        made: list[tuple[int, int, str]] = []
+        for start in range(0, count, 1000):
+            serials = [next(self._serials) for _ in range(min(1000, count - start))]
+            rows = [self._settlement_rows(serial, now) for serial in serials]
+            with app_session() as session, session.begin():
+                connection = session.connection()
+                voucher_ids = connection.execute(
+                    insert(Voucher.__table__).returning(Voucher.__table__.c.id, sort_by_parameter_order=True),
+                    [voucher for voucher, _ in rows]).scalars().all()
+                settlement_ids = connection.execute(
+                    insert(Settlement.__table__).returning(Settlement.__table__.c.id, sort_by_parameter_order=True),
+                    [{**settlement, "voucher_id": voucher_id}
+                     for (_, settlement), voucher_id in zip(rows, voucher_ids, strict=True)]).scalars().all()
+            made += [(serial, settlement_id, settlement["settlement_no"])
+                     for serial, settlement_id, (_, settlement) in zip(serials, settlement_ids, rows, strict=True)]
+        return made
+
+    def settle(self, notify: bool = True, premade: tuple[int, int, str] | None = None) -> str:
+        """One settlement of one owner's co-pay committed with its notices (or, for a ``premade``
+        settlement, only its notices), as the engine does; then the hand-over."""
         from app.extensions import app_session
         from models import Settlement, Voucher
         from notify.outbox import AccountMovement, MoneyEvent, add_money_notices
 
-        serial = next(self._serials)
-        owner = self.owners[serial % len(self.owners)]
         now = datetime.now(UTC)
-        number = f"B{serial:015d}"
         with app_session() as session, session.begin():
-            voucher_id = session.execute(insert(Voucher).values(
-                code_hash=secrets.token_hex(32), person_id=self.beneficiary, holder_person_id=self.beneficiary,
-                expires_at=now + timedelta(minutes=2), used_at=now, created_at=now).returning(Voucher.id)).scalar_one()
-            settlement_id = session.execute(insert(Settlement).values(
-                settlement_no=number, institution_id=self.institution_id, out_settlement_no=number,
-                request_hash=secrets.token_hex(32), voucher_id=voucher_id, beneficiary_person_id=self.beneficiary,
-                service_time=now, status="settled", total_fen=1230, eligible_fen=1230, own_account_fen=0,
-                copay_fen=1230, cash_fen=0, refunded_fen=0, items=[], reasons=[], response={}, created_at=now,
-            ).returning(Settlement.id)).scalar_one()
+            if premade is None:
+                serial = next(self._serials)
+                voucher, settlement = self._settlement_rows(serial, now)
+                voucher_id = session.execute(insert(Voucher).values(**voucher).returning(Voucher.id)).scalar_one()
+                settlement_id = session.execute(insert(Settlement).values(**settlement, voucher_id=voucher_id)
+                                                .returning(Settlement.id)).scalar_one()
+                number = settlement["settlement_no"]
+            else:
+                serial, settlement_id, number = premade
+            owner = self.owners[serial % len(self.owners)]
             ids = add_money_notices(session, MoneyEvent(settlement_id, number, self.beneficiary, "**明",
                                                         "文山州人民医院", now, relationships={owner: "child"}),
                                     [AccountMovement(owner, "copay", 1230, 10_000_000 - 1230 * (serial % 8000))])
@@ -153,7 +216,7 @@ class Bench:
         return number
 
     def worker(self, burst: bool, log_path: str) -> subprocess.Popen:
-        env = {**os.environ, **{k: str(v) for k, v in self.settings.items()}, "LOG_LEVEL": "INFO"}
+        env = {**os.environ, **{k: str(v) for k, v in self.settings.items()}, "LOG_LEVEL": "WARNING"}
         args = [sys.executable, "-m", "flask", "--app", "wsgi", "notify-worker"] + (["--burst"] if burst else [])
         return subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                                 stderr=open(log_path, "w"))  # noqa: SIM115 — the child keeps it
@@ -172,32 +235,133 @@ def _wait(bench: Bench, numbers: set[str], timeout: float) -> dict[str, float]:
         time.sleep(0.05)
 
 
-_BENCH: Any = None  # the Bench of this run, inherited by the forked producer processes
+# Inherited by the forked producer processes.
+_BENCH: Any = None
+_PREMADE: list[tuple[int, int, str]] = []
+_COMMITTED: Any = None  # multiprocessing.Value: settlements committed so far in this phase
 _WORKERS: list[subprocess.Popen] = []
 
 
-def _produce(args: tuple[int, int, float, float, float]) -> dict[str, float]:
-    """One producer process: settle at rate/producers until the end; return number → commit time."""
-    k, producers, rate, started, seconds = args
+def _produce(args: tuple[int, int, float, float, float, int, int]) -> tuple[dict[str, float], list[float]]:
+    """One producer process: commit at rate/producers on a fixed schedule until the end.
+
+    Returns number → commit time, and how late each commit started against its schedule (s)."""
+    k, producers, rate, started, seconds, premade_from, phase = args
     bench = _BENCH
     bench.app.extensions["db.engine"].dispose(close=False)  # never share the parent's connections
     bench.commit_times = {}
-    bench._serials = itertools.count(10_000_000 * (k + 1))  # settlement numbers unique across producers
-    interval = producers / rate
-    next_at, end = started + k * interval / producers, started + seconds
+    # Settlement numbers unique across producers and phases.
+    bench._serials = itertools.count(100_000_000 * (phase + 1) + 10_000_000 * k)
+    count = int(seconds * rate / producers)
+    premade = _PREMADE[premade_from + k::producers] if _PREMADE else None
+    lags = []
     with bench.app.app_context():
-        while next_at < end:
-            time.sleep(max(0.0, next_at - time.time()))
-            bench.settle()
-            next_at += interval
-    return bench.commit_times
+        for i in range(count):
+            at = started + (k + i * producers) / rate
+            delay = at - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            lags.append(max(0.0, -delay))
+            bench.settle(premade=premade[i] if premade else None)
+            with _COMMITTED.get_lock():
+                _COMMITTED.value += 1
+    return bench.commit_times, lags
 
 
-def run(mode: str, backlog: int, rate: float, seconds: float, workers: int = 1, producers: int = 1) -> None:
+@dataclass
+class Row:
+    workers: int
+    rate: float
+    reached: float
+    lag_p99_ms: float
+    committed: int
+    pushed: int
+    p50: float
+    p99: float
+    max: float
+    backlog_peak: int
+    backlog_end: int
+    drain_s: float
+    cpu_per_push_ms: float
+    load: tuple[float, float]
+
+
+def _profile(pid: int, seconds: float, out: str) -> subprocess.Popen | None:
+    """py-spy (when installed) on one worker for the phase: folded stacks of the samples holding the GIL."""
+    spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    if not os.path.exists(spy):
+        print("  (py-spy not installed: no profile)")
+        return None
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--format", "raw",
+                             "--output", out, "--nonblocking", "--gil"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _phase(bench: Bench, mode: str, workers: int, rate: float, seconds: float, producers: int,
+           log_dir: str, premade_from: int, profile: str | None, phase: int) -> Row:
+    global _BENCH, _COMMITTED
+    pool = [bench.worker(burst=False, log_path=f"{log_dir}/w{workers}-r{rate:g}-{i}.log") for i in range(workers)] \
+        if mode == "rq" else []
+    _WORKERS.extend(pool)  # stopped in ``run``'s finally even if this phase fails
+    # Warm: every worker up (a hand-over each, so each has fetched its token), no backlog.
+    warm = {bench.settle() for _ in range(max(1, 3 * workers))}
+    if len(_wait(bench, warm, timeout=120)) != len(warm):
+        raise RuntimeError("the workers did not start")
+    time.sleep(1.0)
+    cpu_before = sum(_cpu_seconds(w.pid) for w in pool)
+    _BENCH, _COMMITTED = bench, multiprocessing.Value("l", 0)
+    load_before = os.getloadavg()[0]
+    samples: list[tuple[float, int, int]] = []
+    stop = threading.Event()
+
+    def sample() -> None:  # committed − pushed, every 0.25 s
+        while not stop.wait(0.25):
+            pushed = len(bench.sandbox.sent_messages(platform="wechat")) - base
+            samples.append((time.time(), _COMMITTED.value, pushed))
+
+    base = len(bench.sandbox.sent_messages(platform="wechat"))
+    sampler = threading.Thread(target=sample, daemon=True)
+    started = time.time() + 0.5
+    sampler.start()
+    spy = _profile(pool[0].pid, seconds, f"{profile}/worker-w{workers}-r{rate:g}.folded") if profile and pool else None
+    with multiprocessing.get_context("fork").Pool(producers) as producer_pool:
+        parts = producer_pool.map(_produce, [(k, producers, rate, started, seconds, premade_from, phase)
+                                             for k in range(producers)])
+    produced_until = time.time()
+    if spy is not None:
+        spy.wait(timeout=60)
+    commit_times = {n: t for part, _lags in parts for n, t in part.items()}
+    lags = [lag for _part, part_lags in parts for lag in part_lags]
+    last_commit = max(commit_times.values())
+    found = _wait(bench, set(commit_times), timeout=180)
+    stop.set()
+    sampler.join()
+    cpu = sum(_cpu_seconds(w.pid) for w in pool) - cpu_before
+    load_after = os.getloadavg()[0]
+    for worker in pool:
+        worker.terminate()
+    for worker in pool:
+        worker.wait(timeout=60)
+    bench.commit_times.update(commit_times)
+    delays = [(found[n] - commit_times[n]) * 1000 for n in found]
+    first_commit = min(commit_times.values())
+    at_end = [committed - pushed for t, committed, pushed in samples if t <= produced_until]
+    return Row(workers, rate, len(commit_times) / (last_commit - first_commit) if len(commit_times) > 1 else 0.0,
+               _percentile(lags, 99) * 1000, len(commit_times), len(found), _percentile(delays, 50),
+               _percentile(delays, 99), max(delays, default=float("nan")),
+               max((c - p for _t, c, p in samples), default=0), at_end[-1] if at_end else 0,
+               (max(found.values()) - last_commit) if found else float("nan"),
+               cpu * 1000 / len(found) if found and pool else float("nan"), (load_before, load_after))
+
+
+def run(mode: str, backlog: int, rates: list[float], seconds: float, workers: list[int], producers: int,
+        producer: str, profile: str | None = None) -> None:
     from app.config import Config  # noqa: F401 — imported early so import time is not measured
     from models import Base
     from sandbox import Sandbox
 
+    global _PREMADE
     server = normalize_database_url(os.environ.get("BENCH_DATABASE_URL",
                                                    "postgresql://postgres@127.0.0.1:5432/postgres"))
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14") if mode == "rq" else None
@@ -215,15 +379,16 @@ def run(mode: str, backlog: int, rate: float, seconds: float, workers: int = 1, 
         bench = Bench(make_url(server).set(database=name).render_as_string(hide_password=False), redis_url, sandbox)
         Base.metadata.create_all(bench.app.extensions["db.engine"])
         bench.seed()
-        print(f"mode={mode}  backlog={backlog}  rate={rate}/s for {seconds:.0f} s  cpus={os.cpu_count()}  "
-              f"load={os.getloadavg()[0]:.2f}")
+        print(f"mode={mode}  producer={producer} x{producers}  rates={rates}/s for {seconds:.0f} s  "
+              f"workers={workers}  cpus={os.cpu_count()}  load={os.getloadavg()[0]:.2f}  "
+              f"started {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", flush=True)
 
-        # 1. backlog → pushes per second: (a) one job per settlement, queued at commit while the
-        # worker was stopped; (b) rows that were never queued (Redis was down): the sweep batches them.
-        phases = [("queued at commit", True), ("swept from the database", False)] if mode == "rq" else [
+        # 1. backlog → pushes per second: (a) handed over at commit while no worker ran; (b) rows
+        # never handed over (Redis was down): the sweep finds them and queues RQ jobs of 25.
+        phases = [("handed over at commit", True), ("swept from the database", False)] if mode == "rq" else [
             ("swept from the database", False)]
-        for label, queued in phases if backlog else ():
-            numbers = {bench.settle(notify=queued) for _ in range(backlog)}
+        for label, handed in phases if backlog else ():
+            numbers = {bench.settle(notify=handed) for _ in range(backlog)}
             started = time.perf_counter()
             cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
             if mode == "rq":
@@ -237,42 +402,39 @@ def run(mode: str, backlog: int, rate: float, seconds: float, workers: int = 1, 
             span = max(found.values()) - min(found.values())
             worker_cpu = f"; worker CPU {cpu / len(found):.1f} ms per push" if mode == "rq" else ""
             print(f"backlog {label}: {len(found)}/{backlog} pushed in {wall:.1f} s wall (incl. worker start) = "
-                  f"{len(found) / wall:.0f}/s; {len(found) / span:.0f}/s between first and last push{worker_cpu}")
+                  f"{len(found) / wall:.0f}/s; {len(found) / span:.0f}/s between first and last push{worker_cpu}",
+                  flush=True)
+        if mode != "rq" and backlog:
+            print("(in-process mode: the latency phase runs with this process's pool, --workers is ignored)")
 
-        # 2. steady rate → commit-to-push delay
-        pool = [bench.worker(burst=False, log_path=f"{log_dir}/worker{i}.log") for i in range(workers)] \
-            if mode == "rq" else []
-        _WORKERS.extend(pool)  # stopped in ``run``'s finally even if this phase fails
-        _wait(bench, {bench.settle()}, timeout=60)  # warm: worker up, token fetched
-        # Producer processes, each settling at rate/producers, staggered: one thread cannot commit
-        # 100 settlements a second on a busy 2-core machine, and producer threads here would take
-        # the GIL from the emulator's threads (the pushes' receiver) and slow the pushes down.
-        global _BENCH
-        _BENCH = bench
-        started = time.time() + 0.5
-        with multiprocessing.get_context("fork").Pool(producers) as producer_pool:
-            parts = producer_pool.map(_produce, [(k, producers, rate, started, seconds) for k in range(producers)])
-        numbers = {n for part in parts for n in part}
-        print(f"producers committed {len(numbers)} settlements", flush=True)
-        for part in parts:
-            bench.commit_times.update(part)
-        achieved = len(numbers) / (time.time() - started)
-        found = _wait(bench, numbers, timeout=120)
-        delays = [(found[n] - bench.commit_times[n]) * 1000 for n in found]
-        span = (max(found.values()) - min(found.values())) if len(found) > 1 else 0.0
-        print(f"pushes: {len(found) / span if span else 0:.0f}/s between first and last push")
-        print(f"latency ({workers} worker(s), {achieved:.0f} settlements/s achieved): "
-              f"{len(found)}/{len(numbers)} pushed; commit→push p50 {_percentile(delays, 50):.0f} ms, "
-              f"p99 {_percentile(delays, 99):.0f} ms, max {max(delays):.0f} ms, "
-              f"mean {statistics.fmean(delays):.0f} ms")
-        duplicates = len(bench.sandbox.sent_messages(platform="wechat")) - len(bench.commit_times)
-        print(f"pushes beyond one per settlement: {duplicates}")
-        for worker in pool:
-            worker.terminate()
-        for worker in pool:
-            worker.wait(timeout=30)
+        # 2. fixed rate → commit-to-push delay
+        plan = [(w, r) for w in (workers if mode == "rq" else [0]) for r in rates]
+        if producer == "notices":
+            _PREMADE = bench.premade_settlements(sum(int(seconds * r) + producers for _w, r in plan))
+        rows = []
+        premade_from = 0
+        for phase, (w, r) in enumerate(plan):
+            row = _phase(bench, mode, w, r, seconds, producers, log_dir, premade_from, profile, phase)
+            premade_from += row.committed
+            rows.append(row)
+            print(f"workers {w}, {r:g}/s scheduled: {row.committed} committed at {row.reached:.0f}/s "
+                  f"(schedule lag p99 {row.lag_p99_ms:.0f} ms), {row.pushed} pushed; commit→push p50 "
+                  f"{row.p50:.0f} ms, p99 {row.p99:.0f} ms, max {row.max:.0f} ms; backlog peak {row.backlog_peak}, "
+                  f"at the producers' end {row.backlog_end}; last push {row.drain_s:.1f} s after the last "
+                  f"commit; workers' CPU {row.cpu_per_push_ms:.1f} ms/push; load {row.load[0]:.1f}→"
+                  f"{row.load[1]:.1f}", flush=True)
         if mode != "rq":
             bench.notifier.stop()
+        duplicates = len(bench.sandbox.sent_messages(platform="wechat")) - len(
+            {m.data.get("character_string8") for m in bench.sandbox.sent_messages(platform="wechat")})
+        print("\n| workers | scheduled /s | committed /s (schedule lag p99) | commit → push p50 / p99 / max | "
+              "backlog peak (at end) | last push after last commit | workers' CPU / push |\n"
+              "|---:|---:|---:|---:|---:|---:|---:|")
+        for row in rows:
+            print(f"| {row.workers} | {row.rate:g} | {row.reached:.0f} ({row.lag_p99_ms:.0f} ms) | "
+                  f"{row.p50:.0f} / {row.p99:.0f} / {row.max:.0f} ms | {row.backlog_peak} ({row.backlog_end}) | "
+                  f"{row.drain_s:.1f} s | {row.cpu_per_push_ms:.1f} ms |")
+        print(f"pushes beyond one per settlement: {duplicates}")
         bench.ctx.pop()
         bench.app.extensions["db.engine"].dispose()
     finally:
@@ -288,13 +450,17 @@ def run(mode: str, backlog: int, rate: float, seconds: float, workers: int = 1, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=("rq", "inprocess"), default="rq")
-    parser.add_argument("--backlog", type=int, default=2000)
-    parser.add_argument("--rate", type=float, default=40.0)
+    parser.add_argument("--backlog", type=int, default=1000)
+    parser.add_argument("--rate", default="100", help="settlements per second, or a comma-separated list")
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--workers", type=int, default=1, help="notify-worker processes (rq mode)")
-    parser.add_argument("--producers", type=int, default=1, help="processes committing settlements")
+    parser.add_argument("--workers", default="2", help="notify-worker processes (rq mode), or a comma-separated list")
+    parser.add_argument("--producers", type=int, default=4, help="processes committing settlements")
+    parser.add_argument("--producer", choices=("settlement", "notices"), default="settlement",
+                        help="commit voucher + settlement + notices, or notices of premade settlements")
+    parser.add_argument("--profile", default=None, help="directory for py-spy folded stacks of the first worker")
     args = parser.parse_args()
-    run(args.mode, args.backlog, args.rate, args.seconds, args.workers, args.producers)
+    run(args.mode, args.backlog, [float(r) for r in args.rate.split(",")], args.seconds,
+        [int(w) for w in args.workers.split(",")], args.producers, args.producer, args.profile)
 
 
 if __name__ == "__main__":

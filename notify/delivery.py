@@ -175,7 +175,9 @@ class Deliverer:
         outcomes = {i: Outcome(i, "skipped") for i in ids}
         claims: list[_Claim] = []
         with self.sessions() as session, session.begin():
-            rows = session.execute(_CLAIMABLE, {"b_ids": ids, "b_now": now}).all()
+            # Core statements on the transaction's connection: no ORM execution layer per statement.
+            connection = session.connection()
+            rows = connection.execute(_CLAIMABLE, {"b_ids": ids, "b_now": now}).all()
             planned = []
             for row in rows:
                 channel = self.channels.get(row.channel)
@@ -192,7 +194,7 @@ class Deliverer:
                 else:
                     outcomes[row.id] = Outcome(row.id, values["b_state"], values["b_code"])
             if updates:
-                claimed = session.execute(_CLAIM, updates).rowcount
+                claimed = connection.execute(_CLAIM, updates).rowcount
                 if claimed not in (-1, len(updates)):
                     raise RuntimeError(f"deliveries {ids} changed under their row locks")
         for outcome in outcomes.values():
@@ -236,9 +238,10 @@ class Deliverer:
         now = self.clock()
         params = {"b_id": claim.delivery_id, "b_fence": claim.fence, "b_msgid": msgid, "b_now": now}
         with self.sessions() as session, session.begin():
-            marked = session.execute(_MARK_SENT, params).rowcount
+            connection = session.connection()
+            marked = connection.execute(_MARK_SENT, params).rowcount
             if msgid and claim.channel.name == "wechat":
-                session.execute(_UNMATCH, params)
+                connection.execute(_UNMATCH, params)
         log.info("delivery %s (%s): sent%s", claim.delivery_id, claim.channel.name, "" if marked else " (late)")
         return Outcome(claim.delivery_id, "sent")
 
@@ -259,7 +262,7 @@ class Deliverer:
             else:
                 params.update(b_state="failed", b_error=f"gave up after {claim.fence} attempts: {text}"[:500])
         with self.sessions() as session, session.begin():
-            marked = session.execute(_MARK_FAILED, params).rowcount
+            marked = session.connection().execute(_MARK_FAILED, params).rowcount
             if marked:
                 if params["b_state"] == "no_consent":
                     consent.platform_refused(session, claim.user_id, claim.template_id, now)

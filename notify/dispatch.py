@@ -5,11 +5,16 @@ The money transaction commits first; only then does the service call
 if the hand-over is lost (Redis down, process killed) the rows stay ``pending`` in the database
 and the sweeper — in ``notify-worker`` with Redis, in-process without — picks them up.
 
-* ``RqNotifier`` (``REDIS_URL`` set): one RQ job per money movement (its 1–4 deliveries) on the
-  ``notify`` queue; the worker claims a job's deliveries in one transaction and works on several
-  jobs at once. The sweeper queues due rows in batches: retries when their time comes, never-tried
-  rows once they have waited ``HANDOVER_GRACE_SECONDS`` (their own job was lost — Redis down, or the
-  process died between commit and enqueue). A row queued twice is harmless: only one claim wins.
+* ``RqNotifier`` (``REDIS_URL`` set): the hand-over is one ``RPUSH`` of a money movement's 1–4
+  delivery ids (``"812,813"``) onto the ``HANDOVER_KEY`` list — one Redis command, about a tenth of
+  the CPU of an RQ enqueue (a Job object, a pickle and a pipeline of several commands), paid by
+  the web worker of every settlement and refund. ``notify-worker`` pops the list a few entries at a
+  time (``take_handed_over``) into its send threads, which claim those deliveries in one transaction
+  each. The sweeper queues due rows as RQ jobs on the ``notify`` queue, in batches: retries when
+  their time comes, never-tried rows once they have waited ``HANDOVER_GRACE_SECONDS`` (their
+  hand-over was lost — Redis down, the web process died between commit and ``RPUSH``, or a worker
+  died with popped entries in hand). A row handed over or queued twice is harmless: only one claim
+  wins.
 * ``InProcessNotifier`` (no Redis, SPEC §7): the same deliverer on a small thread pool, plus a
   sweeper thread for retries and for rows left over from before a restart. With ``TESTING`` it
   starts no threads: tests call ``drain()``, which sends whatever is due, synchronously.
@@ -27,11 +32,16 @@ from typing import Any, Protocol
 
 from flask import Flask
 
-from notify.delivery import Deliverer, due_deliveries, expire_leases
+from notify.delivery import CLAIM_CHUNK, Deliverer, due_deliveries, expire_leases
 
 log = logging.getLogger(__name__)
 
 QUEUE_NAME = "notify"
+# The commit-time hand-over: a Redis list of comma-separated delivery ids, one entry per movement.
+HANDOVER_KEY = "copay:notify:handover"
+# Entries a worker pops at once (one send-thread task): at most a few claim transactions of work,
+# so that a burst is shared among the workers instead of taken by the first one to ask.
+HANDOVER_TAKE = CLAIM_CHUNK
 SWEEP_INTERVAL_SECONDS = 2.0
 SWEEP_BATCH = 500
 IN_PROCESS_THREADS = 4
@@ -130,24 +140,52 @@ class _Dispatcher:
 
 
 class RqNotifier(_Dispatcher):
-    """Queues RQ jobs of delivery ids; ``notify-worker`` runs them."""
+    """Hands delivery ids to ``notify-worker`` over Redis: a list at commit time, RQ jobs from the sweeper."""
 
     def __init__(self, app: Flask):
         super().__init__(app)
+        self._queue: Any = None
         self._paused_until = 0.0
         # The sweeper's memory of what it queued: (id, attempts) → when. A retry has more attempts.
         self._queued_at: dict[tuple[int, int], float] = {}
-        self.jobs_done = 0  # jobs run by this process's worker
+        self.jobs_done = 0  # RQ jobs and hand-over batches run by this process's worker
         self.send_pool: ThreadPoolExecutor | None = None  # the worker's send threads (notify-worker)
         self.send_slots = threading.BoundedSemaphore(2 * SEND_THREADS)
 
-    def queue(self) -> Any:
-        from rq import Queue
+    @property
+    def redis(self) -> Any:
+        return self.app.extensions["redis"]
 
-        return Queue(QUEUE_NAME, connection=self.app.extensions["redis"])
+    def queue(self) -> Any:
+        """The sweeper's RQ queue (built once)."""
+        if self._queue is None:
+            from rq import Queue
+
+            self._queue = Queue(QUEUE_NAME, connection=self.redis)
+        return self._queue
+
+    def hand_over(self, delivery_ids: Sequence[int]) -> int:
+        """Append these deliveries to the hand-over list: one ``RPUSH``; raises on Redis errors."""
+        if not delivery_ids:
+            return 0
+        self.redis.rpush(HANDOVER_KEY, ",".join(str(int(i)) for i in delivery_ids))
+        return len(delivery_ids)
+
+    def take_handed_over(self, entries: int = HANDOVER_TAKE, wait_seconds: float = 0.0) -> list[int]:
+        """The worker's side: pop up to ``entries`` hand-overs, oldest first, waiting up to
+        ``wait_seconds`` when the list is empty; their delivery ids. Raises on Redis errors."""
+        raw = self.redis.lpop(HANDOVER_KEY, entries)  # LPOP with a count: Redis ≥ 6.2
+        if not raw and wait_seconds > 0:
+            popped = self.redis.blpop([HANDOVER_KEY], timeout=wait_seconds)
+            raw = [popped[1]] if popped else []
+        return [int(i) for entry in raw or () for i in entry.split(b",") if i]
+
+    def handed_over_count(self) -> int:
+        """Hand-overs waiting for a worker."""
+        return int(self.redis.llen(HANDOVER_KEY))
 
     def enqueue(self, delivery_ids: Sequence[int]) -> int:
-        """Queue one job for these deliveries; raises on Redis errors."""
+        """Queue one RQ job for these deliveries (the sweeper's batches); raises on Redis errors."""
         if not delivery_ids:
             return 0
         self.queue().enqueue_call("notify.worker.deliver_job", args=(list(delivery_ids),), result_ttl=0,
@@ -158,7 +196,7 @@ class RqNotifier(_Dispatcher):
         if not delivery_ids or time.monotonic() < self._paused_until:
             return
         try:
-            self.enqueue(delivery_ids)
+            self.hand_over(delivery_ids)
         except Exception as exc:  # noqa: BLE001 — Redis errors must never fail the settlement
             self._paused_until = time.monotonic() + ENQUEUE_BACKOFF_SECONDS
             log.warning("could not queue %d deliveries (%s); the sweeper will send them",

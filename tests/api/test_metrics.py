@@ -69,6 +69,7 @@ def test_counters_move_after_a_settlement_a_replay_a_rejection_and_a_refund(app,
     if app.extensions.get("redis") is not None:
         assert value(after, "copay_metrics_state_up", source="redis") == 1
         assert ("copay_rq_queue_depth", (("queue", "notify"),)) in after
+        assert ("copay_rq_queue_depth", (("queue", "handover"),)) in after
 
 
 def test_concrete_paths_never_become_labels(app, client):
