@@ -35,24 +35,11 @@ def values(
             "ip": ip, "created_at": at}
 
 
-def record(
-    session: Session,
-    *,
-    actor_kind: str,
-    actor_id: int | None,
-    action: str,
-    at: datetime,
-    target_kind: str | None = None,
-    target_id: int | None = None,
-    details: dict[str, Any] | None = None,
-    request_id: str | None = None,
-    ip: str | None = None,
-) -> None:
-    """Add one audit event; ``details`` must hold no personal data in clear (R17). The request id
-    defaults to the current request's, so an audit row can be matched to its request-log line."""
-    session.add(AuditEvent(**values(
-        actor_kind=actor_kind, actor_id=actor_id, action=action, target_kind=target_kind, target_id=target_id,
-        details=details, request_id=request_id, ip=ip, at=at)))
+def record(session: Session, **fields: Any) -> None:
+    """Add one audit event (the keyword arguments of ``values``); ``details`` must hold no personal
+    data in clear (R17). The request id defaults to the current request's, so an audit row can be
+    matched to its request-log line."""
+    session.add(AuditEvent(**values(**fields)))
 
 
 def write(session: Session, **fields: Any) -> None:
