@@ -555,13 +555,21 @@ def _apply_in_one_statement(session: Session, deps: MoneyDeps, institution: Inst
                             request: SettlementRequest, voucher: Any, facts: _Facts, plan: Plan,
                             body: dict[str, Any], service_time: datetime, now: datetime) -> list[int]:
     """PostgreSQL: the same rows as ``_apply`` writes statement by statement, in ONE data-modifying
-    statement (``_WRITE_ALL``): one round trip instead of eleven. Every row lock it takes but one is
-    already held — the voucher, the cap row and the personal accounts were locked while the facts
-    were read, and ``binding_usage`` rows are only written under their beneficiary's cap row — so
-    the order of its parts cannot deadlock; the institution's clearing account, the hottest row,
-    is locked last, at the end of the transaction, as before. The guards stay: each debit applies
-    only while the balance covers it, and the balances it returns must be the plan's (else
-    ``LedgerInvariantBroken`` rolls everything back)."""
+    statement (``_WRITE_ALL``): one round trip instead of eleven.
+
+    PostgreSQL runs the parts of such a statement in no documented order, so safety cannot rest on
+    their order, and does not: every row lock the statement takes is already held — the voucher,
+    the cap row and the personal accounts were locked while the facts were read — except two. The
+    ``binding_usage`` rows are only ever written (here and by refunds) by a transaction holding
+    their beneficiary's cap row for that year, so nobody can hold one of them while waiting for
+    something this transaction holds; the institution's clearing account is taken in this last
+    statement, at the end of the transaction, so it is held only until the commit. Neither can close
+    a wait cycle, whatever the order of the parts. The guards stay: each debit applies only while
+    the balance covers it, and the balances it returns must be the plan's and the clearing account
+    must be credited (else ``LedgerInvariantBroken`` rolls everything back)."""
+    if now.utcoffset() is None or service_time.utcoffset() is None:
+        # The plain path's UTCDateTime refuses naive times; the text statement binds them as given.
+        raise ValueError("settlement times must be timezone-aware")
     created_year = now.astimezone(SHANGHAI).year
     payments = [(int(p.account_id), int(p.owner_person_id), int(p.binding_id) if p.binding_id else None, p)
                 for p in plan.payments]
@@ -767,7 +775,9 @@ _CARD = (
 def _facts_of(person: Any) -> Any:
     """PostgreSQL: the person's R10 filings and R8 certifications valid on the service date (``on``),
     as one JSON array of [what, value, valid_from, valid_to] — a column of the voucher statement
-    instead of a statement of its own."""
+    instead of a statement of its own. Neither path locks these rows (a filing revoked while a
+    settlement is under way may or may not be seen by it); here they are read from the voucher
+    statement's snapshot, a moment earlier than the plain path's separate read."""
     facts = union_all(*(
         select(literal(what).label("what"), value.label("value"), table.c.valid_from, table.c.valid_to)
         .where(table.c.person_id == person, table.c.revoked_at.is_(None),
