@@ -18,15 +18,13 @@ import re
 import statistics
 import sys
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pyotp
-from sqlalchemy import create_engine, event, insert, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import event, insert, select
 
-from app.config import normalize_database_url
 from bench.load_registry import make_registry
+from bench.scratch import ScratchDatabase, bench_server
 
 SAMPLES = int(os.environ.get("SAMPLES", "400"))
 
@@ -39,13 +37,8 @@ def _percentiles(values: list[float]) -> str:
 
 
 def main(n: int) -> None:
-    server = normalize_database_url(os.environ.get("BENCH_DATABASE_URL",
-                                                   "postgresql://postgres@127.0.0.1:5432/postgres"))
-    name = f"copay_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(server).set(database=name).render_as_string(hide_password=False)
+    scratch = ScratchDatabase(bench_server())
+    url = scratch.url
     try:
         from app import create_app
         from app.config import Config
@@ -116,8 +109,7 @@ def main(n: int) -> None:
               f"{statements[0] / len(sample):.1f} SQL statements per look-up")
         app.extensions["db.engine"].dispose()
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        scratch.drop()
 
 
 if __name__ == "__main__":

@@ -9,17 +9,12 @@ and N/4 households, then loads the same file again (the idempotent path), and pr
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
-import uuid
 from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-
-from app.config import normalize_database_url
 from app.security.id_number import make_id_number
+from bench.scratch import ScratchDatabase, bench_server
 
 
 def make_registry(n: int) -> dict:
@@ -43,12 +38,8 @@ def make_registry(n: int) -> dict:
 
 
 def main(n: int) -> None:
-    server = normalize_database_url(os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
-    name = f"copay_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(server).set(database=name).render_as_string(hide_password=False)
+    scratch = ScratchDatabase(bench_server())
+    url = scratch.url
     try:
         from app import create_app
         from app.config import Config
@@ -76,8 +67,7 @@ def main(n: int) -> None:
                       f"{report.households} households in {elapsed:.1f} s")
         app.extensions["db.engine"].dispose()
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        scratch.drop()
 
 
 if __name__ == "__main__":

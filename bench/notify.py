@@ -44,18 +44,17 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from sqlalchemy import create_engine, insert, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import insert, select
 
-from app.config import ROOT, normalize_database_url
+from app.config import ROOT
 from app.security.id_number import make_id_number
+from bench.scratch import ScratchDatabase, bench_server
 
 WECHAT_APPID = "wxbench000000001"
 WECHAT_SECRET = "bench-wechat-secret"
@@ -362,13 +361,8 @@ def run(mode: str, backlog: int, rates: list[float], seconds: float, workers: li
     from sandbox import Sandbox
 
     global _PREMADE
-    server = normalize_database_url(os.environ.get("BENCH_DATABASE_URL",
-                                                   "postgresql://postgres@127.0.0.1:5432/postgres"))
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14") if mode == "rq" else None
-    name = f"copay_bench_notify_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    scratch = ScratchDatabase(bench_server(), "copay_bench_notify")
     sandbox = Sandbox().start()
     log_dir = tempfile.mkdtemp(prefix="bench-notify-")
     try:
@@ -376,7 +370,7 @@ def run(mode: str, backlog: int, rates: list[float], seconds: float, workers: li
             import redis
 
             redis.Redis.from_url(redis_url).flushdb()
-        bench = Bench(make_url(server).set(database=name).render_as_string(hide_password=False), redis_url, sandbox)
+        bench = Bench(scratch.url, redis_url, sandbox)
         Base.metadata.create_all(bench.app.extensions["db.engine"])
         bench.seed()
         print(f"mode={mode}  producer={producer} x{producers}  rates={rates}/s for {seconds:.0f} s  "
@@ -442,9 +436,7 @@ def run(mode: str, backlog: int, rates: list[float], seconds: float, workers: li
             if worker.poll() is None:
                 worker.kill()
         sandbox.stop()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        scratch.drop()
 
 
 def main() -> None:

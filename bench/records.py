@@ -27,14 +27,12 @@ import os
 import secrets
 import statistics
 import time
-import uuid
 from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import create_engine, insert, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import insert, select, text
 
-from app.config import normalize_database_url
 from app.security.id_number import make_id_number
+from bench.scratch import ScratchDatabase, bench_server
 
 FILLERS = 200
 
@@ -247,23 +245,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="10000,1000000,10000000")
     parser.add_argument("--requests", type=int, default=200)
     options = parser.parse_args(argv)
-    server = normalize_database_url(os.environ.get("BENCH_DATABASE_URL",
-                                                   "postgresql://postgres@127.0.0.1:5432/postgres"))
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    server = bench_server()
     results: dict[int, dict[str, tuple[float, float]]] = {}
     print(f"load average {os.getloadavg()[0]:.2f}", flush=True)
     for n in (int(s) for s in options.sizes.split(",")):
-        name = f"copay_records_{uuid.uuid4().hex[:8]}"
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        scratch = ScratchDatabase(server, "copay_records")
         try:
-            app, who = build(make_url(server).set(database=name).render_as_string(hide_password=False), n)
+            app, who = build(scratch.url, n)
             with app.app_context():
                 results[n] = measure(app, who, options.requests)
             app.extensions["db.engine"].dispose()
         finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            scratch.drop()
         for label, (p50, p99) in results[n].items():
             print(f"  {n:>10,}  {label:<45} p50 {p50:7.2f} ms  p99 {p99:7.2f} ms", flush=True)
     sizes = sorted(results)
@@ -276,7 +269,6 @@ def main(argv: list[str] | None = None) -> None:
         name = label if "rows deep" not in label else "deductions heavy owner, deep page (cursor)"
         print(f"| {name} | " + " | ".join(f"{a:.2f} / {b:.2f}" for a, b in cells) + f" | {ratio:.2f}× |")
     print(f"\nload average {os.getloadavg()[0]:.2f}; {json.dumps({'cpus': os.cpu_count()})}")
-    admin.dispose()
 
 
 if __name__ == "__main__":

@@ -51,10 +51,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import create_engine, insert, select, text
-from sqlalchemy.engine import make_url
 
-from app.config import normalize_database_url
 from app.security.request_signing import sign
+from bench.scratch import ScratchDatabase, bench_server
 from bench.settlement import HOSPITAL, HOSPITAL_SECRET, seed_families
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -415,13 +414,10 @@ def main(argv: list[str] | None = None) -> None:
     options = parser.parse_args(argv)
     only = [p for p in PATHS if p in options.only.split(",")]
 
-    server_url = normalize_database_url(os.environ.get("BENCH_DATABASE_URL",
-                                                       "postgresql://postgres@127.0.0.1:5432/postgres"))
+    server_url = bench_server()
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/6")
-    name = f"copay_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    scratch = ScratchDatabase(server_url)
+    name, url = scratch.name, scratch.url
     import redis as redis_lib
 
     from sandbox import Sandbox
@@ -429,7 +425,6 @@ def main(argv: list[str] | None = None) -> None:
     redis_lib.Redis.from_url(redis_url).flushdb()
     sandbox = Sandbox().start()
     sandbox.register_wechat_app(WECHAT_APPID, WECHAT_SECRET, templates=["T-deduction"])
-    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
     env = {**os.environ, "DATABASE_URL": url, "BENCH_DATABASE_URL": url, "SECRET_KEY": secrets.token_urlsafe(32),
            "PII_KEY": _key(), "PII_INDEX_KEY": _key(), "VOUCHER_KEY": _key(), "PLEDGE_SIGNING_KEY": _key(),
            "RATE_LIMIT_PER_USER": "off", "RATE_LIMIT_PER_IP": "off", "LOG_LEVEL": options.log_level,
@@ -505,9 +500,7 @@ def main(argv: list[str] | None = None) -> None:
         print(check_ledger(env))
     finally:
         sandbox.stop()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        scratch.drop()
         redis_lib.Redis.from_url(redis_url).flushdb()
 
 

@@ -36,12 +36,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import create_engine, insert, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import insert, select, text
 
-from app.config import normalize_database_url
 from app.security.id_number import make_id_number
 from app.security.request_signing import sign
+from bench.scratch import ScratchDatabase, bench_server
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -295,13 +294,8 @@ def main() -> None:
     parser.add_argument("--log-level", default="WARNING", help="the service's LOG_LEVEL (INFO logs every request)")
     options = parser.parse_args()
 
-    server = normalize_database_url(os.environ.get("BENCH_DATABASE_URL",
-                                                   "postgresql://postgres@127.0.0.1:5432/postgres"))
-    name = f"copay_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(server).set(database=name).render_as_string(hide_password=False)
+    scratch = ScratchDatabase(bench_server())
+    url = scratch.url
     env = {**os.environ, "DATABASE_URL": url, "BENCH_DATABASE_URL": url, "SECRET_KEY": secrets.token_urlsafe(32),
            "PII_KEY": _key(), "VOUCHER_KEY": _key(), "PLEDGE_SIGNING_KEY": _key(), "RATE_LIMIT_PER_USER": "off",
            "RATE_LIMIT_PER_IP": "off", "LOG_LEVEL": options.log_level, "PYTHONPATH": str(ROOT)}
@@ -331,9 +325,7 @@ def main() -> None:
                   f"server CPU per request {service.cpu_ms_per_request / baseline.cpu_ms_per_request:.2f}x")
         print(check_ledger(env))
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        scratch.drop()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,36 @@
+"""Scratch PostgreSQL databases for the benchmarks: made on the server of ``BENCH_DATABASE_URL``
+(default the local one), dropped when the benchmark ends, whatever happens (callers drop in
+``finally``)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from app.config import normalize_database_url
+
+DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def bench_server() -> str:
+    """The PostgreSQL server the benchmarks make their databases on."""
+    return normalize_database_url(os.environ.get("BENCH_DATABASE_URL", DEFAULT_SERVER))
+
+
+class ScratchDatabase:
+    """A new empty database named ``<prefix>_<random>`` on ``server``; ``drop()`` removes it."""
+
+    def __init__(self, server: str, prefix: str = "copay_bench") -> None:
+        self.name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        self.url = make_url(server).set(database=self.name).render_as_string(hide_password=False)
+        self._admin = create_engine(server, isolation_level="AUTOCOMMIT")
+        with self._admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{self.name}"'))
+
+    def drop(self) -> None:
+        with self._admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+        self._admin.dispose()
