@@ -21,18 +21,19 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from app.config import normalize_database_url
+from bench.scratch import ScratchDatabase
 
 KEYS = {"SECRET_KEY": "bench-secret", "PII_KEY": base64.urlsafe_b64encode(bytes(range(32))).decode(),
         "VOUCHER_KEY": base64.urlsafe_b64encode(bytes(range(1, 33))).decode(),
-        "PLEDGE_SIGNING_KEY": base64.urlsafe_b64encode(bytes(range(2, 34))).decode()}
+        "PLEDGE_SIGNING_KEY": base64.urlsafe_b64encode(bytes(range(2, 34))).decode(),
+        # Its own blind-index key, as production requires: a PII_KEY rotation keeps it.
+        "PII_INDEX_KEY": base64.urlsafe_b64encode(bytes(range(3, 35))).decode()}
 
 
 # ---------------------------------------------------------------- metrics overhead
@@ -109,9 +110,11 @@ GENERATE = [
          v.created_at
        FROM vouchers v JOIN generate_series(1, :m) g ON v.id = g""",
     """INSERT INTO payments (id, settlement_id, sequence, kind, account_id, owner_person_id, amount_fen, refunded_fen,
-         balance_after_fen)
-       SELECT g, g, 1, 'own', a.id, a.person_id, 12345, 0, 100000
-       FROM generate_series(1, :m) g JOIN bench_acc a ON a.n = 1 + g % (SELECT count(*) FROM bench_acc)""",
+         balance_after_fen, beneficiary_person_id, created_year)
+       SELECT g, g, 1, 'own', a.id, a.person_id, 12345, 0, 100000, s.beneficiary_person_id,
+         EXTRACT(YEAR FROM s.created_at AT TIME ZONE 'Asia/Shanghai')::int
+       FROM generate_series(1, :m) g JOIN bench_acc a ON a.n = 1 + g % (SELECT count(*) FROM bench_acc)
+         JOIN settlements s ON s.id = g""",
     """INSERT INTO journals (id, kind, settlement_id, created_at)
        SELECT :j0 + g, 'settlement', g, now() FROM generate_series(1, :m) g""",
     """INSERT INTO ledger_entries (journal_id, account_id, amount_fen)
@@ -138,13 +141,9 @@ def bench_data(server: str, persons: int, settlements: int) -> None:
     from scripts.backup import backup, restore
 
     server = normalize_database_url(server)
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    names = [f"copay_bench_ops_{uuid.uuid4().hex[:8]}", f"copay_bench_ops_r_{uuid.uuid4().hex[:8]}"]
-    urls = [make_url(server).set(database=n).render_as_string(hide_password=False) for n in names]
+    scratches = [ScratchDatabase(server, "copay_bench_ops"), ScratchDatabase(server, "copay_bench_ops_r")]
+    urls = [scratch.url for scratch in scratches]
     work = Path(tempfile.mkdtemp(prefix="copay-bench-ops-"))
-    with admin.connect() as conn:
-        for name in names:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
         engine = create_engine(urls[0])
         Base.metadata.create_all(engine)
@@ -190,12 +189,9 @@ def bench_data(server: str, persons: int, settlements: int) -> None:
               f"{time.perf_counter() - started:.1f} s")
 
         new_key = base64.urlsafe_b64encode(bytes(range(100, 132))).decode()
-        from app.security.pii import index_key_b64_from
-
         rotated = create_app(Config.from_env(env={}, DATABASE_URL=urls[0], DOCUMENT_DIR=str(work / "documents"),
                                              WECHAT_APPID="wxbench", WECHAT_SECRET="bench",
-                                             **{**KEYS, "PII_KEY": new_key}, PII_OLD_KEYS=KEYS["PII_KEY"],
-                                             PII_INDEX_KEY=index_key_b64_from(KEYS["PII_KEY"])))
+                                             **{**KEYS, "PII_KEY": new_key}, PII_OLD_KEYS=KEYS["PII_KEY"]))
         with rotated.app_context():
             report = rotate_pii(db.engine, rotated.extensions["domain"].pii, batch_size=1000)
         print(f"rotate-pii-key: {report.rewritten_rows} rows ({report.rewritten_values} values) in "
@@ -205,10 +201,8 @@ def bench_data(server: str, persons: int, settlements: int) -> None:
         app.extensions["db.engine"].dispose()
         rotated.extensions["db.engine"].dispose()
     finally:
-        with admin.connect() as conn:
-            for name in names:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        for scratch in scratches:
+            scratch.drop()
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
