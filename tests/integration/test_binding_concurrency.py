@@ -7,7 +7,6 @@ locks and the partial unique index ``uq_bindings_live_pair``.
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 
 import pytest
@@ -18,6 +17,7 @@ from app.extensions import app_session
 from models import AuthorizationEvent, Binding, Pledge
 from tests.binding_helpers import bind, created, policy_dir, sign_in, upload
 from tests.helpers import bearer
+from tests.integration.test_settlement_concurrency import together
 
 pytestmark = pytest.mark.postgres
 
@@ -33,25 +33,7 @@ def _postgres_only(postgres):
 
 def race(app, calls):
     """Run each call with its own test client at the same moment; return the responses' (status, code)."""
-    barrier = threading.Barrier(len(calls))
-    results: list[tuple[int, str | None]] = []
-    lock = threading.Lock()
-
-    def run(call):
-        client = app.test_client()
-        barrier.wait()
-        response = call(client)
-        body = response.get_json()
-        with lock:
-            results.append((response.status_code, body.get("error", {}).get("code") if body else None))
-
-    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert len(results) == len(calls)
-    return results
+    return [(status, body.get("error", {}).get("code") if body else None) for status, body in together(app, calls)]
 
 
 def live_bindings(owner_person_id=None):
