@@ -9,9 +9,6 @@ from flask import Flask
 from app import envelope
 from app.config import ROOT, Config
 
-# Before any blueprint module is imported (they all import from this package): see app/envelope.py.
-envelope.install_arguments_parser()
-
 
 def create_app(config: Config | None = None) -> Flask:
     """Build the service: config, extensions, domain singletons, blueprints, errors, CLI."""

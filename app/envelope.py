@@ -13,7 +13,8 @@ answer on every request:
 - ``SchemaOnceParser``: webargs makes a new instance of an ``@bp.arguments(SomeSchema)`` class for
   every request it parses (and the instance deep-copies its fields, and its nested schemas). A
   marshmallow schema keeps nothing between two ``load`` calls, so one instance per class serves
-  every request; flask-smorest does the same for response schemas.
+  every request; flask-smorest does the same for response schemas. The service's blueprints are
+  ``app.envelope.Blueprint``, which parses with it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import flask_smorest
 import marshmallow as ma
 from flask import Flask
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
@@ -83,14 +85,8 @@ class SchemaOnceParser(FlaskParser):
         return super()._get_schema(argmap, req)
 
 
-def install_arguments_parser() -> None:
-    """Make ``SchemaOnceParser`` the parser of every flask-smorest blueprint's ``arguments``.
+class Blueprint(flask_smorest.Blueprint):
+    """flask-smorest's ``Blueprint`` whose ``@arguments`` parse with one ``SchemaOnceParser`` per
+    process; every API blueprint of the service is one of these (tests/unit/test_envelope.py)."""
 
-    flask-smorest reads ``Blueprint.ARGUMENTS_PARSER`` when a view is decorated, i.e. when its module
-    is imported: this runs when the ``app`` package is imported (app/__init__.py), before any
-    blueprint module, all of which import from ``app``. tests/unit/test_envelope.py checks every view.
-    """
-    from flask_smorest.arguments import ArgumentsMixin
-
-    if not isinstance(ArgumentsMixin.ARGUMENTS_PARSER, SchemaOnceParser):
-        ArgumentsMixin.ARGUMENTS_PARSER = SchemaOnceParser()
+    ARGUMENTS_PARSER = SchemaOnceParser()

@@ -44,11 +44,11 @@ def _key(seed: int) -> str:
 
 
 def service_app(log_level: str) -> Flask:
-    from flask_smorest import Blueprint
     from marshmallow import Schema, fields
 
     from app import create_app
     from app.config import Config
+    from app.envelope import Blueprint
     from institution_api.settlements import SettlementRequestSchema
 
     directory = tempfile.mkdtemp(prefix="copay-envelope-")

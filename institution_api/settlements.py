@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from flask import g, jsonify, make_response, request
-from flask_smorest import Blueprint
 from marshmallow import ValidationError, fields, validate, validates_schema
 
+from app.envelope import Blueprint
 from app.institution_auth import institution, institution_signed
 from app.schema_fields import Fen
 from app.services import refunds, settlements

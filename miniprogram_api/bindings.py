@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from flask_smorest import Blueprint
-
+from app.envelope import Blueprint
 from app.services import bindings
 from app.web import client_ip, domain, now, principal, rate_limited, session, user_required
 from miniprogram_api.binding_schemas import (

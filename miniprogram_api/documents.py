@@ -4,8 +4,8 @@ their staff token (they upload scanned paper proofs and read every proof to revi
 from __future__ import annotations
 
 from flask import current_app, send_file
-from flask_smorest import Blueprint
 
+from app.envelope import Blueprint
 from app.services import documents
 from app.web import client_ip, now, principal, rate_limited, session, signed_in
 from miniprogram_api.binding_schemas import DocumentSchema, UploadSchema

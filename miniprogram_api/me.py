@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from flask_smorest import Blueprint
-
+from app.envelope import Blueprint
 from app.services import identity, phones
 from app.web import client_ip, domain, now, principal, rate_limited, session, user_required, user_required_with
 from miniprogram_api.schemas import (

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, fields, validate
 
+from app.envelope import Blueprint
 from app.web import now, principal, read_session, session, user_required
 from notify import inbox
 

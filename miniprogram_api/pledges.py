@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from flask_smorest import Blueprint
-
+from app.envelope import Blueprint
 from app.services.pledges import public_key_view
 from app.web import domain
 from miniprogram_api.binding_schemas import PledgeTextSchema, PublicKeySchema

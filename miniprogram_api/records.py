@@ -6,9 +6,9 @@ bindings blueprints) and ``quota_bp`` at ``/api/v1/quota``.
 
 from __future__ import annotations
 
-from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
+from app.envelope import Blueprint
 from app.policy import shanghai_date
 from app.services import records
 from app.web import domain, now, principal, read_session, user_required

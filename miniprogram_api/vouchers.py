@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from flask import Response
-from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
+from app.envelope import Blueprint
 from app.schema_fields import Id
 from app.services import vouchers
 from app.web import client_ip, domain, now, principal, rate_limited, session, user_required

@@ -31,12 +31,12 @@ from xml.parsers.expat import ExpatError
 
 import xmltodict
 from flask import Response, current_app, request
-from flask_smorest import Blueprint
 from wechatpy.crypto import WeChatCrypto
 from wechatpy.exceptions import InvalidAppIdException, InvalidSignatureException
 from wechatpy.utils import check_signature
 
 from app import errors
+from app.envelope import Blueprint
 from app.web import now, session
 from notify.events import PushEvent, apply_push_event
 

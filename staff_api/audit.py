@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from flask_smorest import Blueprint
-
+from app.envelope import Blueprint
 from app.services import authorizations
 from app.web import read_session, staff_required
 from miniprogram_api.binding_schemas import AuditPageSchema, AuditQuerySchema

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
+from app.envelope import Blueprint
 from app.services import filings
 from app.web import client_ip, domain, now, principal, session, staff_required
 from miniprogram_api.schemas import MaskedPersonSchema, StrictSchema

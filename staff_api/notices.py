@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from flask import g
-from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, fields, validate
 
+from app.envelope import Blueprint
 from app.web import client_ip, domain, now, principal, read_session, session, staff_required
 from models.notice import DELIVERY_STATES
 from notify import inbox

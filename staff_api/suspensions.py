@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from flask_smorest import Blueprint
-
+from app.envelope import Blueprint
 from app.services import suspensions
 from app.web import client_ip, domain, now, principal, read_session, session, staff_required
 from miniprogram_api.binding_schemas import (
