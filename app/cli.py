@@ -144,7 +144,9 @@ def revoke_staff_token_command(username: str) -> None:
 
 
 @click.command("seed-demo")
-def seed_demo_command() -> None:
+@click.option("--tokens-file", type=click.Path(dir_okay=False), default=None,
+              help="also write the staff tokens there as shell variables (WINDOW1_TOKEN=…), readable by you only")
+def seed_demo_command(tokens_file: str | None) -> None:
     """Load the small demo registry, institutions and staff (prints the staff tokens)."""
     from app.demo import seed_demo
 
@@ -153,6 +155,12 @@ def seed_demo_command() -> None:
     click.echo("demo registry loaded; staff tokens (shown once):")
     for username, token in tokens.items():
         click.echo(f"  {username}: {token}")
+    if tokens_file:
+        path = Path(tokens_file)
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text("".join(f"{username.upper()}_TOKEN={token}\n" for username, token in tokens.items()))
+        click.echo(f"  (also in {path})")
 
 
 @click.command("verify-ledger")

@@ -111,7 +111,8 @@ def main() -> None:
         env.update(extra)
     try:
         _flask(env, "db", "upgrade")
-        _flask(env, "seed-demo")
+        # The staff tokens also go to a file the docs' walkthroughs read (instance/ is local and 0600).
+        _flask(env, "seed-demo", "--tokens-file", str(INSTANCE_DIR / "demo-staff-tokens.env"))
         server = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--bind", f"{HOST}:{PORT}", "--workers", "2", "--threads", "4",
              "--access-logfile", "-", "wsgi:app"], env=env, cwd=ROOT)

@@ -113,3 +113,15 @@ def test_seed_demo_can_run_twice(app):
         result = app.test_cli_runner().invoke(args=["seed-demo"])
         assert result.exit_code == 0, result.output
     assert counts()["persons"] == 7
+
+
+def test_seed_demo_writes_the_staff_tokens_it_prints_to_a_private_file(app, tmp_path):
+    path = tmp_path / "demo-staff-tokens.env"
+    result = app.test_cli_runner().invoke(args=["seed-demo", "--tokens-file", str(path)])
+    assert result.exit_code == 0, result.output
+    printed = dict(line.strip().split(": ", 1) for line in result.output.splitlines() if line.startswith("  ")
+                   and ": st_" in line)
+    written = dict(line.split("=", 1) for line in path.read_text().splitlines())
+    assert written == {f"{name.upper()}_TOKEN": token for name, token in printed.items()}
+    assert {"WINDOW1_TOKEN", "AUDITOR1_TOKEN"} <= set(written)
+    assert path.stat().st_mode & 0o777 == 0o600
