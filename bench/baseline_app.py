@@ -35,6 +35,7 @@ from sqlalchemy import text
 from app.config import normalize_database_url
 from app.extensions import make_engine
 from app.policy import SHANGHAI
+from app.services import settlements as s  # /settle-rows runs the service's own statements (imported at boot)
 
 app = Flask(__name__)
 engine = make_engine(normalize_database_url(os.environ.get("BENCH_DATABASE_URL", "")))
@@ -97,8 +98,6 @@ def me():
 
 @app.post("/settle-rows")
 def settle_rows():
-    from app.services import settlements as s  # the service's own statements, built once at import
-
     body = request.get_json()
     amount_fen, now = int(body["amount_fen"]), datetime.now(UTC)
     on = now.astimezone(SHANGHAI).date()

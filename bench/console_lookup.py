@@ -50,7 +50,8 @@ def main(n: int) -> None:
         from app.services.staff_accounts import create_staff
         from models import Base, Binding, Person
 
-        app = create_app(Config.from_env(DATABASE_URL=url, RATE_LIMIT_PER_IP="off", RATE_LIMIT_PER_USER="off"))
+        app = create_app(Config.from_env(DATABASE_URL=url, RATE_LIMIT_PER_IP="off", RATE_LIMIT_PER_USER="off",
+                                        LOG_LEVEL="WARNING"))
         Base.metadata.create_all(app.extensions["db.engine"])
         data = make_registry(n)
         with app.app_context():
