@@ -47,6 +47,17 @@ def postgres() -> bool:
     return bool(os.environ.get("TEST_DATABASE_URL"))
 
 
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    """``@pytest.mark.postgres(reason=…)``: skipped on the embedded default (no ``TEST_DATABASE_URL``)."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        return
+    for item in items:
+        marker = item.get_closest_marker("postgres")
+        if marker is not None:
+            reason = marker.kwargs.get("reason", "needs PostgreSQL (TEST_DATABASE_URL)")
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = os.environ.get("TEST_DATABASE_URL")

@@ -19,16 +19,11 @@ from tests.binding_helpers import bind, created, policy_dir, sign_in, upload
 from tests.helpers import bearer
 from tests.integration.test_settlement_concurrency import together
 
-pytestmark = pytest.mark.postgres
+pytestmark = pytest.mark.postgres(
+    reason="needs PostgreSQL (TEST_DATABASE_URL): SQLite serialises writers with BEGIN IMMEDIATE, "
+           "so concurrent binding requests cannot race there")
 
 THREADS = 8
-
-
-@pytest.fixture(autouse=True)
-def _postgres_only(postgres):
-    if not postgres:
-        pytest.skip("needs PostgreSQL (TEST_DATABASE_URL): SQLite serialises writers with BEGIN IMMEDIATE, "
-                    "so concurrent binding requests cannot race there")
 
 
 def race(app, calls):

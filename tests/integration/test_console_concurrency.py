@@ -19,15 +19,10 @@ from app.services import console_auth
 from models import ConsoleLockout, ConsoleSession
 from tests.webconsole.helpers import PASSWORD, code, make_staff
 
-pytestmark = pytest.mark.postgres
+pytestmark = pytest.mark.postgres(
+    reason="needs PostgreSQL (TEST_DATABASE_URL): SQLite serialises writers with BEGIN IMMEDIATE, "
+           "so concurrent sign-ins cannot race there")
 THREADS = 8
-
-
-@pytest.fixture(autouse=True)
-def _postgres_only(postgres):
-    if not postgres:
-        pytest.skip("needs PostgreSQL (TEST_DATABASE_URL): SQLite serialises writers with BEGIN IMMEDIATE, "
-                    "so concurrent sign-ins cannot race there")
 
 
 def race(app, attempt):

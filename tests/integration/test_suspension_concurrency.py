@@ -20,13 +20,8 @@ from models import Binding
 from tests.binding_helpers import bind, created, sign_in
 from tests.helpers import bearer
 
-pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture(autouse=True)
-def _postgres_only(postgres):
-    if not postgres:
-        pytest.skip("needs PostgreSQL (TEST_DATABASE_URL): SQLite serialises writers, so the race cannot happen")
+pytestmark = pytest.mark.postgres(
+    reason="needs PostgreSQL (TEST_DATABASE_URL): SQLite serialises writers, so the race cannot happen")
 
 
 def test_binding_again_while_the_pair_suspension_is_lifted_ends_active(app, client, sandbox, demo, monkeypatch):
