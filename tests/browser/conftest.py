@@ -34,7 +34,10 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        # Chromium's own words (file pickers, date fields) in Chinese, as the staff see them; they need
+        # Debian's chromium-l10n and stay English without it.
+        launched = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS,
+                                              env={**os.environ, "LANGUAGE": "zh_CN"})
         yield launched
         launched.close()
 
