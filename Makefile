@@ -53,7 +53,7 @@ restore: install
 deploy-check: install
 	@test -n "$(TEST_DATABASE_URL)" -a -n "$(TEST_REDIS_URL)" || { echo "deploy-check needs TEST_DATABASE_URL and TEST_REDIS_URL"; exit 2; }
 	$(BIN)/python -m pytest -q -m slow -rs tests/deploy/test_deploy_check.py
-# The console's main pages as PNG under docs/console/ (needs chromium and a CJK font:
-# apt-get install chromium fonts-wqy-microhei).
+# Every console page a window clerk works in, as PNG under docs/console/ (needs chromium and a CJK
+# font: apt-get install chromium chromium-l10n fonts-wqy-microhei).
 screenshots: install
 	$(BIN)/python -m pytest -q tests/browser/screenshots.py
