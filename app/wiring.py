@@ -108,7 +108,7 @@ def init_domain(app: Flask) -> None:
     from app.config import parse_rate
     from app.services.card_guard import CardLookupGuard
 
-    domain.card_guard = CardLookupGuard(app.extensions["ratelimiter"].storage, parse_rate(cfg["CARD_LOOKUP_FAILURES"]))
+    domain.card_guard = CardLookupGuard(app.extensions.get("redis"), parse_rate(cfg["CARD_LOOKUP_FAILURES"]))
 
 
 def _identity_platforms(cfg: Any, wechat: Any, alipay: Any) -> Any:

@@ -162,6 +162,7 @@ def _clean(app: Any) -> None:
             for name in tables:
                 conn.execute(text(f"DELETE FROM {name}"))
     app.extensions["ratelimiter"].storage.reset()
+    app.extensions["domain"].card_guard.reset()
     redis = app.extensions.get("redis")
     if redis is not None:
         redis.flushdb()

@@ -320,13 +320,24 @@ def _patient(session: Session, deps: MoneyDeps, institution: InstitutionIdentity
     must match an active registry person — ID number by blind index, card number compared in
     constant time — or the row is None (``CARD_INVALID``, never saying which field was wrong). Each
     failed card look-up counts against the institution's limit (``guard``), so the API cannot be
-    used to test card numbers; past it, card look-ups are ``RATE_LIMITED``.
+    used to test card numbers; past it, card look-ups are ``RATE_LIMITED``. The look-up holds a slot
+    of that limit while it runs, so look-ups sent together cannot overshoot it (``card_guard``).
     """
     if request.card is None:  # the code's form was checked by ``settle`` before any database work
         return _voucher(session, deps.vouchers.code_hash(request.voucher_code), service_time, now, lock=lock)
+    if guard is None:
+        return _card(session, deps, request, service_time, now)
+    with guard.look_up(institution.id) as attempt:
+        row = _card(session, deps, request, service_time, now)
+        if row is None:
+            attempt.failed()
+    return row
+
+
+def _card(session: Session, deps: MoneyDeps, request: SettlementRequest, service_time: datetime,
+          now: datetime) -> Any:
+    """The active registry person holding this card, or None."""
     folded = _folded(session)
-    if guard is not None:
-        guard.check(institution.id)
     card_no, id_number = request.card
     row = None
     try:
@@ -341,8 +352,6 @@ def _patient(session: Session, deps: MoneyDeps, institution: InstitutionIdentity
         on_file = deps.pii.decrypt(row.social_card_no_enc, context="person.social_card_no")
         if row.status != "active" or not hmac.compare_digest(_card_key(on_file).encode(), _card_key(card_no).encode()):
             row = None
-    if row is None and guard is not None:
-        guard.failed(institution.id)
     return row
 
 

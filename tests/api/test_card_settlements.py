@@ -141,6 +141,20 @@ def test_failed_card_look_ups_are_limited_per_institution(make_app, sandbox, dem
         assert settle_by_card(client, CARDS[OWNER], OWNER, [drug(100)], inst=PHARMACY).status_code == 201
 
 
+def test_with_the_limit_store_down_card_look_ups_are_refused_not_let_through(app, client, family, monkeypatch):
+    import redis
+
+    from app.services.card_guard import CardLookupGuard
+
+    down = CardLookupGuard(redis.Redis.from_url("redis://127.0.0.1:1/0"), (3, 600))  # nothing listens on port 1
+    monkeypatch.setattr(app.extensions["domain"], "card_guard", down)
+    for card in (CARDS[CHILD], "M00000000000000"):
+        response = settle_by_card(client, card, CHILD, [drug(100)])
+        assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+        assert response.get_json()["error"]["details"]["unavailable"] == "rate_limiter"
+    assert balance(app, OWNER) == 350_000
+
+
 def test_records_show_how_each_settlement_was_authorised(app, client, sandbox, family):
     token = sign_in(client, sandbox, OWNER)
     settle_by_card(client, CARDS[CHILD], CHILD, [drug(1_000)])
