@@ -146,7 +146,8 @@ class StateCollector:
         router = self.app.extensions.get("db.replica")
         if router is not None:
             lag = GaugeMetricFamily("copay_replica_lag_seconds",
-                                    "Replica lag as last measured by this process (-1: not measured or down)")
+                                    "Replica lag from the primary's side as last measured by this process "
+                                    "(-1: not measured, down or not a replica; +Inf: behind by an unknown amount)")
             lag.add_metric([], router.lag if router.lag is not None and router.state != "down" else -1.0)
             families.append(lag)
         return families

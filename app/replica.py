@@ -14,10 +14,31 @@ When a read goes to the primary instead:
   sees it), or in this process when there is no Redis;
 - the replica is down (cannot connect, or a query failed with a connection error) — it is then
   not tried again for ``DOWN_RETRY_SECONDS``;
-- the replica lags more than ``REPLICA_MAX_LAG_SECONDS``. Lag is 0 when the replica has replayed
-  everything it received and its WAL receiver is streaming; otherwise it is the age of the last
-  replayed transaction, ``now() - pg_last_xact_replay_timestamp()`` (so an idle primary does not
-  look like a lagging replica, and a replica cut off from its primary soon does).
+- the replica lags more than ``REPLICA_MAX_LAG_SECONDS`` (below), or its lag is unknown because the
+  primary did not answer the check.
+
+How lag is measured (``ReplayLag``). The replica alone cannot tell: when its link stalls it has
+replayed all it *received* and its WAL receiver still says "streaming". So each health check (at
+most once a second per process, while reads come) samples the primary — its flushed WAL position
+``pg_current_wal_flush_lsn()`` (the most any replica can have been sent) and its clock — then reads
+the replica's replayed position ``pg_last_wal_replay_lsn()`` and the primary commit time of the last
+transaction it replayed, ``pg_last_xact_replay_timestamp()``: one statement on each side. Lag is
+
+- 0 when the replica has replayed the sample just taken: it has everything the primary had flushed
+  (an idle primary never looks lagging);
+- otherwise at most ``now - T``, ``T`` the newest primary time the replica is known to be up to:
+  the newest earlier sample it has replayed, or its last replayed commit if that is newer (all on
+  the primary's clock); infinite when neither is known. This is the lag used and reported. It does
+  not read low: a stalled link, a paused replay or a slow link make it grow from the moment the
+  replica fell behind, and the first check after a quiet spell (no reads, hence no samples) already
+  sees the whole gap.
+- and at least ``now -`` the time of the oldest sample it has not replayed.
+
+When the two disagree about the limit (a write in flight, or the primary's flush ending inside a
+record the replica cannot replay yet, at a check after a quiet spell — or a replica that stalled
+during it), the replica counts as lagging and the next check runs after ``RECHECK_SECONDS`` instead
+of a second: a write in flight is replayed by then and reads return to the replica; a stalled one
+stays lagging.
 
 The replica engine's connections are read-only (``default_transaction_read_only``), so even a
 misconfigured URL pointing at the primary cannot be written through this path.
@@ -26,8 +47,11 @@ misconfigured URL pointing at the primary cannot be written through this path.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, current_app, g, request
@@ -39,31 +63,78 @@ from app.metrics import READS
 log = logging.getLogger(__name__)
 
 CHECK_EVERY_SECONDS = 1.0
+RECHECK_SECONDS = 0.2  # when a check could not tell whether the replica lags (see ``ReplayLag``)
 DOWN_RETRY_SECONDS = 5.0
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-LAG_SQL = text("""
-SELECT CASE
-  WHEN NOT pg_is_in_recovery() THEN -1
-  WHEN pg_last_wal_receive_lsn() IS NOT NULL AND pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()
-       AND EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming') THEN 0
-  ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 1e9)
-END
-""")
+# The primary's side of a health check: how far its WAL is flushed (what a replica can have been
+# sent), in bytes, and its clock.
+PRIMARY_SQL = text("SELECT pg_current_wal_flush_lsn() - '0/0'::pg_lsn,"
+                   " EXTRACT(EPOCH FROM clock_timestamp())::float8")
+# The replica's side: is it a replica, how far has it replayed (bytes), and the primary commit time
+# of the last transaction it replayed (NULL before it replays one).
+REPLICA_SQL = text("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn() - '0/0'::pg_lsn,"
+                   " EXTRACT(EPOCH FROM pg_last_xact_replay_timestamp())::float8")
+
+
+@dataclass(frozen=True)
+class Lag:
+    """What one check knows of the replica's lag: at least ``low`` and at most ``high`` seconds."""
+
+    low: float
+    high: float
+
+
+class ReplayLag:
+    """A replica's lag from the primary's WAL positions over time (see the module docstring).
+
+    Plain arithmetic, no database and no clock of its own: ``measure`` is given the primary's flushed
+    position and clock at this check, and the replica's replayed position and last replayed commit
+    time. It keeps the samples the replica has not replayed yet, and the newest one it has.
+    """
+
+    def __init__(self, keep: int = 600) -> None:
+        # (primary flushed LSN, primary time), oldest first. Checks run at most once a second, so
+        # ``keep`` samples span at least ``keep`` seconds; past that, lag is known to be huge anyway.
+        self._samples: deque[tuple[int, float]] = deque(maxlen=keep)
+
+    def measure(self, primary_lsn: int, primary_time: float, replayed_lsn: int,
+                replayed_commit_time: float | None) -> Lag:
+        if self._samples and primary_lsn < self._samples[-1][0]:
+            self._samples.clear()  # the primary's WAL went back: a different primary (failover, restore)
+        self._samples.append((primary_lsn, primary_time))
+        if replayed_lsn >= primary_lsn:
+            self._samples.clear()
+            self._samples.append((primary_lsn, primary_time))
+            return Lag(0.0, 0.0)
+        newest_replayed = None
+        while self._samples[0][0] <= replayed_lsn:
+            newest_replayed = self._samples.popleft()
+        oldest_missing = self._samples[0][1]  # the replica lacks WAL the primary had flushed by then
+        if newest_replayed is not None:
+            self._samples.appendleft(newest_replayed)
+        # The newest primary time the replica is known to be up to.
+        known = max(-math.inf if newest_replayed is None else newest_replayed[1],
+                    -math.inf if replayed_commit_time is None else replayed_commit_time)
+        return Lag(primary_time - oldest_missing, max(0.0, primary_time - known))
 
 
 class ReplicaRouter:
     """Health of the replica (checked at most once a second per process) and the routing decision."""
 
-    def __init__(self, engine: Any, max_lag_seconds: float) -> None:
+    def __init__(self, engine: Any, max_lag_seconds: float, primary: Any) -> None:
         self.engine = engine
+        self.primary = primary
         self.max_lag = max_lag_seconds
+        self._replay_lag = ReplayLag()
         self._lock = threading.Lock()
         self._checked_at = 0.0
+        self._check_every = CHECK_EVERY_SECONDS
         self._down_until = 0.0
         self.lag: float | None = None
-        self.state = "unknown"  # ok | lagging | down | not_a_replica
+        self.state = "unknown"  # ok | lagging | down | not_a_replica | unknown (primary did not answer)
+        self._logged = ("unknown", "")
 
         @event.listens_for(engine, "handle_error")
         def _on_error(context: Any) -> None:
@@ -74,13 +145,14 @@ class ReplicaRouter:
         if self.state != "down":
             log.warning("replica down (%s): record reads go to the primary", why)
         self.state = "down"
+        self._logged = ("down", why)
         self._down_until = time.monotonic() + DOWN_RETRY_SECONDS
 
     def usable(self) -> tuple[bool, str]:
         now = time.monotonic()
         if self.state == "down" and now < self._down_until:
             return False, "replica_down"
-        if now - self._checked_at >= CHECK_EVERY_SECONDS and self._lock.acquire(blocking=False):
+        if now - self._checked_at >= self._check_every and self._lock.acquire(blocking=False):
             try:
                 self._check()
             finally:
@@ -91,23 +163,48 @@ class ReplicaRouter:
         return False, {"lagging": "replica_lagging", "down": "replica_down"}.get(self.state, "replica_unusable")
 
     def _check(self) -> None:
+        # One statement on each side, outside a transaction (no BEGIN and ROLLBACK round trips). The
+        # replica's connection is taken first (a replica that is down is seen without asking the
+        # primary); the primary is sampled before the replica is read, so a replica that has replayed
+        # the sample has everything the primary had at that moment.
         try:
-            with self.engine.connect() as conn:
-                lag = float(conn.scalar(LAG_SQL))
+            replica = self.engine.connect()
         except Exception as exc:  # noqa: BLE001 — any failure means: read from the primary
             self.mark_down(type(exc).__name__)
             return
+        with replica:
+            try:
+                with self.primary.connect().execution_options(isolation_level="AUTOCOMMIT") as primary:
+                    primary_lsn, primary_time = primary.execute(PRIMARY_SQL).one()
+            except Exception as exc:  # noqa: BLE001 — lag unknown: read from the primary
+                self._set(None, "unknown", f"the primary was not sampled ({type(exc).__name__})")
+                return
+            try:
+                replica.execution_options(isolation_level="AUTOCOMMIT")
+                in_recovery, replayed_lsn, replayed_commit_time = replica.execute(REPLICA_SQL).one()
+            except Exception as exc:  # noqa: BLE001 — any failure means: read from the primary
+                self.mark_down(type(exc).__name__)
+                return
+        if not in_recovery or replayed_lsn is None:
+            self._set(-1.0, "not_a_replica")
+            return
+        lag = self._replay_lag.measure(int(primary_lsn), float(primary_time), int(replayed_lsn),
+                                       replayed_commit_time)
+        # Unsure (a write in flight after a quiet spell, or a replica stalled during it): lagging
+        # until a check soon after tells which.
+        unsure = lag.low <= self.max_lag < lag.high
+        self._check_every = RECHECK_SECONDS if unsure else CHECK_EVERY_SECONDS
+        self._set(lag.high, "lagging" if lag.high > self.max_lag else "ok",
+                  f"unsure, checking again in {RECHECK_SECONDS} s" if unsure else "")
+
+    def _set(self, lag: float | None, state: str, why: str = "") -> None:
         self.lag = lag
-        previous = self.state
-        if lag < 0:
-            self.state = "not_a_replica"
-        elif lag > self.max_lag:
-            self.state = "lagging"
-        else:
-            self.state = "ok"
-        if previous != self.state:
-            log.log(logging.INFO if self.state == "ok" else logging.WARNING, "replica is now %s (lag %.1f s)",
-                    self.state, lag)
+        self.state = state
+        previous, self._logged = self._logged, (state, why)
+        if previous != self._logged:
+            level = logging.INFO if state == "ok" or why.startswith("unsure") else logging.WARNING
+            log.log(level, "replica is now %s (lag %s s)%s", state, "?" if lag is None else f"{lag:.1f}",
+                    f": {why}" if why else "")
 
 
 class RecentWriters:
@@ -201,7 +298,7 @@ def init_app(app: Flask) -> None:
     max_lag = float(app.config.get("REPLICA_MAX_LAG_SECONDS", 5.0))
     engine = make_engine(url, pool_size=5, max_overflow=10,
                          connect_args={"connect_timeout": 2, "options": "-c default_transaction_read_only=on"})
-    app.extensions["db.replica"] = ReplicaRouter(engine, max_lag)
+    app.extensions["db.replica"] = ReplicaRouter(engine, max_lag, app.extensions["db.engine"])
     app.extensions["db.recent_writers"] = RecentWriters(app.extensions.get("redis"), max_lag + 1.0)
     app.teardown_appcontext(_close)
 

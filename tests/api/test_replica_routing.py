@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from app.config import ConfigError
-from app.replica import READS
+from app.replica import READS, ReplicaRouter
 from tests.helpers import bearer
 from tests.money_helpers import OWNER, sign_in
 from tests.ops_helpers import free_port
@@ -42,3 +42,13 @@ def test_without_a_replica_nothing_changes(app, demo, client, sandbox):
     assert "db.replica" not in app.extensions
     token = sign_in(client, sandbox, OWNER)
     assert client.get("/api/v1/records/deductions", headers=bearer(token)).status_code == 200
+
+
+def test_a_primary_that_cannot_be_sampled_sends_record_reads_to_the_primary(caplog):
+    """Lag is measured against the primary's WAL position: without it, the replica's lag is unknown."""
+    from sqlalchemy import create_engine
+
+    router = ReplicaRouter(create_engine("sqlite://"), 5.0, create_engine("sqlite://"))  # no WAL to sample
+    assert router.usable() == (False, "replica_unusable")
+    assert router.state == "unknown" and router.lag is None
+    assert "the primary was not sampled" in caplog.text

@@ -3,8 +3,9 @@
 The test makes its own PostgreSQL 15 primary (initdb into a temporary directory, ``wal_level=replica``)
 on a free port and a replica of it with ``pg_basebackup -R`` on another, both as the ``postgres`` OS
 user, and stops both by PID. It never touches the machine's shared server. It checks that record
-reads go to the replica, that a caller's own writes are read back from the primary, that a lagging
-or stopped replica sends reads to the primary, and that nothing is written to the replica.
+reads go to the replica, that a caller's own writes are read back from the primary, that a lagging,
+stalled (its WAL receiver stopped with SIGSTOP: it still says "streaming") or stopped replica sends
+reads to the primary, and that nothing is written to the replica.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, event, text
 
-from app.replica import READS
+from app.replica import PRIMARY_SQL, READS, REPLICA_SQL
 from models import Base
 from tests.helpers import bearer
 from tests.money_helpers import CHILD, NEIGHBOUR, OWNER, SPOUSE, fresh, issue, make_binding, person_id, settle, sign_in
@@ -137,6 +139,43 @@ def setup(clusters, make_app, sandbox):
     replica_app.extensions["db.replica"].engine.dispose()
 
 
+class WalReceiver:
+    """The replica's WAL receiver process, stopped (SIGSTOP) and resumed (SIGCONT) by its PID: a stalled
+    link. It still reads "streaming" in pg_stat_wal_receiver, and the replica has replayed all it received."""
+
+    def __init__(self, app) -> None:
+        self.engine = app.extensions["db.replica"].engine
+        self.stopped: list[int] = []
+
+    def stop(self) -> None:
+        with self.engine.connect() as conn:
+            pid = conn.scalar(text("SELECT pid FROM pg_stat_wal_receiver WHERE status = 'streaming'"))
+        assert pid, "the replica has no streaming WAL receiver"
+        os.kill(pid, signal.SIGSTOP)
+        self.stopped.append(pid)
+
+    def resume(self) -> None:
+        while self.stopped:
+            with suppress(ProcessLookupError):
+                os.kill(self.stopped.pop(), signal.SIGCONT)
+
+    def looks_fine(self) -> bool:
+        """What the replica says of itself: everything received is replayed, and the receiver streams."""
+        with self.engine.connect() as conn:
+            return bool(conn.scalar(text(
+                "SELECT pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()"
+                " AND EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')")))
+
+
+@pytest.fixture
+def wal_receiver(setup) -> Iterator[WalReceiver]:
+    receiver = WalReceiver(setup[0])
+    try:
+        yield receiver
+    finally:
+        receiver.resume()  # whatever the test did: the replica must stream again for the next test
+
+
 def _truncate(app) -> None:
     tables = ", ".join(t.name for t in reversed(Base.metadata.sorted_tables))
     with app.extensions["db.engine"].begin() as conn:
@@ -242,6 +281,62 @@ def test_a_lagging_replica_sends_reads_to_the_primary_until_it_catches_up(setup)
     assert _reads("replica") == before + 1, "back on the replica once it has caught up"
 
 
+def _back_on_the_replica(app, client, token, settlements: int) -> None:
+    _replica_caught_up(app, settlements)
+    time.sleep(1.1)
+    _deductions(client, token)  # this look-up runs the health check
+    before = _reads("replica")
+    assert len(_deductions(client, token)) == settlements
+    assert _reads("replica") == before + 1, "back on the replica once it has caught up"
+
+
+def test_a_stalled_wal_receiver_sends_reads_to_the_primary(setup, wal_receiver):
+    """The replica has replayed all it received and its receiver says "streaming", but it received
+    nothing since the stall: the first record read after a quiet spell must not be answered by it."""
+    app, client, token, _statements, _primary, _replica = setup
+    router = app.extensions["db.replica"]
+    _settle_once(app, client, token)
+    _replica_caught_up(app, 1)
+    _wait_out_own_writes()
+    _deductions(client, token)
+    assert router.state == "ok"
+    wal_receiver.stop()
+    _settle_once(app, client, token)  # the replica never receives this one
+    _wait_out_own_writes()
+    assert wal_receiver.looks_fine(), "the trap: on its own side the replica looks up to date"
+    before = _reads("replica")
+    assert len(_deductions(client, token)) == 2, "read from the primary: the new settlement is there"
+    assert _reads("replica") == before
+    assert router.state == "lagging" and router.lag > MAX_LAG
+    wal_receiver.resume()
+    _back_on_the_replica(app, client, token, 2)
+
+
+def test_reads_leave_a_stalled_replica_within_the_lag_limit(setup, sandbox, wal_receiver):
+    """Reads keep coming while the receiver is stalled: once the write the replica lacks is older than
+    REPLICA_MAX_LAG_SECONDS (+ one check interval), every read goes to the primary."""
+    app, client, token, _statements, _primary, _replica = setup
+    reader = sign_in(client, sandbox, SPOUSE)  # not the writer: its reads are not "own writes"
+    _settle_once(app, client, token)
+    _replica_caught_up(app, 1)
+    _wait_out_own_writes()
+    _deductions(client, reader)
+    wal_receiver.stop()
+    _settle_once(app, client, token)
+    written = time.monotonic()
+    late: list[tuple[float, str]] = []  # (seconds after the write, where the read went) once past the limit
+    while (elapsed := time.monotonic() - written) < MAX_LAG + 2.5:
+        before = _reads("replica")
+        _deductions(client, reader)
+        if elapsed > MAX_LAG + 1.2:  # the limit, one check interval, and slack for a slow machine
+            late.append((round(elapsed, 2), "replica" if _reads("replica") > before else "primary"))
+        time.sleep(0.1)
+    assert late and all(target == "primary" for _, target in late), late
+    assert app.extensions["db.replica"].state == "lagging"
+    wal_receiver.resume()
+    _back_on_the_replica(app, client, token, 2)
+
+
 def test_a_stopped_replica_sends_reads_to_the_primary(setup):
     app, client, token, _statements, _primary, replica = setup
     _settle_once(app, client, token)
@@ -281,3 +376,23 @@ def test_mixed_run_share_of_record_reads_on_the_replica(setup, sandbox, capsys):
         print(f"\nreplica share of record reads in a mixed run: {share:.0%} ({on_replica:.0f}/{reads})")
     # The owner reads right after their own write: from the primary; the others from the replica.
     assert 0.5 <= share < 1.0
+
+
+def test_a_health_check_is_one_statement_on_each_side(setup, capsys):
+    """The check runs at most once a second (or every 0.2 s while unsure) per process: its cost (figure
+    for docs/OPERATIONS.md) is one cheap statement on the primary and one on the replica."""
+    app, _client, _token, statements, _primary, _replica = setup
+    router = app.extensions["db.replica"]
+    router._check()
+    statements["primary"].clear()
+    statements["replica"].clear()
+    checks = 300
+    started = time.perf_counter()
+    for _ in range(checks):
+        router._check()
+    elapsed = time.perf_counter() - started
+    assert router.state == "ok" and router.lag <= MAX_LAG
+    assert statements["primary"] == [str(PRIMARY_SQL)] * checks
+    assert statements["replica"] == [str(REPLICA_SQL)] * checks
+    with capsys.disabled():
+        print(f"\nreplica health check: {elapsed / checks * 1000:.2f} ms each ({checks} checks)")
