@@ -288,7 +288,7 @@ def _service_time(given: datetime | None, now: datetime, max_delay_hours: int) -
 
 def _check_can_settle(institution: InstitutionIdentity, voucher: Any, now: datetime, by_card: bool = False) -> None:
     """R9: a designated, active institution; R12: a known, unused, unexpired voucher (or a card that
-    matches an active registry person); an active person."""
+    matches an active registry person) whose binding, for a 亲情码, is still active; an active person."""
     if not (institution.designated and institution.active):
         raise errors.InstitutionNotDesignated(details={"institution": institution.code})
     if by_card:
@@ -298,6 +298,10 @@ def _check_can_settle(institution: InstitutionIdentity, voucher: Any, now: datet
     if voucher is None:
         raise errors.VoucherInvalid()
     check_usable(voucher.expires_at, voucher.used_at, now)
+    if voucher.binding_id is not None and voucher.binding_status != "active":
+        # R12 + R6: a 亲情码 was issued on the strength of an active binding; once that binding is
+        # unbound or suspended the code names someone the holder may no longer act for.
+        raise errors.BindingNotActive(details={"binding_id": voucher.binding_id, "status": voucher.binding_status})
     if voucher.status != "active":
         raise errors.BeneficiaryNotEligible(details={"reason": "inactive"})
 
@@ -758,11 +762,16 @@ _REPLAY = select(settlements_t.c.request_hash, settlements_t.c.response).where(
     settlements_t.c.institution_id == bindparam("institution_id"),
     settlements_t.c.out_settlement_no == bindparam("out_settlement_no"))
 
+_voucher_binding = bindings_t.alias("voucher_binding")
 _VOUCHER = (
     select(vouchers_t.c.id, vouchers_t.c.person_id, vouchers_t.c.expires_at, vouchers_t.c.used_at,
            persons_t.c.region_code, persons_t.c.status, persons_t.c.name_enc, persons_t.c.id_number_enc,
            accounts_t.c.id.label("own_account_id"),
-           _suspended("beneficiary", vouchers_t.c.person_id, _SERVICE, _NOW).label("beneficiary_suspended"))
+           _suspended("beneficiary", vouchers_t.c.person_id, _SERVICE, _NOW).label("beneficiary_suspended"),
+           # R12: a 亲情码 names the binding it was issued under; that binding's status now.
+           vouchers_t.c.binding_id,
+           select(_voucher_binding.c.status).where(_voucher_binding.c.id == vouchers_t.c.binding_id)
+           .scalar_subquery().label("binding_status"))
     .join(persons_t, persons_t.c.id == vouchers_t.c.person_id)
     .outerjoin(accounts_t, accounts_t.c.person_id == vouchers_t.c.person_id)
     .where(vouchers_t.c.code_hash == bindparam("code_hash"))
@@ -774,7 +783,7 @@ _CARD = (
            null().label("used_at"), persons_t.c.region_code, persons_t.c.status, persons_t.c.name_enc,
            persons_t.c.id_number_enc, accounts_t.c.id.label("own_account_id"),
            _suspended("beneficiary", persons_t.c.id, _SERVICE, _NOW).label("beneficiary_suspended"),
-           persons_t.c.social_card_no_enc)
+           null().label("binding_id"), null().label("binding_status"), persons_t.c.social_card_no_enc)
     .outerjoin(accounts_t, accounts_t.c.person_id == persons_t.c.id)
     .where(persons_t.c.id_number_bidx == bindparam("id_bidx"))
 )

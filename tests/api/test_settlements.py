@@ -188,10 +188,12 @@ def test_r11_a_suspended_beneficiary_keeps_cash_but_no_copay(app, client, family
 
 
 def test_r6_an_unbinding_after_the_service_stops_the_deduction(app, client, family):
-    code = issue(client, family.owner_token, family.child)
     with app_session() as s, s.begin():
         s.execute(update(Binding).values(status="unbound", ended_at=datetime.now(UTC)))
-    body = created(settle(client, code, service_time=iso(datetime.now(UTC) - timedelta(hours=1))))
+    # The child's social-security card (a 亲情码 of an ended binding is refused outright, R12 below).
+    body = created(signed(client, HOSPITAL, None, "POST", "/api/v1/institution/settlements", {
+        "out_settlement_no": "OUT-R6-UNBOUND", "card": {"social_card_no": "M53262100000003", "id_number": CHILD},
+        "items": [drug(10_000)], "service_time": iso(datetime.now(UTC) - timedelta(hours=1))}))
     assert body["copay_fen"] == 0
     assert {(r["code"], r["when"]) for r in body["reasons"]} == {("BINDING_ENDED", "before_settlement")}
 
@@ -277,6 +279,33 @@ def test_r12_an_expired_voucher_is_refused(app, client, family):
     with app_session() as s, s.begin():
         s.execute(update(Voucher).values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
     assert error_code(settle(client, code), 422) == "VOUCHER_EXPIRED"
+
+
+@pytest.mark.parametrize("ended_by", ["owner_unbinds", "staff_unbind", "admin_suspends_the_binding"])
+def test_r12_a_family_code_stops_working_when_its_binding_stops_being_active(app, client, demo, family, ended_by):
+    # 张伟 binds his wife 李娜 (who has her own account) and takes a 亲情码 for her; then the
+    # binding ends or is suspended. The code was issued on the strength of that binding (R12: a
+    # beneficiary *actively* bound to the holder): it must not go on spending her own account.
+    binding = make_binding(app, OWNER, SPOUSE, "spouse")
+    code = issue(client, family.owner_token, family.spouse)
+    if ended_by == "owner_unbinds":
+        path, body, token = f"/api/v1/bindings/{binding}/unbind", {}, family.owner_token
+    elif ended_by == "staff_unbind":
+        path, body, token = f"/api/v1/staff/bindings/{binding}/unbind", {"reason": "离婚"}, demo.tokens["window1"]
+    else:
+        path, token = "/api/v1/staff/suspensions", demo.tokens["admin1"]
+        body = {"binding_id": binding, "reason": "套现"}
+    assert client.post(path, json=body, headers=bearer(token)).status_code in (200, 201)
+
+    response = settle(client, code, [drug(10_000)])
+    assert error_code(response, 422) == "BINDING_NOT_ACTIVE", response.get_json()
+    assert response.get_json()["error"]["details"]["binding_id"] == binding
+    assert balance(app, SPOUSE) == 120_000
+    with app_session() as s, s.begin():
+        assert s.scalar(select(Voucher.used_at)) is None
+        assert s.scalar(select(func.count()).select_from(Settlement)) == 0
+    # Her own voucher (or the child's 亲情码 of a binding still active) works as before.
+    assert created(settle(client, issue(client, family.owner_token, family.child)))["copay_fen"] == 10_000
 
 
 @pytest.mark.parametrize("code", [
