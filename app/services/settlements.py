@@ -34,7 +34,24 @@ from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, func, insert, literal, null, or_, select, text, union_all, update
+from sqlalchemy import (
+    BigInteger,
+    and_,
+    any_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    literal,
+    literal_column,
+    null,
+    or_,
+    select,
+    text,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -827,7 +844,8 @@ _BINDINGS = (
     .join(_owners, _owners.c.id == bindings_t.c.owner_person_id)
     .join(accounts_t, accounts_t.c.person_id == bindings_t.c.owner_person_id)
     .where(bindings_t.c.beneficiary_person_id == bindparam("beneficiary_id"),
-           or_(bindings_t.c.status.in_(_CANDIDATE_STATES),
+           # Inline literals, not an expanding parameter: nothing to re-render at each execution.
+           or_(bindings_t.c.status.in_([literal_column(f"'{state}'") for state in _CANDIDATE_STATES]),
                and_(bindings_t.c.status == "unbound", bindings_t.c.ended_at > _SERVICE)))
     .order_by(bindings_t.c.id)
 )
@@ -870,10 +888,12 @@ _LOCK_ACCOUNTS = (select(accounts_t.c.id, accounts_t.c.balance_fen)
 _LOCK_ACCOUNTS_WITH_USAGE = (
     select(accounts_t.c.id, accounts_t.c.balance_fen,
            select(func.json_object_agg(binding_usage_t.c.binding_id, binding_usage_t.c.paid_fen))
-           .where(binding_usage_t.c.binding_id.in_(bindparam("limited", expanding=True)),
+           .where(binding_usage_t.c.binding_id == any_(bindparam("limited", type_=ARRAY(BigInteger))),
                   binding_usage_t.c.year == bindparam("year"))
            .scalar_subquery().label("usage"))
-    .where(accounts_t.c.id.in_(bindparam("ids", expanding=True)))
+    # (PostgreSQL only) arrays, not expanding IN lists: the text does not change with the number of
+    # accounts, so it is neither re-rendered at each execution nor prepared once per length.
+    .where(accounts_t.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger))))
     .order_by(accounts_t.c.id).with_for_update(of=accounts_t))
 _BALANCES = select(accounts_t.c.id, accounts_t.c.balance_fen).where(
     accounts_t.c.id.in_(bindparam("ids", expanding=True)))

@@ -37,6 +37,13 @@ def test_a_hot_statement_fits_psycopgs_parse_cache(name):
     assert len(compiled.params) <= _queries.MAX_CACHED_STATEMENT_PARAMS, name
 
 
+@pytest.mark.parametrize("name", sorted(HOT))
+def test_a_hot_statement_has_one_text(name):
+    """No expanding ``IN`` list: SQLAlchemy re-renders such a statement at every execution, and its
+    text (so psycopg's prepared statement) changes with the number of values — arrays instead."""
+    assert "POSTCOMPILE" not in str(HOT[name].compile(dialect=postgresql.psycopg.dialect())), name
+
+
 def test_squeezing_keeps_the_statement():
     sql = "SELECT a,\n       b -- the second\n  FROM t\n\n WHERE x = 'y'\n"
     assert settlements._squeezed(sql) == "SELECT a, b FROM t WHERE x = 'y'"
