@@ -680,7 +680,10 @@ def get_pledge(session: Session, *, signer: PledgeSigner, caller: Principal, bin
         if pledge is None:
             raise errors.NotFound("This binding has no pledge.")
     verified = verify_attestation(signer, pledge.record, pledge.signature, binding_id=binding.id,
-                                  version=pledge.version, text_sha256=pledge.text_sha256, key_id=pledge.key_id)
+                                  version=pledge.version, text_sha256=pledge.text_sha256, key_id=pledge.key_id,
+                                  owner_person_id=binding.owner_person_id,
+                                  beneficiary_person_id=binding.beneficiary_person_id,
+                                  relationship=binding.relationship, channel=binding.channel)
     hidden = _pledge_fields_hidden_from(role)
     stored = pledge.record if isinstance(pledge.record, dict) else {}
     record = {k: v for k, v in stored.items() if k not in hidden}

@@ -140,17 +140,24 @@ def attestation(
 
 def verify_attestation(
     signer: PledgeSigner, record: Any, signature: Any, *, binding_id: int, version: str, text_sha256: str,
-    key_id: str,
+    key_id: str, owner_person_id: int, beneficiary_person_id: int, relationship: str, channel: str,
 ) -> bool:
     """R4: the stored record is this binding's, consistent with its row, and the signature holds.
 
-    Checking the binding id and the row's columns as well as the signature means a genuine record
-    copied from another binding, or a row whose version was changed beside it, fails too.
+    Checking the binding id and the rows' columns as well as the signature means a genuine record
+    copied from another binding, a pledge row whose version was changed beside it, or a binding row
+    re-pointed beside its record (another owner's account paying, another beneficiary, another
+    relationship or channel than the owner signed for) fails too.
     """
     if not isinstance(record, dict):
         return False
     return (
         record.get("binding_id") == binding_id
+        and record.get("owner_person_id") == owner_person_id
+        and record.get("signer_person_id") == owner_person_id
+        and record.get("beneficiary_person_id") == beneficiary_person_id
+        and record.get("relationship") == relationship
+        and record.get("channel") == channel
         and record.get("pledge_version") == version
         and record.get("pledge_sha256") == text_sha256
         and record.get("key_id") == key_id == signer.key_id

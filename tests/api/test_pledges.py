@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from app.config import ConfigError
 from app.demo import CHILD, NEIGHBOUR, OWNER, SPOUSE
 from app.extensions import app_session
-from models import Person, Pledge
+from models import Binding, Person, Pledge
 from tests.binding_helpers import (
     bind,
     bind_at_window,
@@ -27,6 +27,7 @@ from tests.binding_helpers import (
     upload,
 )
 from tests.helpers import bearer
+from tests.money_helpers import person_id
 
 PLEDGE_DIR = Path(__file__).resolve().parents[2] / "pledges"
 
@@ -142,6 +143,27 @@ def test_r4_a_genuine_record_copied_onto_another_binding_does_not_verify(client,
                         .values(record=original.record, signature=original.signature))
     assert _pledge_of(client, owner, first["id"])["verified"] is True
     assert _pledge_of(client, owner, second["id"])["verified"] is False
+
+
+@pytest.mark.parametrize("repoint", [
+    lambda ids: {"owner_person_id": ids[SPOUSE]},
+    lambda ids: {"beneficiary_person_id": ids[NEIGHBOUR]},
+    lambda ids: {"relationship": "parent"},
+    lambda ids: {"channel": "window"},
+])
+def test_r4_a_binding_row_changed_beside_its_genuine_pledge_does_not_verify(app, client, sandbox, demo, repoint):
+    """The signature covers what the owner committed to: whose account pays, for whom, as what, by
+    which channel. A binding row re-pointed beside its untouched record (another person's account
+    paying, another beneficiary) must not be shown as verified, though record and signature are genuine."""
+    owner = sign_in(client, sandbox, OWNER)
+    binding = created(bind(client, owner, CHILD, "child"))
+    staff = bearer(demo.tokens["auditor1"])
+    path = f"/api/v1/staff/bindings/{binding['id']}/pledge"
+    assert client.get(path, headers=staff).get_json()["verified"] is True
+    ids = {number: person_id(app, number) for number in (SPOUSE, NEIGHBOUR)}
+    with app_session() as session, session.begin():
+        session.execute(update(Binding).where(Binding.id == binding["id"]).values(**repoint(ids)))
+    assert client.get(path, headers=staff).get_json()["verified"] is False
 
 
 def test_r4_a_pledge_signed_with_another_key_does_not_verify_after_rotation(make_app, client, sandbox, demo):

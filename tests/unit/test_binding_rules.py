@@ -103,8 +103,12 @@ def test_r4_the_attestation_holds_ids_and_hashes_with_the_time_in_shanghai(tmp_p
 def test_r4_a_signed_attestation_verifies_only_unchanged_for_its_own_binding_and_key(tmp_path):
     text, record = _record(tmp_path)
     signature = SIGNER.sign(record)
-    check = dict(binding_id=7, version="v1", text_sha256=text.sha256, key_id=SIGNER.key_id)
+    check = dict(binding_id=7, version="v1", text_sha256=text.sha256, key_id=SIGNER.key_id, owner_person_id=1,
+                 beneficiary_person_id=2, relationship="child", channel="wechat")
     assert verify_attestation(SIGNER, record, signature, **check) is True
+    for changed in ({"owner_person_id": 3}, {"beneficiary_person_id": 3}, {"relationship": "spouse"},
+                    {"channel": "window"}):  # the binding row re-pointed beside its genuine record
+        assert verify_attestation(SIGNER, record, signature, **(check | changed)) is False
     assert verify_attestation(SIGNER, record | {"client_ip": "198.51.100.1"}, signature, **check) is False
     assert verify_attestation(SIGNER, record, signature, **(check | {"binding_id": 8})) is False
     assert verify_attestation(SIGNER, record, signature, **(check | {"version": "v2"})) is False
