@@ -218,14 +218,37 @@ _ID15 = re.compile(rf"(?<!\d)[1-9]\d{{5}}{_DATE6}\d{{3}}(?!\d)")
 _MOBILE = re.compile(r"(?<!\d)1[3-9]\d{9}(?!\d)")
 
 
+_ANY_PERSONAL = re.compile(f"{_ID18.pattern}|{_ID15.pattern}|{_MOBILE.pattern}")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+_WIDE_X = {"Ｘ": "X", "ｘ": "x"}
+
+
+def _ascii_digit(match: re.Match[str]) -> str:
+    char = match.group()
+    return str(unicodedata.decimal(char)) if char.isdecimal() else _WIDE_X.get(char, char)
+
+
 def mask_text(text: str) -> str:
     """Mask ID numbers (18 and old 15 digits) and mainland mobile numbers inside free text.
 
-    Used by the request logger so that a raw ID number never reaches a log line.
+    Used by the request logger so that a raw ID number never reaches a log line, and for every
+    free-text reason stored and shown. Numbers typed in full-width (Chinese input methods) or other
+    Unicode digits are found too — the service accepts an ID number typed so (R18) — and come out
+    masked in ASCII; the rest of the text is left as it was.
     """
-    text = _ID18.sub(lambda m: mask_id_number(m.group()), text)
-    text = _ID15.sub(lambda m: mask_id_number(m.group()), text)
-    return _MOBILE.sub(lambda m: mask_mobile(m.group()), text)
+    if text.isascii():
+        text = _ID18.sub(lambda m: mask_id_number(m.group()), text)
+        text = _ID15.sub(lambda m: mask_id_number(m.group()), text)
+        return _MOBILE.sub(lambda m: mask_mobile(m.group()), text)
+    # One character for one: positions in the folded copy are positions in the text.
+    folded = _NON_ASCII.sub(_ascii_digit, text)
+    pieces, start = [], 0
+    for found in _ANY_PERSONAL.finditer(folded):
+        number = found.group()
+        pieces += [text[start:found.start()],
+                   mask_mobile(number) if _MOBILE.fullmatch(number) else mask_id_number(number)]
+        start = found.end()
+    return "".join(pieces) + text[start:]
 
 
 def _aad(context: str) -> bytes:

@@ -191,6 +191,27 @@ def test_r5_staff_unbind_at_the_window_with_a_reason(client, demo, owner):
     assert again.status_code == 409
 
 
+def test_r17_an_id_or_mobile_number_typed_full_width_in_a_reason_is_masked_like_any_other(client, demo, owner):
+    """Chinese input methods type full-width digits (the service accepts an ID number typed so, R18):
+    a reason holding one is what the owner reads in their records and inbox and staff in the audit
+    log, so it must be masked as the ASCII form is."""
+    full_width = str.maketrans("0123456789X", "０１２３４５６７８９Ｘ")
+    binding = created(bind(client, owner, CHILD, "child"))
+    reason = f"本人持身份证{OWNER.translate(full_width)}到窗口申请解绑，电话{'13800001234'.translate(full_width)}"
+    response = staff_post(client, demo, "window1", f"/{binding['id']}/unbind", {"reason": reason})
+    assert response.status_code == 200
+    shown = [records(client, owner)[0]["reason"]]
+    notices = client.get("/api/v1/notifications", headers=bearer(owner)).get_json()["items"]
+    with app_session() as session, session.begin():
+        shown += [str(e.details) for e in session.scalars(select(AuditEvent).where(
+            AuditEvent.action == "binding.unbind", AuditEvent.target_id == binding["id"]))]
+    shown += [str(n) for n in notices]
+    assert masked(OWNER) in shown[0] and "138****1234" in shown[0]
+    for text in shown:
+        for secret in (OWNER, "13800001234"):
+            assert secret not in text and secret.translate(full_width) not in text, text
+
+
 def test_a_staff_action_on_an_unknown_binding_is_404(client, demo):
     for action in ("approve", "reject", "unbind"):
         assert staff_post(client, demo, "window1", f"/999999/{action}", {"reason": "x"}).status_code == 404

@@ -215,6 +215,15 @@ def test_r17_free_text_loses_id_numbers_old_id_numbers_and_mobiles() -> None:
     assert "19800101" not in masked and "800101" not in masked and "12345678" not in masked
 
 
+def test_r17_free_text_loses_id_and_mobile_numbers_typed_in_full_width_or_other_digits() -> None:
+    full_width = str.maketrans("0123456789Xx", "０１２３４５６７８９Ｘｘ")
+    arabic_indic = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
+    line = f"身份证{ID_NUMBER.translate(full_width)}，电话{'13812345678'.translate(full_width)}，" \
+           f"旧号{'532621800101123'.translate(arabic_indic)}，２０２５年"
+    masked = mask_text(line)
+    assert masked == "身份证532***********123X，电话138****5678，旧号532********1123，２０２５年"
+
+
 def test_r17_free_text_keeps_numbers_that_do_not_look_like_personal_data() -> None:
     line = "settlement 202503011234567890 voucher 4241234567890123456789530000 amount_fen=350000"
     assert mask_text(line) == line
