@@ -148,6 +148,26 @@ def test_staff_phone_updates_are_validated_audited_and_for_window_or_admin(clien
     assert "13800009999" not in json.dumps(log)
 
 
+def test_asking_whether_another_person_reserved_a_number_is_one_index_probe(app, postgres, demo):
+    """However large the registry, asking whether another person reserved the number reads the
+    ``persons.phone_bidx`` index, never the table."""
+    from sqlalchemy import text
+
+    from app.extensions import app_session
+    from app.services.identity import ANOTHER_RESERVER
+
+    with app_session() as session, session.begin():
+        dialect = session.get_bind().dialect
+        sql = str(ANOTHER_RESERVER.params(phone_bidx="b" * 64, person_id=1)
+                  .compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+        if postgres:
+            session.execute(text("SET LOCAL enable_seqscan = off"))  # a tiny table: see what could serve it
+            plan = "\n".join(session.execute(text("EXPLAIN " + sql)).scalars())
+        else:
+            plan = "\n".join(row[-1] for row in session.execute(text("EXPLAIN QUERY PLAN " + sql)))
+    assert "ix_persons_phone_bidx" in plan and "Seq Scan" not in plan and "SCAN persons" not in plan, plan
+
+
 # --- the registry file --------------------------------------------------------------------------
 
 
