@@ -21,9 +21,11 @@ class Person(IdMixin, CreatedMixin, Base):
     id_number_enc: Mapped[str] = mapped_column(Text)
     name_enc: Mapped[str] = mapped_column(Text)
     social_card_no_enc: Mapped[str] = mapped_column(Text)
-    # R21: the reserved mobile number (预留手机号), encrypted, with a blind index; optional.
+    # R21: the reserved mobile number (预留手机号), encrypted, with a blind index; optional. Not
+    # unique — families reserve one phone for several persons — but indexed: a number reserved for
+    # more than one person proves none of them, which linking checks (migration 0007).
     phone_enc: Mapped[str | None] = mapped_column(Text)
-    phone_bidx: Mapped[str | None] = mapped_column(String(64))
+    phone_bidx: Mapped[str | None] = mapped_column(String(64), index=True)
     insurance_type: Mapped[str] = mapped_column(String(16))  # employee | resident
     region_code: Mapped[str] = mapped_column(String(6))
     status: Mapped[str] = mapped_column(String(16))  # active | inactive

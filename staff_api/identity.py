@@ -34,6 +34,9 @@ class PersonPhoneRequestSchema(StrictSchema):
 class PersonPhoneSchema(StrictSchema):
     person = fields.Nested(MaskedPersonSchema)
     phone = fields.String(metadata={"description": "masked"})
+    shared_with_others = fields.Boolean(metadata={
+        "description": "another person reserved this number too; saved all the same (families share phones), "
+                       "but it proves neither person's identity (R21): they prove it another way"})
 
 
 @bp.post("/identity-links")
@@ -55,6 +58,10 @@ def link_identity(body):
 @bp.arguments(PersonPhoneRequestSchema)
 @bp.response(200, PersonPhoneSchema)
 def set_person_phone(body):
-    """Update a person's reserved mobile number after checking the ID card (audited)."""
+    """Update a person's reserved mobile number after checking the ID card (audited).
+
+    ``shared_with_others``: the number is another person's reserved number too (a warning, not a
+    refusal) — from now on it proves the identity of neither.
+    """
     return phones.set_reserved_phone(session(), domain().pii, principal().id, body["id_number"], body["phone"], now(),
                                      client_ip())

@@ -5,7 +5,8 @@ one proof the region's ``identity_proof`` accepts:
 
 - ``platform_realname``: WeChat's real-name check (both ``V_OP_NM_MA`` and ``V_NM_ID_MA``) or
   Alipay's certified identity (``is_certified`` = T, name and ``cert_no`` equal to the given ones);
-- ``phone``: the user's platform-proven mobile number equals the person's reserved number;
+- ``phone``: the user's platform-proven mobile number equals the person's reserved number, and no
+  other person reserved that number (families share phones: a shared number proves none of them);
 - ``window``: staff linked the user after checking the ID card (``link_at_window``).
 
 The order of the checks keeps the endpoint from telling strangers who is insured: without a proof
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from app import errors
@@ -58,6 +59,27 @@ def not_proven(policy: RegionPolicy, reason: str) -> errors.DomainError:
     """``IDENTITY_NOT_PROVEN`` naming the proofs this region accepts."""
     accepted = [proof for proof in IDENTITY_PROOFS if proof in policy.identity_proof]
     return errors.IdentityNotProven(details={"reason": reason, "accepted_proofs": accepted})
+
+
+def shared_phone(policy: RegionPolicy) -> errors.DomainError:
+    """``IDENTITY_NOT_PROVEN`` for a reserved number another person reserved too: the proofs that
+    would still do are the region's others. Neither who else reserved it nor how many is said."""
+    accepted = [proof for proof in IDENTITY_PROOFS if proof in policy.identity_proof and proof != "phone"]
+    return errors.IdentityNotProven(
+        "This phone number is reserved for more than one insured person, so it proves none of them; "
+        "use the WeChat or Alipay real-name check, or the service window.",
+        details={"reason": "reserved_phone_shared", "accepted_proofs": accepted})
+
+
+# Another person with the same reserved number: one probe of ix_persons_phone_bidx that stops at
+# the first other person found, however many share the number (a test checks the plan).
+ANOTHER_RESERVER = (select(Person.id).where(Person.phone_bidx == bindparam("phone_bidx"),
+                                            Person.id != bindparam("person_id")).limit(1))
+
+
+def reserved_by_another(session: Session, phone_bidx: str, person_id: int) -> bool:
+    """Whether a person other than ``person_id`` reserved this number (blind index) too (R21)."""
+    return session.scalar(ANOTHER_RESERVER, {"phone_bidx": phone_bidx, "person_id": person_id}) is not None
 
 
 def _proof_kind(proof: dict[str, Any] | None) -> tuple[str, str] | None:
@@ -105,13 +127,19 @@ def verify_identity(session: Session, pii: PiiCipher, policy: RegionPolicy, plat
                                    "person_id": person.id if matched and person else None}
         phone_proves = (kind == "phone" and matched and person is not None and user.phone_bidx is not None
                         and person.phone_bidx is not None and hmac.compare_digest(user.phone_bidx, person.phone_bidx))
-        if kind == "phone" and not phone_proves:
+        if phone_proves and person is not None and person.phone_bidx is not None \
+                and reserved_by_another(session, person.phone_bidx, person.id):
+            # The number is this person's and someone else's (a family phone): holding it proves
+            # neither. Told only to whom name, ID number and number all match — they hold the phone.
+            details["why"] = "reserved_phone_shared"
+            failed: errors.DomainError | None = shared_phone(policy)
+        elif kind == "phone" and not phone_proves:
             # One answer whether the name and ID number are unknown, wrong, or a person's whose reserved
             # number differs or is missing: a proven phone of one's own must not become a way to ask
             # who is insured (the audit row keeps the real reason).
             details["why"] = ("no_match" if not matched or person is None
                               else "phone_differs_from_reserved" if person.phone_bidx else "no_reserved_phone")
-            failed: errors.DomainError | None = not_proven(policy, "phone_does_not_prove_this_identity")
+            failed = not_proven(policy, "phone_does_not_prove_this_identity")
         elif not matched or person is None:
             failed = errors.IdentityMismatch()
         elif user.person_id is not None and user.person_id != person.id:

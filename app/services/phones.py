@@ -28,7 +28,7 @@ from app.policy import RegionPolicy, shanghai_date
 from app.security.id_number import validate_id_number
 from app.security.pii import PiiCipher, mask_mobile
 from app.services import audit
-from app.services.identity import Platforms, person_view
+from app.services.identity import Platforms, person_view, reserved_by_another
 from app.timefmt import iso
 from models import Person, PhoneProof, User
 
@@ -131,7 +131,13 @@ def check_phone_consistency(session: Session, policy: RegionPolicy, user_id: int
 
 def set_reserved_phone(session: Session, pii: PiiCipher, staff_id: int, id_number: str, phone: str, now: datetime,
                        ip: str | None = None) -> dict[str, Any]:
-    """Window staff update a person's reserved number after checking the ID card (audited)."""
+    """Window staff update a person's reserved number after checking the ID card (audited).
+
+    A number another person reserved too is saved all the same (families share a phone), and the
+    answer says so (``shared_with_others``): such a number proves neither person's identity (R21),
+    so they prove it with the platform real-name check or at the window. Who else reserved it is
+    not said. Two clerks saving one number for two persons at the same moment may both miss the
+    warning; linking reads the committed numbers, so the rule itself holds."""
     number = validate_id_number(id_number, today=shanghai_date(now))
     mobile = normalize_mobile(phone)
     if mobile is None:
@@ -145,6 +151,10 @@ def set_reserved_phone(session: Session, pii: PiiCipher, staff_id: int, id_numbe
         old = None if person.phone_enc is None else mask_mobile(pii.decrypt(person.phone_enc, context="person.phone"))
         person.phone_enc, person.phone_bidx = encrypt_person_phone(pii, mobile)
         person.updated_at = now
+        shared = reserved_by_another(session, person.phone_bidx, person.id)
+        details: dict[str, Any] = {"old": old, "new": mask_mobile(mobile)}
+        if shared:
+            details["shared_with_others"] = True
         audit.record(session, actor_kind="staff", actor_id=staff_id, action="person.phone", at=now, ip=ip,
-                     target_kind="person", target_id=person.id, details={"old": old, "new": mask_mobile(mobile)})
-        return {"person": person_view(pii, person), "phone": mask_mobile(mobile)}
+                     target_kind="person", target_id=person.id, details=details)
+        return {"person": person_view(pii, person), "phone": mask_mobile(mobile), "shared_with_others": shared}

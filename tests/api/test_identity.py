@@ -206,6 +206,71 @@ def test_a_proven_phone_cannot_be_used_to_ask_who_is_insured(client, sandbox, de
     assert len({(a["code"], a["message"], str(a["details"])) for a in answers}) == 1, answers
 
 
+def reserve(client, demo, id_number, phone):
+    """Window staff set a person's reserved number (after checking the ID card)."""
+    response = client.post("/api/v1/staff/persons/phone", json={"id_number": id_number, "phone": phone},
+                           headers=bearer(demo.tokens["window1"]))
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def test_a_number_reserved_for_two_persons_proves_neither(client, sandbox, demo):
+    # Review finding (reproduced): families reserve one member's phone for others. 李娜's reserved
+    # number set to 张伟's: with a fresh WeChat sign-in that proved his own phone, 张伟 linked himself
+    # as 李娜 by phone (200), then could bind her account to himself and spend it (Wenshan's phone
+    # check passes on the same number; no consent is asked).
+    reserve(client, demo, SPOUSE, DEMO_PHONES[OWNER])
+    openid, token = wechat_user(client, sandbox)
+    assert prove_phone_wechat(client, sandbox, token, openid, DEMO_PHONES[OWNER]).status_code == 200
+    answers = [verify(client, token, name, number, {"phone": True}) for name, number in (("李娜", SPOUSE),
+                                                                                        ("张伟", OWNER))]
+    for response in answers:
+        assert response.status_code == 422, response.get_json()
+        assert error(response)["code"] == "IDENTITY_NOT_PROVEN"
+        # Why, and which proofs would still do — not whose number it also is, nor how many share it.
+        assert error(response)["details"] == {"reason": "reserved_phone_shared",
+                                              "accepted_proofs": ["platform_realname", "window"]}
+        assert "窗口" in error(response)["message"] and "实名" in error(response)["message"]
+    assert answers[0].get_data() == answers[1].get_data()  # 李娜's answer and 张伟's: the same bytes
+    me = client.get("/api/v1/me", headers=bearer(token)).get_json()
+    assert me["user"]["verified"] is False and me["person"] is None and me["account"] is None
+
+    # Another proof still links (here WeChat's real-name check, as 张伟 himself).
+    assert prove_identity_wechat(client, sandbox, token, openid, "张伟", OWNER).status_code == 200
+
+
+def test_a_number_reserved_by_exactly_one_person_still_proves(client, sandbox, demo):
+    reserve(client, demo, SPOUSE, DEMO_PHONES[OWNER])
+    reserve(client, demo, SPOUSE, "13800009999")  # the window gives 李娜 her own number again
+    openid, token = wechat_user(client, sandbox)
+    prove_phone_wechat(client, sandbox, token, openid, DEMO_PHONES[OWNER])
+    response = verify(client, token, "张伟", OWNER, {"phone": True})
+    assert response.status_code == 200 and response.get_json()["proof"] == "phone"
+
+
+def test_a_shared_number_is_told_only_to_whom_the_number_and_identity_match(app, client, sandbox, demo):
+    """The shared answer is given only when name, ID number and the reserved number all match; every
+    other phone attempt keeps the one answer, so it tells no stranger whose number is shared."""
+    from app.extensions import app_session
+    from models import AuditEvent
+
+    reserve(client, demo, SPOUSE, DEMO_PHONES[OWNER])
+    openid, token = wechat_user(client, sandbox)
+    prove_phone_wechat(client, sandbox, token, openid, "13811112222")
+    for name, number in (("张伟", OWNER), ("李娜", SPOUSE), ("王五", OWNER)):
+        assert error(verify(client, token, name, number, {"phone": True}))["details"]["reason"] == (
+            "phone_does_not_prove_this_identity")
+    prove_phone_wechat(client, sandbox, token, openid, DEMO_PHONES[OWNER])
+    assert error(verify(client, token, "王五", OWNER, {"phone": True}))["details"]["reason"] == (
+        "phone_does_not_prove_this_identity")
+    assert error(verify(client, token, "李娜", SPOUSE, {"phone": True}))["details"]["reason"] == (
+        "reserved_phone_shared")
+    with app_session() as session, session.begin():
+        last = session.scalars(select(AuditEvent).where(AuditEvent.action == "identity.verify")
+                               .order_by(AuditEvent.id.desc()).limit(1)).one()
+    assert last.details["why"] == "reserved_phone_shared" and last.details["result"] == "IDENTITY_NOT_PROVEN"
+
+
 def test_a_region_that_does_not_accept_a_proof_refuses_it(app, sandbox, demo):
     from app.errors import IdentityNotProven
     from app.extensions import app_session

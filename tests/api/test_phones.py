@@ -148,6 +148,49 @@ def test_staff_phone_updates_are_validated_audited_and_for_window_or_admin(clien
     assert "13800009999" not in json.dumps(log)
 
 
+
+def test_staff_are_told_when_the_number_is_already_another_persons_and_it_is_still_saved(client, demo):
+    """Families share phones, so a number already reserved for another person is saved; the answer
+    (and the audit row) says so, because that number now proves neither person's identity (R21)."""
+    url, staff = "/api/v1/staff/persons/phone", bearer(demo.tokens["window1"])
+    own = client.post(url, json={"id_number": SPOUSE, "phone": "13800009999"}, headers=staff)
+    assert own.status_code == 200 and own.get_json()["shared_with_others"] is False
+    shared = client.post(url, json={"id_number": SPOUSE, "phone": DEMO_PHONES[OWNER]}, headers=staff)
+    assert shared.status_code == 200, shared.get_json()
+    assert shared.get_json()["shared_with_others"] is True and shared.get_json()["phone"] == "138****1234"
+    log = client.get("/api/v1/staff/audit-log", headers=bearer(demo.tokens["auditor1"])).get_json()["items"]
+    assert [e["details"].get("shared_with_others") for e in log if e["action"] == "person.phone"] == [True, None]
+
+
+def test_the_wenshan_phone_check_passes_on_a_shared_number_for_an_owner_proven_otherwise(client, sandbox, demo):
+    """The phone check is about the owner's own number, after the owner proved who they are: a shared
+    reserved number proves no identity, but 张伟 (real-name check) holding his own number still binds."""
+    client.post("/api/v1/staff/persons/phone", json={"id_number": SPOUSE, "phone": DEMO_PHONES[OWNER]},
+                headers=bearer(demo.tokens["window1"]))
+    _, token = owner_without_phone(client, sandbox, phone=DEMO_PHONES[OWNER])
+    assert created(bind(client, token, CHILD, "child"))["status"] == "active"
+
+
+def test_asking_whether_another_person_reserved_a_number_is_one_index_probe(app, postgres, demo):
+    """However large the registry, asking whether another person reserved the number reads the
+    ``persons.phone_bidx`` index, never the table."""
+    from sqlalchemy import text
+
+    from app.extensions import app_session
+    from app.services.identity import ANOTHER_RESERVER
+
+    with app_session() as session, session.begin():
+        dialect = session.get_bind().dialect
+        sql = str(ANOTHER_RESERVER.params(phone_bidx="b" * 64, person_id=1)
+                  .compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+        if postgres:
+            session.execute(text("SET LOCAL enable_seqscan = off"))  # a tiny table: see what could serve it
+            plan = "\n".join(session.execute(text("EXPLAIN " + sql)).scalars())
+        else:
+            plan = "\n".join(row[-1] for row in session.execute(text("EXPLAIN QUERY PLAN " + sql)))
+    assert "ix_persons_phone_bidx" in plan and "Seq Scan" not in plan and "SCAN persons" not in plan, plan
+
+
 # --- the registry file --------------------------------------------------------------------------
 
 

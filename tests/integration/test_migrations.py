@@ -41,14 +41,20 @@ def _alembic(connection) -> AlembicConfig:
     return config
 
 
+def _upgrade(engine, revision: str) -> None:
+    # Alembic runs its own transaction (as `flask db upgrade` does): a migration that builds an index
+    # CONCURRENTLY commits it and steps out of it, which a transaction begun by the caller forbids.
+    with engine.connect() as conn:
+        command.upgrade(_alembic(conn), revision)
+
+
 def test_upgrade_to_head_matches_the_models_and_downgrade_undoes_it(empty_database):
     engine = create_engine(empty_database)
-    with engine.begin() as conn:
-        command.upgrade(_alembic(conn), "head")
+    _upgrade(engine, "head")
     with engine.connect() as conn:
         diffs = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diffs == [], "models changed without a migration: run `make migration MESSAGE=...`"
-    with engine.begin() as conn:
+    with engine.connect() as conn:
         command.downgrade(_alembic(conn), "base")
     with engine.connect() as conn:
         remaining = set(engine.dialect.get_table_names(conn)) - {"alembic_version"}
@@ -59,8 +65,8 @@ def test_upgrade_to_head_matches_the_models_and_downgrade_undoes_it(empty_databa
 def test_0003_unlinks_users_verified_without_a_recorded_proof(empty_database):
     """R21: users linked by name + ID number alone before proofs existed must prove again."""
     engine = create_engine(empty_database)
+    _upgrade(engine, "0001")
     with engine.begin() as conn:
-        command.upgrade(_alembic(conn), "0001")
         conn.execute(text(
             "INSERT INTO persons (id, id_number_bidx, id_number_enc, name_enc, social_card_no_enc, insurance_type,"
             " region_code, status, created_at, updated_at) VALUES (7, 'b', 'e', 'n', 'c', 'employee', '532621',"
@@ -70,10 +76,41 @@ def test_0003_unlinks_users_verified_without_a_recorded_proof(empty_database):
                 "INSERT INTO users (id, channel, wechat_openid, person_id, verified_at, created_at)"
                 " VALUES (:id, 'wechat', :openid, :person, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"),
                 {"id": user_id, "openid": f"o{user_id}", "person": person_id})
-    with engine.begin() as conn:
-        command.upgrade(_alembic(conn), "head")
+    _upgrade(engine, "head")
     with engine.connect() as conn:
         rows = conn.execute(text(
             "SELECT id, person_id, unproven_person_id, verified_at IS NULL FROM users ORDER BY id")).all()
     assert [tuple(r) for r in rows] == [(1, None, 7, True), (2, None, None, False)]
+    engine.dispose()
+
+
+def test_0007_unlinks_users_whose_phone_proof_was_a_number_another_person_reserved_too(empty_database):
+    """R21: a reserved number two persons share proves neither. Users the phone proof linked while
+    their proven number was (or is now) another person's reserved number too must prove again;
+    links by another proof, and phone links to a number only their person reserved, stay."""
+    engine = create_engine(empty_database)
+    _upgrade(engine, "0004")  # the head before 0007
+    with engine.begin() as conn:
+        for person_id, phone in ((1, "shared"), (2, "shared"), (3, "own"), (4, None)):
+            conn.execute(text(
+                "INSERT INTO persons (id, id_number_bidx, id_number_enc, name_enc, social_card_no_enc,"
+                " insurance_type, region_code, status, phone_bidx, created_at, updated_at) VALUES (:id, :bidx,"
+                " 'e', 'n', 'c', 'employee', '532621', 'active', :phone, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"),
+                {"id": person_id, "bidx": f"b{person_id}", "phone": phone})
+        for user_id, person_id, proof, phone in ((1, 1, "phone", "shared"), (2, 3, "phone", "own"),
+                                                 (3, 2, "platform_realname", "shared"), (4, 1, "window", None),
+                                                 (5, None, None, "shared")):
+            conn.execute(text(
+                "INSERT INTO users (id, channel, wechat_openid, person_id, verified_at, identity_proof,"
+                " identity_proven_at, phone_bidx, created_at) VALUES (:id, 'wechat', :openid, :person,"
+                " CURRENT_TIMESTAMP, :proof, CURRENT_TIMESTAMP, :phone, CURRENT_TIMESTAMP)"),
+                {"id": user_id, "openid": f"o{user_id}", "person": person_id, "proof": proof, "phone": phone})
+    _upgrade(engine, "head")
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT id, person_id, unproven_person_id, identity_proof, verified_at IS NULL, identity_proven_at IS NULL"
+            " FROM users ORDER BY id")).all()
+    assert [tuple(r) for r in rows] == [(1, None, 1, None, True, True), (2, 3, None, "phone", False, False),
+                                        (3, 2, None, "platform_realname", False, False),
+                                        (4, 1, None, "window", False, False), (5, None, None, None, False, False)]
     engine.dispose()

@@ -78,6 +78,19 @@ def test_a_clerk_updates_the_reserved_phone_and_sees_it_masked(app, client, demo
     _masked_only(page)
 
 
+
+def test_the_clerk_is_warned_when_the_number_is_already_another_persons(app, client, demo):
+    signed_in(client, app, "clerk", "window")
+    own = post(client, PHONE, {"id_number": SPOUSE, "phone": NEW_PHONE}, page=PHONE).get_data(as_text=True)
+    assert 'id="phone-updated"' in own and 'id="phone-shared"' not in own
+    response = post(client, PHONE, {"id_number": SPOUSE, "phone": DEMO_PHONES[OWNER]}, page=PHONE)
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200 and 'id="phone-updated"' in html  # saved: families share phones
+    assert 'id="phone-shared"' in html and "其他参保人" in html and "实名" in html and "窗口" in html
+    assert "*伟" not in html  # whose number it also is is not shown
+    _masked_only(html)
+
+
 def test_a_bad_phone_is_a_chinese_error_and_nothing_typed_is_sent_back(app, client, demo):
     signed_in(client, app, "clerk", "window")
     before = _reserved_phone_bidx(app, SPOUSE)
