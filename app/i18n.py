@@ -10,7 +10,9 @@ is the key (gettext's way), so:
   active binding can be suspended; it is {status}.", params={"status": ...})``) gets that exact text
   translated, values filled in after translation;
 - a message the catalogue does not know (a new one not yet translated, or one built at run time)
-  falls back to the code's default Chinese message, so a Chinese reader never gets English.
+  falls back to the code's default Chinese message, so a Chinese reader never gets English;
+- a few standard texts that are not errors (what a user reads instead of a reason that is not
+  theirs, app/services/authorizations.py) are marked with ``N_`` and shown with ``text``.
 
 Locale negotiation (``Accept-Language``) goes through Flask-Babel; ``message_for`` and
 ``translate`` are plain functions that work outside a request too (the console, the CLI).
@@ -89,6 +91,18 @@ def known(text: str, locale: str) -> bool:
     """Whether the catalogue of ``locale`` has ``text`` (English always does)."""
     locale = normalize_locale(locale)
     return locale == "en" or _catalogue(locale).gettext(text) != text
+
+
+def N_(message: str) -> str:  # noqa: N802 — gettext's name for "mark for the catalogue, translate later"
+    """Mark an English text that is not an error message (a standard text the service shows people)
+    for the catalogue: ``scripts/i18n`` finds it here; ``text`` translates it when it is shown."""
+    return message
+
+
+def text(message: str, locale: str | None = DEFAULT_LOCALE) -> str:
+    """A text marked with ``N_`` in ``locale`` ("zh" or "en"). Every marked text has its Chinese
+    entry (``scripts/i18n check``, and a test), so a Chinese reader never gets the English key."""
+    return _catalogue(normalize_locale(locale)).gettext(message)
 
 
 def message_for(code: str, locale: str | None = DEFAULT_LOCALE) -> str:

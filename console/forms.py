@@ -57,7 +57,9 @@ class SuspendForm(FlaskForm):
         SelectChoice("beneficiary", "家庭成员"), SelectChoice("binding", "单个绑定")])
     id_number = StringField("身份证号码（账户所有人或家庭成员）", validators=[Optional(), Length(max=32)])
     binding_id = IntegerField("绑定编号（单个绑定）", validators=[Optional(), NumberRange(min=1)])
-    reason = TextAreaField("原因（如：套现、倒卖药品）", validators=[DataRequired(REQUIRED), Length(max=500)])
+    # R11 + R16: only the person suspended reads the reason (both parties for a single binding).
+    reason = TextAreaField("原因（仅被暂停的本人可见，暂停单个绑定时双方可见；如：套现、倒卖药品）",
+                           validators=[DataRequired(REQUIRED), Length(max=500)])
 
 
 class FilingForm(FlaskForm):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from app.envelope import Blueprint
+from app.i18n import request_locale
 from app.services import authorizations
 from app.web import principal, read_session, user_required
 from miniprogram_api.binding_schemas import AuthorizationPageSchema, RecordsQuerySchema
@@ -16,4 +17,5 @@ bp = Blueprint("authorization_records", __name__, description="Authorization rec
 @bp.response(200, AuthorizationPageSchema)
 def list_authorizations(query):
     """Every change of the bindings I am party to, newest first."""
-    return authorizations.list_authorization_records(read_session(), caller=principal(), **query)
+    return authorizations.list_authorization_records(read_session(), caller=principal(), locale=request_locale(),
+                                                     **query)

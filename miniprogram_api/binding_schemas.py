@@ -196,7 +196,10 @@ class AuthorizationRecordSchema(StrictSchema):
     event = fields.String()
     actor = fields.Dict(metadata={"description": '{"kind": owner|beneficiary|staff|system, "id"?: staff id}'})
     channel = fields.String()
-    reason = fields.String(allow_none=True)
+    reason = fields.String(allow_none=True, metadata={
+        "description": "as written; a suspension's or a lift's reason only for the person suspended (a pair "
+                       "suspension: both parties) — the other party reads a standard text in the request's "
+                       "language instead (R11, R16)"})
     at = ShanghaiDateTime()
     role = fields.String()
     details = fields.Dict()

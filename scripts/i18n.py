@@ -7,7 +7,8 @@
 Messages are found by reading the source (no import of the modules scanned): the default message of
 every error code (``app/i18n.default_messages``), and every string literal given as the message of
 a domain error — ``errors.NotFound("No such binding.")``, ``InvalidState(message="…")`` or the
-``_invalid(reason, message)`` helper of the ID-number check. Messages built at run time cannot be
+``_invalid(reason, message)`` helper of the ID-number check — and every literal marked with
+``N_("…")`` (app/i18n.py: standard texts that are not errors). Messages built at run time cannot be
 found; at run time they fall back to the code's default text (app/i18n.py).
 """
 
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PO = ROOT / "app" / "translations" / "zh" / "LC_MESSAGES" / "messages.po"
 MO = PO.with_suffix(".mo")
 SKIP_DIRS = {".venv", "tests", "sandbox", "migrations", "bench", "scripts", "instance", ".git", "node_modules"}
-HELPERS = {"_invalid": 1}  # helper name → position of its message argument
+HELPERS = {"_invalid": 1, "N_": 0}  # helper name → position of its message argument
 
 
 def _error_class_names() -> set[str]:

@@ -4,7 +4,9 @@ Every authorization event passes through ``bindings.add_event``, which calls ``o
 beneficiary hears when a binding naming them is created, becomes active, is suspended or resumed,
 and ends (unbound or rejected) — they should know whose account pays for them. The owner hears
 when the beneficiary declines. The notices name the relationship (from the reader's side) and the
-binding id; ``GET /bindings/{id}`` shows the masked parties.
+binding id; ``GET /bindings/{id}`` shows the masked parties. A notice keeps the event's reason only
+when its reader may read it (``authorizations.reason_readable_by``): a beneficiary told that their
+owner's co-pay use is suspended learns the fact, never staff's reason about the owner (R11, R16).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from app.policy import inverse_relationship
+from app.services.authorizations import reason_readable_by
 from models import AuthorizationEvent, Binding
 from notify.person_notices import add_person_notice
 
@@ -58,8 +61,9 @@ def on_event(session: Session, event: AuthorizationEvent, at: datetime) -> None:
     else:
         person_id, who = binding.owner_person_id, binding.relationship
     session.flush()  # the event's id makes the notice's key (a binding may be suspended twice)
+    readable = reason_readable_by(event.event, event.details, side)
     add_person_notice(session, person_id=person_id, kind="binding", event_key=f"ae{event.id}", at=at, content={
         "event": kind, "binding_id": binding.id, "relationship": who, "status": binding.status,
-        "reason": event.reason,
+        "reason": event.reason if readable else None,
         "message": _MESSAGES[kind].format(who=_WORDS.get(who, "家人"), status=_STATUS_WORDS.get(binding.status, "")),
     })

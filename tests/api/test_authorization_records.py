@@ -81,9 +81,11 @@ def test_r16_window_bindings_and_owner_and_beneficiary_suspensions_are_recorded(
                 headers=staff(demo, "admin1"))
     client.post(f"/api/v1/staff/bindings/{window['id']}/unbind", json={"reason": "本人申请"},
                 headers=staff(demo, "window1"))
+    # The beneficiary's suspension reason is theirs: the owner reads the standard text (R11, R16).
     assert history(client, owner, window["id"]) == [
         ("created", "staff", "window", None), ("activated", "staff", "window", None),
-        ("suspended", "staff", "window", "套现"), ("suspended", "staff", "window", "冒用"),
+        ("suspended", "staff", "window", "套现"),
+        ("suspended", "staff", "window", "该家庭成员的共济支付已暂停，暂停期间您的个人账户不再为其支付。"),
         ("unbound", "staff", "window", "本人申请"),
     ]
 
