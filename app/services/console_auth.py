@@ -13,6 +13,12 @@ with one valid account must not be able to reset the address spraying passwords 
 older than ``FAILURE_MEMORY`` start again from zero. Every sign-in, failure, lock-out, logout,
 timeout and password change is an audit event; the audit row of a failure is committed before the
 error is raised.
+
+What was typed as the username is kept only when it names a staff account. Anything else may be a
+password typed into the wrong field (a common slip), so neither the audit log nor the lock-out table
+keeps its text (R17): the audit row says an unknown username was tried, with its length and a keyed
+hash (the blind index of ``app/security/pii.py``, kind ``console_username``) that lets repeated
+attempts be correlated, and the account's lock-out counts under that same hash.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import pyotp
 from argon2 import PasswordHasher
@@ -172,8 +179,22 @@ def _lock_rows(session: Session, keys: list[str], now: datetime) -> dict[str, Co
     return found
 
 
-def _keys(username: str, ip: str) -> tuple[str, str]:
-    return f"user:{username.strip().lower()[:64]}", f"ip:{ip[:64]}"
+def username_hmac(pii: PiiCipher, username: str) -> str:
+    """The keyed hash of a typed username (the blind index: strip, NFKC, case folded to upper)."""
+    return pii.blind_index(username, kind="console_username")
+
+
+def _keys(pii: PiiCipher, username: str, ip: str) -> tuple[str, str]:
+    """The lock-out keys of an attempt: the typed username's keyed hash (never its text), the address."""
+    return f"user:{username_hmac(pii, username)}", f"ip:{ip[:64]}"
+
+
+def _who_tried(pii: PiiCipher, username: str, staff: StaffUser | None) -> dict[str, Any]:
+    """The audit details naming what was typed as the username: the account's name when it names
+    one; else only that an unknown one was tried, its length and keyed hash — maybe a password (R17)."""
+    if staff is not None:
+        return {"username": staff.username}
+    return {"unknown_username": {"length": len(username.strip()), "hmac": username_hmac(pii, username)}}
 
 
 # --- sign-in, sessions, sign-out -------------------------------------------------------------------
@@ -186,7 +207,7 @@ def sign_in(session: Session, pii: PiiCipher, *, username: str, password: str, c
     Every failure answers the same ``SignInFailed`` whichever factor was wrong; a locked account or
     address answers ``SignInLocked`` with ``retry_after`` and checks nothing.
     """
-    user_key, ip_key = _keys(username, ip)
+    user_key, ip_key = _keys(pii, username, ip)
     failure: errors.DomainError | None = None
     token = secrets.token_urlsafe(32)
     with session.begin():
@@ -198,8 +219,8 @@ def sign_in(session: Session, pii: PiiCipher, *, username: str, password: str, c
             wait = max(int((row.locked_until - now).total_seconds()) + 1 for row in locked)  # type: ignore[operator]
             audit.record(session, actor_kind="staff", actor_id=staff.id if staff else None,
                          action="console.sign_in_locked", at=now, ip=ip,
-                         details={"username": username[:64], "locked": sorted(row.key.split(":")[0] for row in locked),
-                                  "retry_after": wait})
+                         details={**_who_tried(pii, username, staff),
+                                  "locked": sorted(row.key.split(":")[0] for row in locked), "retry_after": wait})
             failure = errors.SignInLocked(details={"retry_after": wait})
         else:
             ok = _password_ok(staff.password_hash if staff else None, password)
@@ -230,11 +251,11 @@ def sign_in(session: Session, pii: PiiCipher, *, username: str, password: str, c
                                              "seconds": wait})
                 audit.record(session, actor_kind="staff", actor_id=staff.id if staff else None,
                              action="console.sign_in_failed", at=now, ip=ip,
-                             details={"username": username[:64], "reason": reason})
+                             details={**_who_tried(pii, username, staff), "reason": reason})
                 for lock in newly_locked:
                     audit.record(session, actor_kind="staff", actor_id=staff.id if staff else None,
                                  action="console.lockout", at=now, ip=ip,
-                                 details={"username": username[:64], **lock})
+                                 details={**_who_tried(pii, username, staff), **lock})
                 failure = errors.SignInFailed()
     if failure is not None:
         raise failure

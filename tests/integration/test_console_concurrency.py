@@ -59,7 +59,7 @@ def test_concurrent_failures_are_all_counted_and_lock_the_account(app):
 
     assert set(outcomes) <= {"SignInFailed", "SignInLocked"}
     with app_session() as session, session.begin():
-        row = session.get(ConsoleLockout, "user:clerk")
+        row = session.get(ConsoleLockout, f"user:{console_auth.username_hmac(pii, 'clerk')}")
         failed = outcomes.count("SignInFailed")
         assert row.failures == failed and failed >= 5 and row.locked_until is not None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,7 +12,7 @@ from sqlalchemy import select, update
 from app import errors
 from app.extensions import app_session
 from app.services.console_auth import backoff_seconds, check_password_rules
-from models import AuditEvent, ConsoleSession, StaffUser
+from models import AuditEvent, ConsoleLockout, ConsoleSession, StaffUser
 from tests.webconsole.helpers import PASSWORD, code, csrf, make_staff, post, sign_in, signed_in
 
 
@@ -282,3 +284,32 @@ def test_a_signed_in_session_that_keeps_guessing_the_password_is_ended(app, clie
                                           "new_password": "a much longer new password"}, page="/console/account")
     response = client.get("/console/")
     assert response.status_code in (302, 303) and "/console/login" in response.headers["Location"]
+
+
+def test_a_password_typed_as_the_username_is_never_kept_only_its_length_and_a_keyed_hash(app, client, caplog):
+    # A common slip: the password goes into the username field. An unknown username is recorded as
+    # tried — its length and a keyed hash, so repeated attempts can be told apart and correlated —
+    # never as text: not in the audit log, not in the lock-out counts, not in the app log (R17).
+    caplog.set_level(logging.DEBUG)
+    secret = make_staff(app, "clerk", "window")
+    slip = "Correct-Horse-Battery-9"
+    for _attempt in range(6):
+        assert sign_in(client, slip, secret, ip="10.7.7.7").status_code == 401
+    assert sign_in(client, "nobody-else", secret, ip="10.7.7.8").status_code == 401
+    assert sign_in(client, "clerk", secret, password="wrong password!!", ip="10.7.7.9").status_code == 401
+
+    with app_session() as session, session.begin():
+        rows = [(e.action, e.details) for e in session.scalars(
+            select(AuditEvent).where(AuditEvent.action.startswith("console.")).order_by(AuditEvent.id))]
+        keys = list(session.scalars(select(ConsoleLockout.key)))
+    kept = json.dumps([rows, keys], ensure_ascii=False).lower() + caplog.text.lower()
+    assert slip.lower() not in kept and "nobody-else" not in kept
+    by_slip = [d for a, d in rows if d.get("unknown_username", {}).get("length") == len(slip)]
+    assert [a for a, d in rows if d in by_slip] == (["console.sign_in_failed"] * 5 + ["console.lockout"] * 2
+                                                    + ["console.sign_in_locked"])  # the name's and the address's
+    assert len({d["unknown_username"]["hmac"] for d in by_slip}) == 1  # one hand, typing the same thing
+    assert all("username" not in d for d in by_slip)
+    (other,) = [d["unknown_username"] for a, d in rows if d.get("unknown_username", {}).get("length") == 11]
+    assert other["hmac"] != by_slip[0]["unknown_username"]["hmac"]
+    # a username that names a staff account is kept as it is
+    assert [d for a, d in rows if a == "console.sign_in_failed"][-1] == {"username": "clerk", "reason": "password"}
