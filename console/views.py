@@ -169,7 +169,7 @@ def _binding_page(binding_id: int, error: str | None = None, status: int = 200) 
     reader = _reader()
     binding = bindings.get_binding(reader, pii=domain().pii, caller=caller, binding_id=binding_id)
     pledge, _missing = attempt(lambda: bindings.get_pledge(db_session(), signer=domain().pledge_signer, caller=caller,
-                                                           binding_id=binding_id))
+                                                           binding_id=binding_id, now=now(), ip=client_ip()))
     records = authorizations.list_binding_records_for_staff(reader, binding_id=binding_id)
     return render_template("console/binding.html", b=binding, pledge=pledge, records=records["items"],
                            form=ReasonForm(), reject_form=RequiredReasonForm(), error=error), status
@@ -281,7 +281,8 @@ def certificate(binding_id: int) -> Any:
     """绑定凭证: a page for printing — parties masked, relationship, effective time, attestation, QR."""
     caller = user().principal
     binding = bindings.get_binding(db_session(), pii=domain().pii, caller=caller, binding_id=binding_id)
-    pledge = bindings.get_pledge(db_session(), signer=domain().pledge_signer, caller=caller, binding_id=binding_id)
+    pledge = bindings.get_pledge(db_session(), signer=domain().pledge_signer, caller=caller, binding_id=binding_id,
+                                 now=now(), ip=client_ip())
     link = url_for("console.attestation", binding_id=binding_id, _external=True)
     return render_template("console/certificate.html", b=binding, pledge=pledge, link=link,
                            qr=Markup(segno.make(link, error="m").svg_inline(scale=3)))  # noqa: S704
@@ -292,7 +293,8 @@ def certificate(binding_id: int) -> Any:
 def attestation(binding_id: int) -> Any:
     """Where the certificate's QR points: the attestation verified now (R4)."""
     caller = user().principal
-    pledge = bindings.get_pledge(db_session(), signer=domain().pledge_signer, caller=caller, binding_id=binding_id)
+    pledge = bindings.get_pledge(db_session(), signer=domain().pledge_signer, caller=caller, binding_id=binding_id,
+                                 now=now(), ip=client_ip())
     binding = bindings.get_binding(db_session(), pii=domain().pii, caller=caller, binding_id=binding_id)
     return render_template("console/attestation.html", b=binding, pledge=pledge)
 

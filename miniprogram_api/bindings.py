@@ -104,4 +104,5 @@ def decline(body, binding_id):
 @bp.response(200, PledgeRecordSchema)
 def get_pledge(binding_id):
     """The binding's signed pledge attestation, verified now (R4)."""
-    return bindings.get_pledge(session(), signer=domain().pledge_signer, caller=principal(), binding_id=binding_id)
+    return bindings.get_pledge(session(), signer=domain().pledge_signer, caller=principal(), binding_id=binding_id,
+                               now=now())

@@ -74,8 +74,9 @@ def get_binding(binding_id):
 @staff_required(*READ)
 @bp.response(200, PledgeRecordSchema)
 def get_pledge(binding_id):
-    """The binding's signed pledge attestation, verified now."""
-    return bindings.get_pledge(session(), signer=domain().pledge_signer, caller=principal(), binding_id=binding_id)
+    """The binding's signed pledge attestation, verified now (the whole record: each read is audit-logged)."""
+    return bindings.get_pledge(session(), signer=domain().pledge_signer, caller=principal(), binding_id=binding_id,
+                               now=now(), ip=client_ip())
 
 
 @bp.get("/<int:binding_id>/authorizations")

@@ -671,14 +671,23 @@ def get_binding(session: Session, *, pii: PiiCipher, caller: Principal, binding_
     return view
 
 
-def get_pledge(session: Session, *, signer: PledgeSigner, caller: Principal, binding_id: int) -> dict[str, Any]:
-    """R4: the binding's signed pledge attestation and whether it verifies now."""
+def get_pledge(session: Session, *, signer: PledgeSigner, caller: Principal, binding_id: int, now: datetime,
+               ip: str | None = None) -> dict[str, Any]:
+    """R4: the binding's signed pledge attestation and whether it verifies now.
+
+    Staff read the whole record, the owner's IP and the beneficiary's blind index among it, so a
+    staff read is audit-logged (``pledge.read``) in the read's own transaction, as a proof
+    document's is: no audit row, no record. The parties' reads of their own pledge are not."""
     with session.begin():
         binding, role = _visible_binding(session, caller, binding_id)
         pledge = session.scalar(select(Pledge).where(Pledge.binding_id == binding.id)
                                 .execution_options(populate_existing=True))
         if pledge is None:
             raise errors.NotFound("This binding has no pledge.")
+        if caller.kind == "staff":
+            audit.record(session, actor_kind="staff", actor_id=caller.id, action="pledge.read", at=now,
+                         target_kind="binding", target_id=binding.id, ip=ip,
+                         details={"pledge_id": pledge.id, "version": pledge.version})
     verified = verify_attestation(signer, pledge.record, pledge.signature, binding_id=binding.id,
                                   version=pledge.version, text_sha256=pledge.text_sha256, key_id=pledge.key_id,
                                   owner_person_id=binding.owner_person_id,

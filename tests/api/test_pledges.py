@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from app.config import ConfigError
 from app.demo import CHILD, NEIGHBOUR, OWNER, SPOUSE
 from app.extensions import app_session
-from models import Binding, Person, Pledge
+from models import AuditEvent, Binding, Person, Pledge, StaffUser
 from tests.binding_helpers import (
     bind,
     bind_at_window,
@@ -212,3 +212,43 @@ def test_r4_at_the_window_the_owner_signs_and_the_staff_member_is_recorded_as_wi
     assert record["signer_person_id"] == binding["owner"]["person_id"]
     assert isinstance(record["witness_staff_id"], int)
     assert record["pledge_sha256"] == pledge(client)["sha256"]
+
+
+def test_every_staff_read_of_a_full_pledge_record_is_audit_logged(client, sandbox, demo):
+    # Staff see what the beneficiary may not — the owner's IP, the blind index — so each staff read
+    # is audit-logged like a proof document's; the parties' reads of their own pledge are not.
+    owner = sign_in(client, sandbox, OWNER)
+    binding = created(bind(client, owner, SPOUSE, "spouse"))
+    _pledge_of(client, owner, binding["id"])
+    _pledge_of(client, sign_in(client, sandbox, SPOUSE), binding["id"])
+    url = f"/api/v1/staff/bindings/{binding['id']}/pledge"
+    for who in ("window1", "admin1", "auditor1"):
+        response = client.get(url, headers=bearer(demo.tokens[who]))
+        assert response.status_code == 200 and response.get_json()["record"]["client_ip"] == "127.0.0.1"
+    missing = client.get("/api/v1/staff/bindings/999999/pledge", headers=bearer(demo.tokens["auditor1"]))
+    assert missing.status_code == 404
+    with app_session() as session, session.begin():
+        reads = session.scalars(select(AuditEvent).where(AuditEvent.action == "pledge.read")
+                                .order_by(AuditEvent.id)).all()
+        staff_ids = [session.scalar(select(StaffUser.id).where(StaffUser.username == who))
+                     for who in ("window1", "admin1", "auditor1")]
+    assert [(e.actor_kind, e.actor_id, e.target_kind, e.target_id) for e in reads] == [
+        ("staff", staff_id, "binding", binding["id"]) for staff_id in staff_ids]
+    assert all(e.request_id and e.ip == "127.0.0.1" and e.details["version"] == "v1" for e in reads)
+    log = client.get("/api/v1/staff/audit-log?action=pledge.read", headers=bearer(demo.tokens["auditor1"]))
+    assert [e["target"] for e in log.get_json()["items"]] == [{"kind": "binding", "id": binding["id"]}] * 3
+
+
+def test_a_staff_read_whose_audit_row_cannot_be_written_serves_no_pledge(client, sandbox, demo, monkeypatch):
+    # The audit row is written in the read's own transaction: no row, no record.
+    from app.services import audit
+
+    owner = sign_in(client, sandbox, OWNER)
+    binding = created(bind(client, owner, SPOUSE, "spouse"))
+
+    def refuse(*_args, **_kwargs):
+        raise RuntimeError("audit_events is not writable")
+
+    monkeypatch.setattr(audit, "record", refuse)
+    response = client.get(f"/api/v1/staff/bindings/{binding['id']}/pledge", headers=bearer(demo.tokens["auditor1"]))
+    assert response.status_code == 500 and "client_ip" not in response.get_data(as_text=True)

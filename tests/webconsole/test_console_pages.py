@@ -376,3 +376,20 @@ def test_the_window_form_offers_only_the_regions_relationships(app, client, demo
     response = post(client, "/console/window-binding", _window_form(relationship="sibling"),
                     page="/console/window-binding")
     assert response.status_code == 422
+
+
+def test_every_console_page_that_reads_a_pledge_record_is_audit_logged(app, client, demo, sandbox):
+    # The binding page, the certificate and the attestation page each read the full signed record
+    # (the owner's IP among it): one pledge.read audit row each, naming the staff member and binding.
+    binding_id, _document = _pending_binding_with_document(client, sandbox)
+    signed_in(client, app, "viewer", "auditor")
+    for path in (f"/console/bindings/{binding_id}", f"/console/bindings/{binding_id}/certificate",
+                 f"/console/attestations/{binding_id}"):
+        assert client.get(path).status_code == 200, path
+    with app_session() as session, session.begin():
+        from models import StaffUser
+
+        viewer = session.scalar(select(StaffUser.id).where(StaffUser.username == "viewer"))
+    reads = _audit("pledge.read")
+    assert [(e.actor_kind, e.actor_id, e.target_kind, e.target_id) for e in reads] == [
+        ("staff", viewer, "binding", binding_id)] * 3
