@@ -179,6 +179,8 @@ def _scenario(api: Api, sandbox: Any, staff: dict[str, str]) -> None:
     suspension = api.call("POST", "/api/v1/staff/suspensions", admin, expect=201, json={
         "beneficiary_id_number": PARENT, "reason": "疑似倒卖药品"}).json()
     api.call("POST", f"/api/v1/staff/suspensions/{suspension['id']}/lift", admin, json={"reason": "核实无误"})
+    api.call("GET", "/api/v1/records/authorizations", owner, expect=200)  # the suspension: a standard text
+    api.call("GET", f"/api/v1/staff/bindings/{child['id']}/pledge", auditor, expect=200)  # audit-logged (pledge.read)
     api.call("POST", "/api/v1/staff/offsite-filings", window, json={
         "id_number": CHILD, "region_prefix": "3703", "valid_from": "2026-01-01", "valid_to": "2027-12-31"})
     # vouchers, settlement, replay, refund
