@@ -2,15 +2,16 @@
 and the delay from the commit of a settlement to its push (p50/p99) at a fixed rate.
 
     BENCH_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres \\
-    BENCH_REDIS_URL=redis://127.0.0.1:6379/14 \\
+    BENCH_REDIS_URL=redis://127.0.0.1:6379/6 \\
         .venv/bin/python -m bench.notify [--backlog 1000] [--rate 100] [--seconds 20] [--workers 1,2,4]
                                          [--producer settlement|notices] [--producers 4] [--mode rq|inprocess]
 
 A scratch database is created on the PostgreSQL server (dropped afterwards); BENCH_REDIS_URL must
-name a Redis database the benchmark may empty. The emulator runs in this process; with ``--mode
-rq`` each worker is a separate ``flask --app wsgi notify-worker`` process (hand-over thread, RQ
-SimpleWorker, sweeper, 8 send threads), with ``--mode inprocess`` (no Redis) this process delivers
-on its own thread pool.
+name a Redis database the benchmark may empty (default database 6, as every benchmark's:
+``bench.scratch.bench_redis``; give two benchmarks run at once two databases). The emulator runs in
+this process; with ``--mode rq`` each worker is a separate ``flask --app wsgi notify-worker``
+process (hand-over thread, RQ SimpleWorker, sweeper, 8 send threads), with ``--mode inprocess`` (no
+Redis) this process delivers on its own thread pool.
 
 1. Backlog: ``--backlog`` settlements are committed (one owner with a long-term subscription
    each, so one WeChat push each), then one worker drains them (``--burst``): pushes per second,
@@ -54,7 +55,7 @@ from sqlalchemy import insert, select
 
 from app.config import ROOT
 from app.security.id_number import make_id_number
-from bench.scratch import ScratchDatabase, bench_server
+from bench.scratch import ScratchDatabase, bench_redis, bench_server
 
 WECHAT_APPID = "wxbench000000001"
 WECHAT_SECRET = "bench-wechat-secret"
@@ -361,7 +362,7 @@ def run(mode: str, backlog: int, rates: list[float], seconds: float, workers: li
     from sandbox import Sandbox
 
     global _PREMADE
-    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14") if mode == "rq" else None
+    redis_url = bench_redis() if mode == "rq" else None
     scratch = ScratchDatabase(bench_server(), "copay_bench_notify")
     sandbox = Sandbox().start()
     log_dir = tempfile.mkdtemp(prefix="bench-notify-")
