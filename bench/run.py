@@ -115,6 +115,15 @@ class Phase:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
     @property
+    def in_flight(self) -> float:
+        """Requests under way on average in the measured window (Little's law: rate × mean latency):
+        ``--clients`` if the clients keep one request each in the server at all times, less if
+        they spend time between requests (building, signing, reading, waiting for their GIL)."""
+        if not self.latencies_ms:
+            return 0.0
+        return self.throughput * sum(self.latencies_ms) / len(self.latencies_ms) / 1000
+
+    @property
     def commits_per_request(self) -> float:
         return self.commits / max(1, self.requests_total)
 
@@ -568,7 +577,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"commits/req {result.commits_per_request:.2f}  rollbacks/req {result.rollbacks_per_request:.2f}  "
                   f"server CPU {result.cpu_ms_per_request:.1f} ms/req  "
                   f"PostgreSQL CPU {result.database_cpu_ms_per_request:.1f} ms/req  "
-                  f"client CPU {result.client_cpu_ms_per_request:.2f} ms/req"
+                  f"client CPU {result.client_cpu_ms_per_request:.2f} ms/req  in flight {result.in_flight:.1f}"
                   + (f"  first error: {result.error_sample}" if result.error_sample else ""), flush=True)
             return result
 

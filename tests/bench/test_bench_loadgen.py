@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench import loadgen
-from bench.run import SETTLE_PATH, drive_wrk, render_requests
+from bench.run import SETTLE_PATH, Phase, drive_wrk, render_requests
 from bench.settlement import seed_families
 
 needs_wrk = pytest.mark.skipif(loadgen.wrk_path() is None, reason="wrk is not installed (apt-get install wrk)")
@@ -184,3 +184,9 @@ def test_drive_wrk_warms_up_then_measures_without_sending_a_request_twice(server
     assert 0 < phase.ok <= phase.requests_total and phase.errors == 0
     assert phase.seconds == pytest.approx(1.0, abs=0.3) and phase.client_cpu_seconds > 0
     assert not list(tmp_path.iterdir())  # the request files are removed after the phase
+
+
+def test_in_flight_is_the_rate_times_the_mean_latency() -> None:
+    phase = Phase(ok=200, seconds=2.0, latencies_ms=[100.0] * 100 + [300.0] * 100)
+    assert phase.in_flight == pytest.approx(20.0)  # 100/s × 0.2 s
+    assert Phase().in_flight == 0.0
