@@ -26,8 +26,15 @@ lint: install
 migrate: install
 	$(BIN)/flask --app wsgi db upgrade
 
+# The load generator is wrk (Debian package): installed here when missing and running as root; without
+# it bench.run falls back to its Python client and says so. make bench BENCH_ARGS="--only me --seconds 8"
 bench: install
-	$(BIN)/python -m bench.run
+	@command -v wrk >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || \
+	  { echo "== installing wrk, the load generator of make bench"; \
+	    { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
+	    echo "!! wrk could not be installed"; }
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # Records pages at 10^4 / 10^6 / 10^7 settlement rows (long: the 10^7 load alone takes many minutes).
 bench-records: install

@@ -1,22 +1,23 @@
 """Benchmark: the console's person look-up (参保人查询) on a 100,000-person registry.
 
-    BENCH_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres .venv/bin/python -m bench.console_lookup
+    BENCH_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres \
+        .venv/bin/python -m bench.console_lookup [--persons 100000] [--samples 400]
 
-Creates a scratch database on that server (dropped afterwards), loads N persons (``bench.load_registry``'s
-registry: 2/3 with personal accounts, N/8 households) and an active window binding for every
-household pair, signs a clerk in through the console's own form (password + TOTP), then looks up
-``SAMPLES`` random persons by ID number: once through the whole page (``POST /console/persons``:
-session check, CSRF, blind index, every section of the page, audit row, template) and once
-through the service alone. Prints p50/p90/p99 of both.
+Creates a scratch database on that server (dropped afterwards), loads ``--persons`` N persons
+(``bench.load_registry``'s registry: 2/3 with personal accounts, N/8 households) and an active
+window binding for every household pair, signs a clerk in through the console's own form (password
++ TOTP), then looks up ``--samples`` random persons by ID number: once through the whole page
+(``POST /console/persons``: session check, CSRF, blind index, every section of the page, audit
+row, template) and once through the service alone. Prints p50/p90/p99 of both.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import re
 import statistics
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -26,8 +27,6 @@ from sqlalchemy import event, insert, select
 from bench.load_registry import make_registry
 from bench.scratch import ScratchDatabase, bench_server
 
-SAMPLES = int(os.environ.get("SAMPLES", "400"))
-
 
 def _percentiles(values: list[float]) -> str:
     ordered = sorted(values)
@@ -36,7 +35,16 @@ def _percentiles(values: list[float]) -> str:
             f"max {ordered[-1]:.1f} ms (n={len(ordered)})")
 
 
-def main(n: int) -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--persons", type=int, default=100_000, help="the registry's size")
+    parser.add_argument("--samples", type=int, default=int(os.environ.get("SAMPLES", "400")),
+                        help="persons looked up (default: $SAMPLES or 400)")
+    options = parser.parse_args(argv)
+    run(options.persons, options.samples)
+
+
+def run(n: int, samples: int) -> None:
     scratch = ScratchDatabase(bench_server())
     url = scratch.url
     try:
@@ -81,7 +89,7 @@ def main(n: int) -> None:
         assert signed.status_code == 303, signed.status_code
         page = client.get("/console/persons").get_data(as_text=True)
         token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
-        sample = random.Random(12).sample([p["id_number"] for p in data["persons"]], SAMPLES)
+        sample = random.Random(12).sample([p["id_number"] for p in data["persons"]], samples)
         for number in sample[:20]:  # warm up caches and the connection pool
             client.post("/console/persons", data={"csrf_token": token, "id_number": number})
         page_ms = []
@@ -114,4 +122,4 @@ def main(n: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000)
+    main()

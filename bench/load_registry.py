@@ -1,15 +1,17 @@
 """Benchmark: ``load-registry`` of N persons (default 100,000) on the configured database.
 
-    BENCH_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres .venv/bin/python -m bench.load_registry
+    BENCH_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres \
+        .venv/bin/python -m bench.load_registry [--persons 100000]
 
-Creates a scratch database on that server (dropped afterwards), loads N persons with accounts
-and N/4 households, then loads the same file again (the idempotent path), and prints both times.
+Creates a scratch database on that server (dropped afterwards), loads ``--persons`` N persons (2/3
+with personal accounts, N/8 households), then loads the same file again (the idempotent
+path), then a newer snapshot with one balance in ten changed, and prints the three times.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 from datetime import UTC, date, datetime, timedelta
 
@@ -37,7 +39,13 @@ def make_registry(n: int) -> dict:
     }
 
 
-def main(n: int) -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--persons", type=int, default=100_000, help="the registry's size")
+    run(parser.parse_args(argv).persons)
+
+
+def run(n: int) -> None:
     scratch = ScratchDatabase(bench_server())
     url = scratch.url
     try:
@@ -71,4 +79,4 @@ def main(n: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000)
+    main()

@@ -2,15 +2,18 @@
 and the delay from the commit of a settlement to its push (p50/p99) at a fixed rate.
 
     BENCH_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres \\
-    BENCH_REDIS_URL=redis://127.0.0.1:6379/14 \\
+    BENCH_REDIS_URL=redis://127.0.0.1:6379/6 \\
         .venv/bin/python -m bench.notify [--backlog 1000] [--rate 100] [--seconds 20] [--workers 1,2,4]
                                          [--producer settlement|notices] [--producers 4] [--mode rq|inprocess]
 
 A scratch database is created on the PostgreSQL server (dropped afterwards); BENCH_REDIS_URL must
-name a Redis database the benchmark may empty. The emulator runs in this process; with ``--mode
-rq`` each worker is a separate ``flask --app wsgi notify-worker`` process (hand-over thread, RQ
-SimpleWorker, sweeper, 8 send threads), with ``--mode inprocess`` (no Redis) this process delivers
-on its own thread pool.
+name a Redis database the benchmark may empty (default database 6, as every benchmark's:
+``bench.scratch.bench_redis``; give two benchmarks run at once two databases). The emulator runs in
+this process; with ``--mode rq`` each worker is a separate ``flask --app wsgi notify-worker``
+process (hand-over thread, RQ SimpleWorker, sweeper, 8 send threads); with ``--mode inprocess`` (no
+Redis, ``--workers`` ignored) there are no workers: each producer process hands what it commits to
+its own notifier's send threads and sweeper, as each web process of a deployment without Redis
+does, and the CPU those threads spend is the "workers' CPU" (this process's pool drains the backlog).
 
 1. Backlog: ``--backlog`` settlements are committed (one owner with a long-term subscription
    each, so one WeChat push each), then one worker drains them (``--burst``): pushes per second,
@@ -54,7 +57,7 @@ from sqlalchemy import insert, select
 
 from app.config import ROOT
 from app.security.id_number import make_id_number
-from bench.scratch import ScratchDatabase, bench_server
+from bench.scratch import ScratchDatabase, bench_redis, bench_server
 
 WECHAT_APPID = "wxbench000000001"
 WECHAT_SECRET = "bench-wechat-secret"
@@ -241,11 +244,22 @@ _COMMITTED: Any = None  # multiprocessing.Value: settlements committed so far in
 _WORKERS: list[subprocess.Popen] = []
 
 
-def _produce(args: tuple[int, int, float, float, float, int, int]) -> tuple[dict[str, float], list[float]]:
+def _delivery_cpu_seconds() -> float:
+    """User + system CPU of this process's threads other than the calling one, ended ones included
+    (Linux ``getrusage``): in a producer of ``--mode inprocess``, its notifier's send threads and sweeper."""
+    process = resource.getrusage(resource.RUSAGE_SELF)
+    caller = resource.getrusage(resource.RUSAGE_THREAD)
+    return process.ru_utime + process.ru_stime - caller.ru_utime - caller.ru_stime
+
+
+def _produce(args: tuple[int, int, float, float, float, int, int, bool]) -> tuple[dict[str, float], list[float],
+                                                                                 float]:
     """One producer process: commit at rate/producers on a fixed schedule until the end.
 
-    Returns number → commit time, and how late each commit started against its schedule (s)."""
-    k, producers, rate, started, seconds, premade_from, phase = args
+    Returns number → commit time, how late each commit started against its schedule (s), and — when
+    it delivers in process — the CPU its notifier's threads spent (s), once they have sent everything."""
+    k, producers, rate, started, seconds, premade_from, phase, in_process = args
+    delivery_before = _delivery_cpu_seconds()
     bench = _BENCH
     bench.app.extensions["db.engine"].dispose(close=False)  # never share the parent's connections
     bench.commit_times = {}
@@ -264,7 +278,10 @@ def _produce(args: tuple[int, int, float, float, float, int, int]) -> tuple[dict
             bench.settle(premade=premade[i] if premade else None)
             with _COMMITTED.get_lock():
                 _COMMITTED.value += 1
-    return bench.commit_times, lags
+    if not in_process:
+        return bench.commit_times, lags, 0.0
+    bench.notifier.stop()  # waits for the send threads: this process's deliveries are all made
+    return bench.commit_times, lags, _delivery_cpu_seconds() - delivery_before
 
 
 @dataclass
@@ -307,6 +324,8 @@ def _phase(bench: Bench, mode: str, workers: int, rate: float, seconds: float, p
     warm = {bench.settle() for _ in range(max(1, 3 * workers))}
     if len(_wait(bench, warm, timeout=120)) != len(warm):
         raise RuntimeError("the workers did not start")
+    if mode != "rq":
+        bench.notifier.stop()  # the producers deliver: each starts its own threads (none survive a fork)
     time.sleep(1.0)
     cpu_before = sum(_cpu_seconds(w.pid) for w in pool)
     _BENCH, _COMMITTED = bench, multiprocessing.Value("l", 0)
@@ -325,18 +344,18 @@ def _phase(bench: Bench, mode: str, workers: int, rate: float, seconds: float, p
     sampler.start()
     spy = _profile(pool[0].pid, seconds, f"{profile}/worker-w{workers}-r{rate:g}.folded") if profile and pool else None
     with multiprocessing.get_context("fork").Pool(producers) as producer_pool:
-        parts = producer_pool.map(_produce, [(k, producers, rate, started, seconds, premade_from, phase)
-                                             for k in range(producers)])
+        parts = producer_pool.map(_produce, [(k, producers, rate, started, seconds, premade_from, phase,
+                                              mode != "rq") for k in range(producers)])
     produced_until = time.time()
     if spy is not None:
         spy.wait(timeout=60)
-    commit_times = {n: t for part, _lags in parts for n, t in part.items()}
-    lags = [lag for _part, part_lags in parts for lag in part_lags]
+    commit_times = {n: t for part, _lags, _cpu in parts for n, t in part.items()}
+    lags = [lag for _part, part_lags, _cpu in parts for lag in part_lags]
     last_commit = max(commit_times.values())
     found = _wait(bench, set(commit_times), timeout=180)
     stop.set()
     sampler.join()
-    cpu = sum(_cpu_seconds(w.pid) for w in pool) - cpu_before
+    cpu = sum(_cpu_seconds(w.pid) for w in pool) - cpu_before if pool else sum(cpu for _p, _l, cpu in parts)
     load_after = os.getloadavg()[0]
     for worker in pool:
         worker.terminate()
@@ -351,17 +370,17 @@ def _phase(bench: Bench, mode: str, workers: int, rate: float, seconds: float, p
                _percentile(delays, 99), max(delays, default=float("nan")),
                max((c - p for _t, c, p in samples), default=0), at_end[-1] if at_end else 0,
                (max(found.values()) - last_commit) if found else float("nan"),
-               cpu * 1000 / len(found) if found and pool else float("nan"), (load_before, load_after))
+               cpu * 1000 / len(found) if found else float("nan"), (load_before, load_after))
 
 
 def run(mode: str, backlog: int, rates: list[float], seconds: float, workers: list[int], producers: int,
-        producer: str, profile: str | None = None) -> None:
+        producer: str, profile: str | None = None) -> list[Row]:
     from app.config import Config  # noqa: F401 — imported early so import time is not measured
     from models import Base
     from sandbox import Sandbox
 
     global _PREMADE
-    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14") if mode == "rq" else None
+    redis_url = bench_redis() if mode == "rq" else None
     scratch = ScratchDatabase(bench_server(), "copay_bench_notify")
     sandbox = Sandbox().start()
     log_dir = tempfile.mkdtemp(prefix="bench-notify-")
@@ -390,6 +409,8 @@ def run(mode: str, backlog: int, rates: list[float], seconds: float, workers: li
             else:
                 bench.notifier.start()
             found = _wait(bench, numbers, timeout=900)
+            if mode != "rq":
+                bench.notifier.stop()
             wall = time.perf_counter() - started
             cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu = (cpu_after.ru_utime + cpu_after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime) * 1000
@@ -398,8 +419,8 @@ def run(mode: str, backlog: int, rates: list[float], seconds: float, workers: li
             print(f"backlog {label}: {len(found)}/{backlog} pushed in {wall:.1f} s wall (incl. worker start) = "
                   f"{len(found) / wall:.0f}/s; {len(found) / span:.0f}/s between first and last push{worker_cpu}",
                   flush=True)
-        if mode != "rq" and backlog:
-            print("(in-process mode: the latency phase runs with this process's pool, --workers is ignored)")
+        if mode != "rq":
+            print("(in-process mode: each producer delivers on its own notifier's threads; --workers is ignored)")
 
         # 2. fixed rate → commit-to-push delay
         plan = [(w, r) for w in (workers if mode == "rq" else [0]) for r in rates]
@@ -417,8 +438,6 @@ def run(mode: str, backlog: int, rates: list[float], seconds: float, workers: li
                   f"at the producers' end {row.backlog_end}; last push {row.drain_s:.1f} s after the last "
                   f"commit; workers' CPU {row.cpu_per_push_ms:.1f} ms/push; load {row.load[0]:.1f}→"
                   f"{row.load[1]:.1f}", flush=True)
-        if mode != "rq":
-            bench.notifier.stop()
         duplicates = len(bench.sandbox.sent_messages(platform="wechat")) - len(
             {m.data.get("character_string8") for m in bench.sandbox.sent_messages(platform="wechat")})
         print("\n| workers | scheduled /s | committed /s (schedule lag p99) | commit → push p50 / p99 / max | "
@@ -431,6 +450,7 @@ def run(mode: str, backlog: int, rates: list[float], seconds: float, workers: li
         print(f"pushes beyond one per settlement: {duplicates}")
         bench.ctx.pop()
         bench.app.extensions["db.engine"].dispose()
+        return rows
     finally:
         for worker in _WORKERS:
             if worker.poll() is None:

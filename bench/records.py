@@ -32,7 +32,7 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy import insert, select, text
 
 from app.security.id_number import make_id_number
-from bench.scratch import ScratchDatabase, bench_server
+from bench.scratch import ScratchDatabase, bench_redis, bench_server
 
 FILLERS = 200
 
@@ -54,7 +54,7 @@ def build(url: str, n: int) -> tuple[object, dict[str, object]]:
            "PLEDGE_SIGNING_KEY": _key(), "RATE_LIMIT_PER_USER": "off", "RATE_LIMIT_PER_IP": "off",
            "LOG_LEVEL": "WARNING",
            # RQ hand-over (nothing is enqueued here): no in-process notifier threads outliving the database.
-           "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/6")}
+           "REDIS_URL": bench_redis()}
     app = create_app(Config.from_env(env=env))
     engine = app.extensions["db.engine"]
     Base.metadata.create_all(engine)

@@ -2,23 +2,30 @@
 
     .venv/bin/python -m bench.run [--seconds 15] [--clients 32] [--workers 4] [--worker-class gthread]
                                   [--threads 4] [--only settlement,voucher,signin,me] [--profile DIR]
+                                  [--client wrk|python]
 
 What it does, on this machine only (nothing is left behind):
 
 1. creates a scratch PostgreSQL database on ``BENCH_DATABASE_URL`` (default the local server; dropped
-   at the end) and empties Redis database ``BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379/6``);
+   at the end) and empties Redis database ``BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379/6``,
+   ``bench.scratch.bench_redis``);
 2. loads ``--families`` families (an owner with a large balance, a child bound to them), one hospital,
    a signed-in user per owner (an access token), and enough 亲情码 vouchers for the settlements;
 3. starts the WeChat emulator in this process and, on free ports, gunicorn for the service
    (``wsgi:app``, rate limits off, Redis for nonces and jobs) and for the reference app
    (``bench/baseline_app.py``: the bare transactions, nothing else);
 4. for each path drives the service and then its reference with ``--clients`` closed-loop clients
-   (processes × threads, keep-alive HTTP/1.1, one request at a time each): a warm-up, then
-   ``--seconds`` measured. Each server is started for its phase and stopped after it, so that
-   ``pg_stat_database`` (flushed when the server's connections close) gives the commits and
-   rollbacks per request of that phase alone;
+   (keep-alive HTTP/1.1, one request at a time each): a warm-up, then ``--seconds`` measured. Each
+   server is started for its phase and stopped after it, so that ``pg_stat_database`` (flushed
+   when the server's connections close) gives the commits and rollbacks per request of that phase
+   alone. The clients are ``wrk`` (``--client wrk``, the default when it is installed:
+   ``bench/loadgen.py``, ``bench/wrk_requests.lua``), one thread and connection per client, sending
+   requests rendered — settlements signed — before the server starts; or (``--client python``, and
+   without wrk) Python ``http.client`` threads in ``--client-processes`` processes that build and
+   sign each request in the loop. Either way the client's own CPU is measured and reported;
 5. prints one table — path, throughput, reference, ratio, p50/p99, commits (and rollbacks) per
-   request — then runs ``verify-ledger`` over everything the service wrote.
+   request, server, PostgreSQL and client CPU per request — then runs ``verify-ledger`` over
+   everything the service wrote.
 
 Paths: ``POST /institution/settlements`` (a child's drug bill, co-pay from the parent: HMAC-signed,
 nonce in Redis) against lock + debit + ledger row + outbox row; ``POST /vouchers`` (亲情码 for the
@@ -38,11 +45,14 @@ import http.client
 import json
 import multiprocessing
 import os
+import resource
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -53,7 +63,8 @@ from pathlib import Path
 from sqlalchemy import create_engine, insert, select, text
 
 from app.security.request_signing import sign
-from bench.scratch import ScratchDatabase, bench_server
+from bench import loadgen
+from bench.scratch import ScratchDatabase, bench_redis, bench_server
 from bench.settlement import HOSPITAL, HOSPITAL_SECRET, seed_families
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +72,9 @@ VENV_BIN = Path(sys.executable).parent
 SETTLE_PATH = "/api/v1/institution/settlements"
 WECHAT_APPID, WECHAT_SECRET = "wxbench000000001", "bench-wechat-secret"
 PATHS = ("settlement", "voucher", "signin", "me")
+# Requests that may be sent again (a token, an account): wrk goes round a short list of them. The
+# others (a voucher code, a login code, with a settlement its number and nonce) are sent once each.
+REPEATABLE = frozenset({"voucher", "ref-voucher", "me", "ref-me", "ref-settlement"})
 
 
 def _key() -> str:
@@ -87,6 +101,7 @@ class Phase:
     rollbacks: int = 0
     server_cpu_seconds: float = 0.0
     database_cpu_seconds: float = 0.0
+    client_cpu_seconds: float = 0.0  # the load generator's own (user + system), warm-up included
     error_sample: str = ""
 
     @property
@@ -100,6 +115,15 @@ class Phase:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
     @property
+    def in_flight(self) -> float:
+        """Requests under way on average in the measured window (Little's law: rate × mean latency):
+        ``--clients`` if the clients keep one request each in the server at all times, less if
+        they spend time between requests (building, signing, reading, waiting for their GIL)."""
+        if not self.latencies_ms:
+            return 0.0
+        return self.throughput * sum(self.latencies_ms) / len(self.latencies_ms) / 1000
+
+    @property
     def commits_per_request(self) -> float:
         return self.commits / max(1, self.requests_total)
 
@@ -110,6 +134,10 @@ class Phase:
     @property
     def database_cpu_ms_per_request(self) -> float:
         return 1000 * self.database_cpu_seconds / max(1, self.requests_total)
+
+    @property
+    def client_cpu_ms_per_request(self) -> float:
+        return 1000 * self.client_cpu_seconds / max(1, self.requests_total)
 
     @property
     def rollbacks_per_request(self) -> float:
@@ -388,7 +416,7 @@ def _client_thread(kind: str, port: int, units: list, warm_until: float, deadlin
     out.append((ok, errors, total, latencies, sample))
 
 
-def _client_process(args: tuple) -> tuple[int, int, int, list[float], str]:
+def _client_process(args: tuple) -> tuple[int, int, int, list[float], str, float]:
     kind, port, units_per_thread, warm_until, deadline = args
     out: list = []
     threads = [threading.Thread(target=_client_thread, args=(kind, port, units, warm_until, deadline, out))
@@ -397,13 +425,16 @@ def _client_process(args: tuple) -> tuple[int, int, int, list[float], str]:
         t.start()
     for t in threads:
         t.join()
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # this forked client process's own CPU
     return (sum(o[0] for o in out), sum(o[1] for o in out), sum(o[2] for o in out),
-            [x for o in out for x in o[3]], next((o[4] for o in out if o[4]), ""))
+            [x for o in out for x in o[3]], next((o[4] for o in out if o[4]), ""),
+            usage.ru_utime + usage.ru_stime)
 
 
 def drive(kind: str, port: int, units: list, clients: int, processes: int, warmup: float,
           seconds: float) -> Phase:
-    """``clients`` closed-loop clients (``processes`` × threads) on ``units`` (each used once)."""
+    """``clients`` closed-loop Python clients (``processes`` × threads) on ``units`` (each used once),
+    each request built (a settlement signed) in the loop."""
     per_client = [units[i::clients] for i in range(clients)]
     groups = [per_client[p::processes] for p in range(processes)]
     start = time.monotonic() + 0.5
@@ -414,8 +445,43 @@ def drive(kind: str, port: int, units: list, clients: int, processes: int, warmu
     phase = Phase(ok=sum(p[0] for p in parts), errors=sum(p[1] for p in parts),
                   requests_total=sum(p[2] for p in parts), latencies_ms=[x for p in parts for x in p[3]],
                   seconds=max(0.001, measured_end - warm_until),
-                  error_sample=next((p[4] for p in parts if p[4]), ""))
+                  error_sample=next((p[4] for p in parts if p[4]), ""),
+                  client_cpu_seconds=sum(p[5] for p in parts))
     return phase
+
+
+def render_requests(kind: str, units: list, host: str) -> tuple[list[bytes], int]:
+    """Every request of ``kind`` on ``units`` as raw bytes (a settlement signed now, with its own
+    number and nonce), and the status that means ok."""
+    requests, expected = [], 0
+    for seq, unit in enumerate(units):
+        method, path, headers, body, expected = _request(kind, unit, seq)
+        requests.append(loadgen.render(method, path, headers, body, host))
+    return requests, expected
+
+
+def drive_wrk(kind: str, port: int, requests: list[bytes], expected: int, clients: int, warmup: float,
+              seconds: float, workdir: Path) -> Phase:
+    """``clients`` closed-loop wrk connections on pre-rendered ``requests``: a warm-up run, then the
+    measured run starting where each connection's warm-up stopped (no request is sent twice unless
+    ``kind`` is REPEATABLE, when each connection goes round its share)."""
+    prefix = workdir / kind
+    loadgen.write_slices(prefix, requests, clients)
+    url, cycle = f"http://127.0.0.1:{port}", kind in REPEATABLE
+    warm = loadgen.run_wrk(url, prefix, clients, round(warmup), expected, cycle)
+    run = loadgen.run_wrk(url, prefix, clients, round(seconds), expected, cycle, offsets=warm.positions)
+    sample = run.sample
+    if run.lost:
+        sample = f"{sample}; " if sample else ""
+        sample += "no response: " + ", ".join(f"{n} {k}" for k, n in run.socket_errors.items() if n)
+    if run.exhausted or warm.exhausted:
+        sample = (f"{run.exhausted + warm.exhausted} clients ran out of requests (the rate is understated: "
+                  f"raise --max-rate); " + sample)
+    for f in workdir.glob(f"{kind}.*"):
+        f.unlink()
+    return Phase(ok=run.ok, errors=run.errors + run.lost, seconds=run.seconds, latencies_ms=run.latencies_ms,
+                 requests_total=warm.sent + run.sent, error_sample=sample,
+                 client_cpu_seconds=warm.cpu_seconds + run.cpu_seconds)
 
 
 # --------------------------------------------------------------------------- main
@@ -426,7 +492,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--client-processes", type=int, default=4)
+    parser.add_argument("--client", choices=("wrk", "python"), default=None,
+                        help="the load generator (default: wrk when installed, else python)")
+    parser.add_argument("--client-processes", type=int, default=4, help="processes of the python client")
     parser.add_argument("--workers", type=int, default=4)
     # deploy/gunicorn.conf.py's setting on two cores (4 workers x 4 threads), for the service and the
     # reference alike; --worker-class sync --threads 1 gives the figures of the first two sessions.
@@ -441,9 +509,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", default=None, help="directory for py-spy flame graphs of the service phases")
     options = parser.parse_args(argv)
     only = [p for p in PATHS if p in options.only.split(",")]
+    if options.client is None:
+        options.client = "wrk" if loadgen.wrk_path() else "python"
+        if options.client == "python":
+            print("NOTICE: wrk is not installed (Debian: apt-get install wrk; make bench installs it as root), "
+                  "so the Python client drives the servers: its own CPU per request (the table's client "
+                  "column) is several times wrk's and comes out of the same cores, so the rates are lower "
+                  "than with wrk; see docs/PERFORMANCE.md", flush=True)
+    elif options.client == "wrk" and not loadgen.wrk_path():
+        raise SystemExit("--client wrk: wrk is not installed (apt-get install wrk)")
+    window = 300  # INSTITUTION_SIGNATURE_WINDOW_SECONDS's default: the settlements are signed before the phase
+    if options.client == "wrk" and "settlement" in only and options.warmup + options.seconds > window - 90:
+        raise SystemExit(f"--client wrk signs the settlements before their phase, and the service accepts a "
+                         f"signature for {window} s: keep --warmup + --seconds under {window - 90}, or use "
+                         f"--client python")
 
     server_url = bench_server()
-    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/6")
+    redis_url = bench_redis()
     scratch = ScratchDatabase(server_url)
     name, url = scratch.name, scratch.url
     import redis as redis_lib
@@ -462,13 +544,14 @@ def main(argv: list[str] | None = None) -> None:
     budget = int(options.max_rate * (options.seconds + options.warmup + 2))
     rows: list[tuple[str, Phase, Phase | None]] = []
     load_before = os.getloadavg()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-requests-"))
     try:
         primed = int(options.max_rate * options.prime) if "settlement" in only else 0
         data = seed(env, options.families, budget + primed if "settlement" in only else 10)
         data["codes"], prime_codes = data["codes"][primed:], data["codes"][:primed]
         print(f"seeded {options.families} families, {len(data['codes'])} vouchers; gunicorn {options.workers} "
-              f"{options.worker_class} workers x {options.threads} threads; {options.clients} clients; "
-              f"load average {load_before[0]:.2f}", flush=True)
+              f"{options.worker_class} workers x {options.threads} threads; {options.clients} clients "
+              f"({options.client}); load average {load_before[0]:.2f}", flush=True)
         units = {
             "settlement": data["codes"],
             "ref-settlement": [1 + i % options.families for i in range(budget)],
@@ -485,6 +568,14 @@ def main(argv: list[str] | None = None) -> None:
                                    for i in range(int(min(options.max_rate, 800) * (options.seconds + 5)))]
             port = free_port()
             analyze(server_url, name)
+            if options.client == "wrk":  # rendered (and signed) before the server starts
+                started = time.perf_counter()
+                repeatable = kind in REPEATABLE
+                requests, expected = render_requests(
+                    kind, units[kind][:max(options.clients, options.families)] if repeatable else units[kind],
+                    f"127.0.0.1:{port}")
+                print(f"  {kind:<15} {len(requests)} requests rendered in {time.perf_counter() - started:.1f} s"
+                      f"{' (sent round and round)' if repeatable else ' (each sent once)'}", flush=True)
             before = transaction_counts(server_url, name)
             process = serve(module, port, options, env)
             spy = None
@@ -494,8 +585,12 @@ def main(argv: list[str] | None = None) -> None:
                                          options.warmup + options.seconds)
                 cpu_before = server_cpu_seconds(process.pid)
                 database_before = database_cpu_seconds(server_url, name)
-                result = drive(kind, port, units[kind], options.clients, options.client_processes,
-                               options.warmup, options.seconds)
+                if options.client == "wrk":
+                    result = drive_wrk(kind, port, requests, expected, options.clients, options.warmup,
+                                       options.seconds, workdir)
+                else:
+                    result = drive(kind, port, units[kind], options.clients, options.client_processes,
+                                   options.warmup, options.seconds)
                 result.server_cpu_seconds = server_cpu_seconds(process.pid) - cpu_before
                 database_after = database_cpu_seconds(server_url, name)
                 result.database_cpu_seconds = sum(cpu - database_before.get(pid, 0.0)
@@ -512,7 +607,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"p50 {result.percentile(0.5):6.1f} ms  p99 {result.percentile(0.99):6.1f} ms  "
                   f"commits/req {result.commits_per_request:.2f}  rollbacks/req {result.rollbacks_per_request:.2f}  "
                   f"server CPU {result.cpu_ms_per_request:.1f} ms/req  "
-                  f"PostgreSQL CPU {result.database_cpu_ms_per_request:.1f} ms/req"
+                  f"PostgreSQL CPU {result.database_cpu_ms_per_request:.1f} ms/req  "
+                  f"client CPU {result.client_cpu_ms_per_request:.2f} ms/req  in flight {result.in_flight:.1f}"
                   + (f"  first error: {result.error_sample}" if result.error_sample else ""), flush=True)
             return result
 
@@ -529,9 +625,10 @@ def main(argv: list[str] | None = None) -> None:
         print(table(rows))
         print(f"\nload average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}; "
               f"{os.cpu_count()} CPUs; gunicorn {options.workers} {options.worker_class} workers x "
-              f"{options.threads} threads; {options.clients} closed-loop clients")
+              f"{options.threads} threads; {options.clients} closed-loop clients ({options.client})")
         print(check_ledger(env))
     finally:
+        shutil.rmtree(workdir, ignore_errors=True)
         sandbox.stop()
         scratch.drop()
         redis_lib.Redis.from_url(redis_url).flushdb()
@@ -545,8 +642,8 @@ LABELS = {"settlement": "POST /institution/settlements", "voucher": "POST /vouch
 def table(rows: list[tuple[str, Phase, Phase | None]]) -> str:
     lines = ["| path | service req/s | reference req/s | ratio | service p50 / p99 ms | reference p50 / p99 ms "
              "| commits / req (rollbacks) | reference commits / req | server CPU ms / req (reference) "
-             "| PostgreSQL CPU ms / req (reference) | errors |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| PostgreSQL CPU ms / req (reference) | client CPU ms / req (reference) | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for path, s, r in rows:
         ref = f"{r.throughput:.0f}" if r else "—"
         ratio = f"{s.throughput / r.throughput:.2f}×" if r and r.throughput else "—"
@@ -558,6 +655,7 @@ def table(rows: list[tuple[str, Phase, Phase | None]]) -> str:
                      f"{s.cpu_ms_per_request:.1f} ({f'{r.cpu_ms_per_request:.1f}' if r else '—'}) | "
                      f"{s.database_cpu_ms_per_request:.1f} "
                      f"({f'{r.database_cpu_ms_per_request:.1f}' if r else '—'}) | "
+                     f"{s.client_cpu_ms_per_request:.2f} ({f'{r.client_cpu_ms_per_request:.2f}' if r else '—'}) | "
                      f"{s.errors}{'/' + str(r.errors) if r else ''} |")
     return "\n".join(lines)
 

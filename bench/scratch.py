@@ -1,6 +1,7 @@
-"""Scratch PostgreSQL databases for the benchmarks: made on the server of ``BENCH_DATABASE_URL``
+"""Where the benchmarks run: scratch PostgreSQL databases made on the server of ``BENCH_DATABASE_URL``
 (default the local one), dropped when the benchmark ends, whatever happens (callers drop in
-``finally``)."""
+``finally``); and the Redis database ``BENCH_REDIS_URL`` (one default for every benchmark), which a
+benchmark empties before and after it runs."""
 
 from __future__ import annotations
 
@@ -13,11 +14,17 @@ from sqlalchemy.engine import make_url
 from app.config import normalize_database_url
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/6"
 
 
 def bench_server() -> str:
     """The PostgreSQL server the benchmarks make their databases on."""
     return normalize_database_url(os.environ.get("BENCH_DATABASE_URL", DEFAULT_SERVER))
+
+
+def bench_redis() -> str:
+    """The Redis database the benchmarks may empty (two benchmarks run at once need two)."""
+    return os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS)
 
 
 class ScratchDatabase:

@@ -1,7 +1,7 @@
 """Benchmark: the settlement hot path against a bare-transaction baseline, both under gunicorn.
 
     .venv/bin/python -m bench.settlement [--requests 2000] [--seconds 60] [--clients 6] [--workers 4]
-                                         [--redis redis://127.0.0.1:6379/4] [--log-level WARNING]
+                                         [--redis redis://127.0.0.1:6379/6] [--log-level WARNING]
 
 Creates a scratch PostgreSQL database on ``BENCH_DATABASE_URL`` (default the local server; dropped
 at the end), loads ``--families`` families (an owner with a large balance and a child bound to
