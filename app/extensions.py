@@ -17,8 +17,8 @@ from flask import Flask, current_app, g
 from limits import parse_many
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Base
@@ -138,9 +138,24 @@ class Database:
 
     @staticmethod
     def close_request_session(_exc: BaseException | None = None) -> None:
-        session = g.pop("db_session", None)
-        if session is not None:
-            session.close()
+        """Close the request's session at app-context teardown. When the database went away under
+        the request, closing rolls back on a dead connection and raises; that must not escape:
+        an exception out of teardown replaces the answer already made (a 503, or the view's own)
+        with a server error. The session's connections are invalidated instead — the pool opens
+        new ones — and the failure is logged. Anything but a database error is a bug and raised."""
+        close_at_teardown(g.pop("db_session", None))
+
+
+def close_at_teardown(closable: Session | Connection | None) -> None:
+    """Close a request's session or connection; on a database error (a dead connection) invalidate
+    it instead of raising — see ``Database.close_request_session``."""
+    if closable is None:
+        return
+    try:
+        closable.close()
+    except DBAPIError as exc:
+        log.warning("closing the request's database session failed: %s", type(exc).__name__)
+        closable.invalidate()
 
 
 db = Database()

@@ -275,12 +275,10 @@ def read_session() -> Session:
 
 
 def _close(_exc: BaseException | None = None) -> None:
-    session = g.pop("replica_session", None)
-    if session is not None:
-        session.close()
-    connection = g.pop("replica_connection", None)
-    if connection is not None:
-        connection.close()
+    from app.extensions import close_at_teardown
+
+    close_at_teardown(g.pop("replica_session", None))  # a replica gone mid-request must not raise here
+    close_at_teardown(g.pop("replica_connection", None))
 
 
 def init_app(app: Flask) -> None:
