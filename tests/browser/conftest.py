@@ -61,3 +61,13 @@ def page(browser: Any, live_server: str, app: Any) -> Iterator[Any]:
     opened = context.new_page()
     yield opened
     context.close()
+
+
+def sign_in_page(page: Any, username: str, password: str, one_time_code: str) -> None:
+    """Sign in on the console's page as a clerk does: username, password, the current TOTP code."""
+    page.goto("/console/login")
+    page.fill("#username", username)
+    page.fill("#password", password)
+    page.fill("#code", one_time_code)
+    page.click("#sign-in")
+    page.wait_for_url("**/console/")

@@ -24,6 +24,7 @@ from app.demo import DEMO_CONSOLE_PASSWORD, DEMO_PHONES, totp_now
 from app.policy import SHANGHAI
 from tests.binding_helpers import CHILD, OWNER, PARENT, PEOPLE, SPOUSE, bind, bind_at_window, created, upload
 from tests.binding_helpers import sign_in as user_sign_in
+from tests.browser.conftest import sign_in_page
 from tests.browser.test_console_browser import png_proof
 from tests.conftest import TEMPLATE_DEDUCTION, random_openid
 from tests.helpers import bearer, sign_in_wechat, signed_in_person
@@ -74,12 +75,7 @@ def _a_day_at_the_window(app, client, sandbox, demo) -> dict[str, Any]:
 
 def _sign_in(page, username: str) -> None:
     """The demo staff member signs in as README says: password and the current one-time code."""
-    page.goto("/console/login")
-    page.fill("#username", username)
-    page.fill("#password", DEMO_CONSOLE_PASSWORD)
-    page.fill("#code", totp_now(username))
-    page.click("#sign-in")
-    page.wait_for_url("**/console/")
+    sign_in_page(page, username, DEMO_CONSOLE_PASSWORD, totp_now(username))
 
 
 def test_screenshots_of_the_console_pages(page, app, client, sandbox, demo):

@@ -12,6 +12,7 @@ from app.extensions import app_session
 from models import Binding
 from tests.binding_helpers import CHILD, OWNER, PARENT, PEOPLE, SPOUSE, bind, created, upload
 from tests.binding_helpers import sign_in as user_sign_in
+from tests.browser.conftest import sign_in_page
 from tests.conftest import TEMPLATE_DEDUCTION
 from tests.money_helpers import balance, fresh, issue, make_binding, person_id, settle
 from tests.notify_helpers import NotifyWorld
@@ -28,13 +29,7 @@ def png_proof() -> bytes:
 
 
 def sign_in(page, app, username: str, role: str) -> None:
-    secret = make_staff(app, username, role)
-    page.goto("/console/login")
-    page.fill("#username", username)
-    page.fill("#password", PASSWORD)
-    page.fill("#code", code(secret))
-    page.click("#sign-in")
-    page.wait_for_url("**/console/")
+    sign_in_page(page, username, PASSWORD, code(make_staff(app, username, role)))
 
 
 def test_a_clerk_signs_in_with_a_totp_code_and_sees_the_overview(page, app):
