@@ -16,7 +16,7 @@ is the key (gettext's way), so:
 
 Locale negotiation (``Accept-Language``) goes through Flask-Babel; ``message_for`` and
 ``translate`` are plain functions that work outside a request too (the console, the CLI).
-How a new error gets its two texts: docs/i18n.md.
+How a new error gets its two texts: docs/api-contract.md, "How a new error gets its two texts".
 """
 
 from __future__ import annotations
