@@ -401,6 +401,13 @@ def _load_facts(session: Session, deps: MoneyDeps, institution: InstitutionIdent
     year = service_date.year
     bindings = session.connection().execute(_BINDINGS_SHARED if lock else _BINDINGS,
                                {"beneficiary_id": beneficiary_id, "service_time": service_time, "now": now}).all()
+    if voucher.binding_id is not None:
+        # R12 again, on the share-locked rows: the voucher statement read the binding's status
+        # without a lock, and an unbind or suspension may have committed since.
+        issued_under = next((b for b in bindings if b.id == voucher.binding_id), None)
+        status = issued_under.status if issued_under is not None else "unbound"
+        if status != "active":
+            raise errors.BindingNotActive(details={"binding_id": voucher.binding_id, "status": status})
     folded = _folded(session)
     if folded:
         filings, certifications = _facts_from_json(voucher.facts)

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 from app.extensions import app_session
 from app.policy import shanghai_date
@@ -479,3 +479,33 @@ def test_r7_the_neighbour_is_paid_from_her_own_account_only(app, client, sandbox
     body = created(settle(client, issue(client, token), [drug(100_000)]))
     assert (body["own_account_fen"], body["copay_fen"], body["cash_fen"]) == (80_000, 0, 20_000)
     assert {r["code"] for r in body["reasons"]} == {"INSUFFICIENT_BALANCE", "NO_ACTIVE_BINDING"}
+
+
+@pytest.mark.postgres(reason="an unbind committing between two statements of one settlement: a real database")
+def test_r12_a_family_code_is_refused_when_its_binding_ends_during_the_settlement(app, client, demo, family):
+    # The voucher statement reads the binding's status without a lock; the bindings are share-locked
+    # one statement later. An unbind that commits in between must still stop the 亲情码 (R12, R6):
+    # the status is checked again on the locked rows.
+    binding = make_binding(app, OWNER, SPOUSE, "spouse")
+    code = issue(client, family.owner_token, family.spouse)
+    engine = app.extensions["db.engine"]
+    unbound = []
+
+    def unbind_in_between(conn, cursor, statement, *args):
+        if not unbound and statement.lstrip().startswith("SELECT bindings.id") and "FOR SHARE" in statement:
+            unbound.append(True)
+            with engine.begin() as other:  # another connection: commits before the bindings are read
+                other.execute(update(Binding).where(Binding.id == binding)
+                              .values(status="unbound", ended_at=func.now()))
+
+    event.listen(engine, "before_cursor_execute", unbind_in_between)
+    try:
+        response = settle(client, code, [drug(10_000)])
+    finally:
+        event.remove(engine, "before_cursor_execute", unbind_in_between)
+    assert unbound, "the bindings statement was not seen"
+    assert error_code(response, 422) == "BINDING_NOT_ACTIVE", response.get_json()
+    assert response.get_json()["error"]["details"] == {"binding_id": binding, "status": "unbound"}
+    assert balance(app, SPOUSE) == 120_000
+    with app_session() as s, s.begin():
+        assert s.scalar(select(func.count()).select_from(Settlement)) == 0
