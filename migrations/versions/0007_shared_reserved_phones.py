@@ -3,9 +3,9 @@
 - persons.phone_bidx gets an index: linking by phone asks whether another person reserved the
   same number, one index probe. Built CONCURRENTLY on PostgreSQL (persons is the whole registry;
   a plain CREATE INDEX would hold its writes for the build) — see docs/OPERATIONS.md "Upgrade".
-- Users linked by the phone proof to a number another person reserved too lose the link, as 0003
-  did for links without a proof: person_id moves to unproven_person_id and they prove again (the
-  real-name check or the window). Before this revision such a number linked whoever held the phone
+- Users linked by the phone proof to a person whose reserved number another person reserved too
+  lose the link, as 0003 did for links without a proof: person_id moves to unproven_person_id and
+  they prove again (the real-name check or the window). Before this revision such a number linked whoever held the phone
   as any of the persons who reserved it (a child's phone reserved for the parents: the child
   linked as a parent and could spend the parent's account).
 
@@ -28,8 +28,11 @@ def upgrade():
     op.execute(
         "UPDATE users SET unproven_person_id = person_id, person_id = NULL, verified_at = NULL, "
         "identity_proof = NULL, identity_proven_at = NULL "
-        "WHERE identity_proof = 'phone' AND person_id IS NOT NULL AND phone_bidx IS NOT NULL AND EXISTS ("
-        "SELECT 1 FROM persons p WHERE p.phone_bidx = users.phone_bidx AND p.id <> users.person_id)"
+        # Judged by the linked person's reserved number — what the phone proof matched — not by the
+        # number the user has proven since (a user may have proven another phone after linking).
+        "WHERE identity_proof = 'phone' AND person_id IN ("
+        "SELECT me.id FROM persons me WHERE me.phone_bidx IS NOT NULL AND EXISTS ("
+        "SELECT 1 FROM persons other WHERE other.phone_bidx = me.phone_bidx AND other.id <> me.id))"
     )
     if op.get_bind().dialect.name == "postgresql":
         with op.get_context().autocommit_block():

@@ -85,8 +85,9 @@ def test_0003_unlinks_users_verified_without_a_recorded_proof(empty_database):
 
 
 def test_0007_unlinks_users_whose_phone_proof_was_a_number_another_person_reserved_too(empty_database):
-    """R21: a reserved number two persons share proves neither. Users the phone proof linked while
-    their proven number was (or is now) another person's reserved number too must prove again;
+    """R21: a reserved number two persons share proves neither. Users the phone proof linked to a
+    person whose reserved number another person reserved too must prove again — judged by the
+    person's reserved number (what the proof matched), not by the number the user has proven since;
     links by another proof, and phone links to a number only their person reserved, stay."""
     engine = create_engine(empty_database)
     _upgrade(engine, "0004")  # the head before 0007
@@ -99,7 +100,11 @@ def test_0007_unlinks_users_whose_phone_proof_was_a_number_another_person_reserv
                 {"id": person_id, "bidx": f"b{person_id}", "phone": phone})
         for user_id, person_id, proof, phone in ((1, 1, "phone", "shared"), (2, 3, "phone", "own"),
                                                  (3, 2, "platform_realname", "shared"), (4, 1, "window", None),
-                                                 (5, None, None, "shared")):
+                                                 (5, None, None, "shared"),
+                                                 # proved the shared number, has proven another one since
+                                                 (6, 2, "phone", "newer"),
+                                                 # proved their person's own number, has proven a shared one since
+                                                 (7, 3, "phone", "shared")):
             conn.execute(text(
                 "INSERT INTO users (id, channel, wechat_openid, person_id, verified_at, identity_proof,"
                 " identity_proven_at, phone_bidx, created_at) VALUES (:id, 'wechat', :openid, :person,"
@@ -112,5 +117,6 @@ def test_0007_unlinks_users_whose_phone_proof_was_a_number_another_person_reserv
             " FROM users ORDER BY id")).all()
     assert [tuple(r) for r in rows] == [(1, None, 1, None, True, True), (2, 3, None, "phone", False, False),
                                         (3, 2, None, "platform_realname", False, False),
-                                        (4, 1, None, "window", False, False), (5, None, None, None, False, False)]
+                                        (4, 1, None, "window", False, False), (5, None, None, None, False, False),
+                                        (6, None, 2, None, True, True), (7, 3, None, "phone", False, False)]
     engine.dispose()
