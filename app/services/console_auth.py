@@ -184,17 +184,17 @@ def username_hmac(pii: PiiCipher, username: str) -> str:
     return pii.blind_index(username, kind="console_username")
 
 
-def _keys(pii: PiiCipher, username: str, ip: str) -> tuple[str, str]:
+def _keys(typed_hmac: str, ip: str) -> tuple[str, str]:
     """The lock-out keys of an attempt: the typed username's keyed hash (never its text), the address."""
-    return f"user:{username_hmac(pii, username)}", f"ip:{ip[:64]}"
+    return f"user:{typed_hmac}", f"ip:{ip[:64]}"
 
 
-def _who_tried(pii: PiiCipher, username: str, staff: StaffUser | None) -> dict[str, Any]:
+def _who_tried(username: str, typed_hmac: str, staff: StaffUser | None) -> dict[str, Any]:
     """The audit details naming what was typed as the username: the account's name when it names
     one; else only that an unknown one was tried, its length and keyed hash — maybe a password (R17)."""
     if staff is not None:
         return {"username": staff.username}
-    return {"unknown_username": {"length": len(username.strip()), "hmac": username_hmac(pii, username)}}
+    return {"unknown_username": {"length": len(username.strip()), "hmac": typed_hmac}}
 
 
 # --- sign-in, sessions, sign-out -------------------------------------------------------------------
@@ -207,20 +207,22 @@ def sign_in(session: Session, pii: PiiCipher, *, username: str, password: str, c
     Every failure answers the same ``SignInFailed`` whichever factor was wrong; a locked account or
     address answers ``SignInLocked`` with ``retry_after`` and checks nothing.
     """
-    user_key, ip_key = _keys(pii, username, ip)
+    typed_hmac = username_hmac(pii, username)
+    user_key, ip_key = _keys(typed_hmac, ip)
     failure: errors.DomainError | None = None
     token = secrets.token_urlsafe(32)
     with session.begin():
         locks = _lock_rows(session, [user_key, ip_key], now)
         staff = session.scalar(select(StaffUser).where(StaffUser.username == username.strip())
                                .with_for_update())
+        who_tried = _who_tried(username, typed_hmac, staff)
         locked = [row for row in locks.values() if row.locked_until is not None and row.locked_until > now]
         if locked:
             wait = max(int((row.locked_until - now).total_seconds()) + 1 for row in locked)  # type: ignore[operator]
             audit.record(session, actor_kind="staff", actor_id=staff.id if staff else None,
                          action="console.sign_in_locked", at=now, ip=ip,
-                         details={**_who_tried(pii, username, staff),
-                                  "locked": sorted(row.key.split(":")[0] for row in locked), "retry_after": wait})
+                         details={**who_tried, "locked": sorted(row.key.split(":")[0] for row in locked),
+                                  "retry_after": wait})
             failure = errors.SignInLocked(details={"retry_after": wait})
         else:
             ok = _password_ok(staff.password_hash if staff else None, password)
@@ -251,11 +253,11 @@ def sign_in(session: Session, pii: PiiCipher, *, username: str, password: str, c
                                              "seconds": wait})
                 audit.record(session, actor_kind="staff", actor_id=staff.id if staff else None,
                              action="console.sign_in_failed", at=now, ip=ip,
-                             details={**_who_tried(pii, username, staff), "reason": reason})
+                             details={**who_tried, "reason": reason})
                 for lock in newly_locked:
                     audit.record(session, actor_kind="staff", actor_id=staff.id if staff else None,
                                  action="console.lockout", at=now, ip=ip,
-                                 details={**_who_tried(pii, username, staff), **lock})
+                                 details={**who_tried, **lock})
                 failure = errors.SignInFailed()
     if failure is not None:
         raise failure
