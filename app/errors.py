@@ -54,6 +54,15 @@ RateLimited = _error("RateLimited", "RATE_LIMITED", 429, "Too many requests; try
 UpstreamUnavailable = _error(
     "UpstreamUnavailable", "UPSTREAM_UNAVAILABLE", 503, "The platform is not reachable; try again later."
 )
+
+
+def limit_cannot_count() -> DomainError:
+    """The 503 of a limit whose shared storage (Redis) failed, where the limit fails closed — the
+    checks of ID numbers and card numbers (R19): one that stopped counting would let numbers be
+    tested at full speed."""
+    return UpstreamUnavailable("This check cannot be counted right now; try again shortly.",
+                               details={"unavailable": "rate_limiter", "retry_after": 5})
+
 LoginCodeInvalid = _error("LoginCodeInvalid", "LOGIN_CODE_INVALID", 401, "The login code is invalid or used.")
 
 # Rule violations (422)

@@ -215,10 +215,7 @@ class RateLimiter:
         now = time.monotonic()
         if group in FAIL_CLOSED_GROUPS:
             log.warning("rate-limit storage unavailable (%s): %s refused (fail closed)", type(exc).__name__, group)
-            raise errors.UpstreamUnavailable(
-                "This check cannot be counted right now; try again shortly.",
-                details={"unavailable": "rate_limiter", "retry_after": 5},
-            ) from None
+            raise errors.limit_cannot_count() from None
         if now - self._fallback_logged_at > FALLBACK_LOG_EVERY_SECONDS:
             self._fallback_logged_at = now
             log.warning("rate-limit storage unavailable (%s): counting %s in process memory (fail local)",

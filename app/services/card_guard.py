@@ -272,10 +272,7 @@ class CardLookupGuard:
         except Exception as exc:  # noqa: BLE001 — any storage failure: refuse (fail closed)
             log.warning("card look-up limit storage unavailable (%s): card look-up refused (fail closed)",
                         type(exc).__name__)
-            raise errors.UpstreamUnavailable(
-                "This check cannot be counted right now; try again shortly.",
-                details={"unavailable": "rate_limiter", "retry_after": 5},
-            ) from None
+            raise errors.limit_cannot_count() from None
 
     def reset(self) -> None:
         """Forget every count (tests; Redis is flushed by them instead)."""
