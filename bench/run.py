@@ -222,20 +222,7 @@ def check_ledger(env: dict[str, str]) -> str:
     return "verify-ledger: NOT CLEAN: " + "; ".join(report.differences[:10])
 
 
-def analyze(admin_url: str, database: str) -> None:
-    """Fresh planner statistics for ``database``, as autovacuum keeps them on a live server. Without
-    this a phase runs on statistics taken when its tables were empty (the seed's ANALYZE): its
-    foreign-key checks and cap look-ups then scan whole tables that grow as the phase writes — in
-    session 3 that was ≈ 0.9 ms of PostgreSQL CPU per settlement that production would not pay."""
-    from sqlalchemy.engine import make_url
-
-    engine = create_engine(make_url(admin_url).set(database=database), isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text("ANALYZE"))
-    engine.dispose()
-
-
-def prime(admin_url: str, database: str, options: argparse.Namespace, env: dict[str, str], codes: list) -> None:
+def prime(scratch: ScratchDatabase, options: argparse.Namespace, env: dict[str, str], codes: list) -> None:
     """Settlements through the service for ``--prime`` seconds (not measured), so that the measured
     phases start on tables that hold rows — the ledger, payments, notices — and statistics of them."""
     port = free_port()
@@ -245,7 +232,7 @@ def prime(admin_url: str, database: str, options: argparse.Namespace, env: dict[
     finally:
         stop(process)
     print(f"primed with {result.ok} settlements ({result.errors} errors)", flush=True)
-    analyze(admin_url, database)
+    scratch.analyze()
 
 
 def transaction_counts(admin_url: str, database: str) -> tuple[int, int]:
@@ -569,7 +556,7 @@ def main(argv: list[str] | None = None) -> None:
                 units["signin"] = [sandbox.issue_wechat_login_code(f"o-bench-signin-{i % 5000}")
                                    for i in range(budget)]
             port = free_port()
-            analyze(server_url, name)
+            scratch.analyze()
             if options.client == "wrk":  # rendered (and signed) before the server starts
                 started = time.perf_counter()
                 repeatable = kind in REPEATABLE
@@ -615,7 +602,7 @@ def main(argv: list[str] | None = None) -> None:
             return result
 
         if prime_codes:
-            prime(server_url, name, options, env, prime_codes)
+            prime(scratch, options, env, prime_codes)
         for path in only:
             service = phase(path, "wsgi:app")
             reference = phase(f"ref-{path}", "bench.baseline_app:app") if path != "signin" else None
