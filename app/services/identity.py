@@ -55,20 +55,23 @@ class Platforms:
     alipay_aes_key: bytes | None = None
 
 
+def accepted_proofs(policy: RegionPolicy, *, but: str | None = None) -> list[str]:
+    """The proofs this region accepts, in the API's order (without ``but``, one ruled out)."""
+    return [proof for proof in IDENTITY_PROOFS if proof in policy.identity_proof and proof != but]
+
+
 def not_proven(policy: RegionPolicy, reason: str) -> errors.DomainError:
     """``IDENTITY_NOT_PROVEN`` naming the proofs this region accepts."""
-    accepted = [proof for proof in IDENTITY_PROOFS if proof in policy.identity_proof]
-    return errors.IdentityNotProven(details={"reason": reason, "accepted_proofs": accepted})
+    return errors.IdentityNotProven(details={"reason": reason, "accepted_proofs": accepted_proofs(policy)})
 
 
 def shared_phone(policy: RegionPolicy) -> errors.DomainError:
     """``IDENTITY_NOT_PROVEN`` for a reserved number another person reserved too: the proofs that
     would still do are the region's others. Neither who else reserved it nor how many is said."""
-    accepted = [proof for proof in IDENTITY_PROOFS if proof in policy.identity_proof and proof != "phone"]
     return errors.IdentityNotProven(
         "This phone number is reserved for more than one insured person, so it proves none of them; "
         "use the WeChat or Alipay real-name check, or the service window.",
-        details={"reason": "reserved_phone_shared", "accepted_proofs": accepted})
+        details={"reason": "reserved_phone_shared", "accepted_proofs": accepted_proofs(policy, but="phone")})
 
 
 # Another person with the same reserved number: one probe of ix_persons_phone_bidx that stops at
