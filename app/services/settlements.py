@@ -315,12 +315,17 @@ def _check_can_settle(institution: InstitutionIdentity, voucher: Any, now: datet
     if voucher is None:
         raise errors.VoucherInvalid()
     check_usable(voucher.expires_at, voucher.used_at, now)
-    if voucher.binding_id is not None and voucher.binding_status != "active":
-        # R12 + R6: a 亲情码 was issued on the strength of an active binding; once that binding is
-        # unbound or suspended the code names someone the holder may no longer act for.
-        raise errors.BindingNotActive(details={"binding_id": voucher.binding_id, "status": voucher.binding_status})
+    if voucher.binding_id is not None:
+        _require_active(voucher.binding_id, voucher.binding_status)
     if voucher.status != "active":
         raise errors.BeneficiaryNotEligible(details={"reason": "inactive"})
+
+
+def _require_active(binding_id: int, status: str | None) -> None:
+    """R12 + R6: a 亲情码 was issued on the strength of an active binding; once that binding is
+    unbound or suspended the code names someone the holder may no longer act for."""
+    if status != "active":
+        raise errors.BindingNotActive(details={"binding_id": binding_id, "status": status})
 
 
 def _replay(session: Session, institution_id: int, request: SettlementRequest) -> Outcome | None:
@@ -405,9 +410,7 @@ def _load_facts(session: Session, deps: MoneyDeps, institution: InstitutionIdent
         # R12 again, on the share-locked rows: the voucher statement read the binding's status
         # without a lock, and an unbind or suspension may have committed since.
         issued_under = next((b for b in bindings if b.id == voucher.binding_id), None)
-        status = issued_under.status if issued_under is not None else "unbound"
-        if status != "active":
-            raise errors.BindingNotActive(details={"binding_id": voucher.binding_id, "status": status})
+        _require_active(voucher.binding_id, issued_under.status if issued_under is not None else "unbound")
     folded = _folded(session)
     if folded:
         filings, certifications = _facts_from_json(voucher.facts)
