@@ -74,7 +74,10 @@ def sign_in() -> Any:
         except errors.SignInFailed:
             error = messages.SIGN_IN_FAILED
         else:
-            session.clear()  # a new CSRF secret for the new session: nothing carries over from before
+            # A session this browser still held (the clerk before, on a shared PC) ends for good;
+            # a new CSRF secret for the new session: nothing carries over from before.
+            console_auth.sign_out(db_session(), session.get("sid"), now=now(), ip=client_ip())
+            session.clear()
             session["sid"] = token
             return redirect(url_for("console.home"), 303)
     elif request.method == "POST":
@@ -96,8 +99,9 @@ def account() -> Any:
     form, done, error = PasswordForm(), False, None
     if form.validate_on_submit():
         try:
-            console_auth.change_password(db_session(), user=user(), current_password=form.current_password.data,
-                                         new_password=form.new_password.data, now=now(), ip=client_ip())
+            session["sid"] = console_auth.change_password(
+                db_session(), user=user(), current_password=form.current_password.data,
+                new_password=form.new_password.data, now=now(), ip=client_ip())
             done = True
         except errors.SignInFailed:
             error = messages.WRONG_PASSWORD
@@ -116,10 +120,12 @@ def totp() -> Any:
         session["totp_pending"] = pii.encrypt(console_auth.new_totp_secret(), context=TOTP_PENDING)
     secret = pii.decrypt(session["totp_pending"], context=TOTP_PENDING)
     if form.validate_on_submit():
-        done, error = attempt(lambda: console_auth.enrol_totp(
+        token, error = attempt(lambda: console_auth.enrol_totp(
             db_session(), domain().pii, user=user(), password=form.password.data, secret=secret,
-            code=form.code.data.strip(), now=now(), ip=client_ip()) or True)
-        if done:
+            code=form.code.data.strip(), now=now(), ip=client_ip()))
+        if token is not None:
+            done = True
+            session["sid"] = token  # a new session id with the new second factor (console_auth._rotate_session)
             session.pop("totp_pending", None)
         else:
             error = "密码或动态验证码错误。"
@@ -225,11 +231,9 @@ def document(document_id: int) -> Any:
     """A proof document, shown inline in the binding page (staff may read every one; audit-logged)."""
     stored = documents.open_document(db_session(), current_app.config["DOCUMENT_DIR"], user().principal,
                                      document_id, now(), client_ip())
-    response = send_file(stored.path, mimetype=stored.content_type, download_name=stored.download_name,
-                         as_attachment=False, max_age=0)
-    # Framed by our own binding page (PDFs), by nobody else.
-    response.headers["X-Frame-Options"] = "SAMEORIGIN"
-    return response
+    # Framed by our own binding page (PDFs), by nobody else: console.web.DOCUMENT_CSP.
+    return send_file(stored.path, mimetype=stored.content_type, download_name=stored.download_name,
+                     as_attachment=False, max_age=0)
 
 
 # --- window binding and the certificate --------------------------------------------------------------

@@ -36,6 +36,10 @@ COOKIE = "copay_console"
 # script-src 'self' and no inline script anywhere; images may be our inline QR/chart data.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "object-src 'none'; frame-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+# A proof document (image or PDF, never HTML: documents.py sniffs the bytes, nosniff below) is shown
+# inside our own binding page: an <img>, or an <iframe> for a PDF, which frame-ancestors 'none' blocked.
+DOCUMENT_CSP = "frame-ancestors 'self'"
+FRAMED_ENDPOINTS = {"console.document"}
 
 
 def configure(app: Flask) -> None:
@@ -86,8 +90,9 @@ def install(bp: Blueprint) -> None:
 
     @bp.after_request
     def _headers(response: Any) -> Any:
-        response.headers["Content-Security-Policy"] = CSP
-        response.headers.setdefault("X-Frame-Options", "DENY")
+        framed = request.endpoint in FRAMED_ENDPOINTS
+        response.headers["Content-Security-Policy"] = DOCUMENT_CSP if framed else CSP
+        response.headers["X-Frame-Options"] = "SAMEORIGIN" if framed else "DENY"
         response.headers["Referrer-Policy"] = "same-origin"
         response.headers["X-Content-Type-Options"] = "nosniff"
         if request.endpoint != "console.static":

@@ -22,7 +22,7 @@ class ConsoleSession(IdMixin, CreatedMixin, Base):
     last_seen_at: Mapped[datetime]
     expires_at: Mapped[datetime]  # absolute end (8 h after sign-in)
     ended_at: Mapped[datetime | None]
-    end_reason: Mapped[str | None] = mapped_column(String(16))  # logout | idle | absolute | password
+    end_reason: Mapped[str | None] = mapped_column(String(16))  # logout | idle | absolute | password | totp | guessing
     ip: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (Index("ix_console_sessions_staff_id", "staff_id"),)

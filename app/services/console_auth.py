@@ -3,16 +3,17 @@ server-side sessions with an idle and an absolute timeout, lock-out with back-of
 
 Why server-side sessions: the cookie carries only a random id (its SHA-256 is stored), so logout,
 a password change or a timeout ends the session for good — a copied cookie replayed later is
-refused, which a signed-cookie session alone cannot promise.
+refused, which a signed-cookie session alone cannot promise. A credential change also gives the
+session that made it a new id (``_rotate_session``).
 
 Lock-out: failures are counted per account (``user:<username>``) and per client address
-(``ip:<address>``); from the 5th failure on, each further failure locks that key for
-``backoff_seconds(failures)`` (1 min, doubling, at most 1 h); while either key is locked no
-password is even checked. A success clears the account's count, never the address's (an attacker
-with one valid account must not be able to reset the address spraying passwords at others). Counts
-older than ``FAILURE_MEMORY`` start again from zero. Every sign-in, failure, lock-out, logout,
-timeout and password change is an audit event; the audit row of a failure is committed before the
-error is raised.
+(``ip:<address>``, an IPv6 client by its /64: ``address_key``); from the 5th failure on, each
+further failure locks that key for ``backoff_seconds(failures)`` (1 min, doubling, at most 1 h);
+while either key is locked no password is even checked. A success clears the account's count, never
+the address's (an attacker with one valid account must not be able to reset the address spraying
+passwords at others). Counts older than ``FAILURE_MEMORY`` start again from zero. Every sign-in,
+failure, lock-out, logout, timeout and password change is an audit event; the audit row of a failure
+is committed before the error is raised.
 
 What was typed as the username is kept only when it names a staff account. Anything else may be a
 password typed into the wrong field (a common slip), so neither the audit log nor the lock-out table
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -97,7 +99,9 @@ def _password_ok(stored: str | None, password: str) -> bool:
 
 def totp_step(secret: str, code: str, at: datetime) -> int | None:
     """The RFC 6238 time step ``code`` belongs to (this one or one either side, for clock drift), or None."""
-    if not isinstance(code, str) or not code.isdigit() or len(code) != 6:
+    # ASCII digits only: "１２３４５６" passes str.isdigit(), and hmac.compare_digest raises on non-ASCII
+    # text, which turned a right password with such a code into a crash instead of a counted failure.
+    if not isinstance(code, str) or not (code.isascii() and code.isdigit()) or len(code) != 6:
         return None
     totp = pyotp.TOTP(secret)
     for drift in (0, -1, 1):
@@ -184,9 +188,25 @@ def username_hmac(pii: PiiCipher, username: str) -> str:
     return pii.blind_index(username, kind="console_username")
 
 
+def address_key(ip: str) -> str:
+    """The client part of an address for the per-address lock-out: an IPv4 address as it is, an
+    IPv6 address as its /64 network (one host or home gets a whole /64 and could otherwise try from
+    2^64 addresses), an IPv4-mapped IPv6 address as the IPv4 address it maps."""
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip[:64]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 def _keys(typed_hmac: str, ip: str) -> tuple[str, str]:
-    """The lock-out keys of an attempt: the typed username's keyed hash (never its text), the address."""
-    return f"user:{typed_hmac}", f"ip:{ip[:64]}"
+    """The lock-out keys of an attempt: the typed username's keyed hash (never its text), the
+    address (its /64 for IPv6, ``address_key``)."""
+    return f"user:{typed_hmac}", f"ip:{address_key(ip)}"
 
 
 def _who_tried(username: str, typed_hmac: str, staff: StaffUser | None) -> dict[str, Any]:
@@ -334,9 +354,20 @@ def _signed_in_check_failed(session: Session, staff_id: int, action: str, now: d
         _end_sessions(session, staff_id, now, "guessing")  # end_reason is at most 16 characters
 
 
+def _rotate_session(session: Session, user: ConsoleUser) -> str:
+    """Give the signed-in session a new random id (same row, same absolute end) and return it.
+    After a credential change the id the browser held before is worth nothing: a copy of that
+    cookie (the usual reason to change a password) does not outlive the change."""
+    token = secrets.token_urlsafe(32)
+    session.execute(update(ConsoleSession).where(ConsoleSession.id == user.session_id)
+                    .values(token_hash=_token_hash(token)))
+    return token
+
+
 def change_password(session: Session, *, user: ConsoleUser, current_password: str, new_password: str,
-                    now: datetime, ip: str | None = None) -> None:
-    """The signed-in staff member changes their password; their other sessions end."""
+                    now: datetime, ip: str | None = None) -> str:
+    """The signed-in staff member changes their password; their other sessions end, and this one
+    gets a new id, returned for the cookie."""
     failed = False
     with session.begin():
         staff = session.scalar(select(StaffUser).where(StaffUser.id == user.id).with_for_update())
@@ -348,16 +379,19 @@ def change_password(session: Session, *, user: ConsoleUser, current_password: st
             check_password_rules(new_password, staff.username)
             staff.password_hash, staff.password_changed_at = hash_password(new_password), now
             _end_sessions(session, staff.id, now, "password", keep=user.session_id)
+            token = _rotate_session(session, user)
             audit.record(session, actor_kind="staff", actor_id=staff.id, action="console.password_change", at=now,
                          ip=ip, target_kind="staff", target_id=staff.id)
     if failed:
         raise errors.SignInFailed("The current password is wrong.")
+    return token
 
 
 def enrol_totp(session: Session, pii: PiiCipher, *, user: ConsoleUser, password: str, secret: str, code: str,
-               now: datetime, ip: str | None = None) -> None:
+               now: datetime, ip: str | None = None) -> str:
     """Replace the signed-in staff member's TOTP secret with ``secret`` once they prove they hold it
-    (a code from it) and know their password."""
+    (a code from it) and know their password. As a password change: their other sessions (opened
+    with the old secret) end, and this one gets a new id, returned for the cookie."""
     failed = False
     with session.begin():
         staff = session.scalar(select(StaffUser).where(StaffUser.id == user.id).with_for_update())
@@ -369,7 +403,10 @@ def enrol_totp(session: Session, pii: PiiCipher, *, user: ConsoleUser, password:
         else:
             staff.totp_secret_enc = pii.encrypt(secret, context=TOTP_CONTEXT)
             staff.totp_last_step = step
+            _end_sessions(session, staff.id, now, "totp", keep=user.session_id)
+            token = _rotate_session(session, user)
             audit.record(session, actor_kind="staff", actor_id=staff.id, action="console.totp_enrol", at=now,
                          ip=ip, target_kind="staff", target_id=staff.id)
     if failed:
         raise errors.SignInFailed("The password or the one-time code is wrong.")
+    return token
