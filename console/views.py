@@ -495,7 +495,7 @@ def audit_log() -> Any:
 
 
 def _int(value: str | None) -> int | None:
-    return int(value) if value and value.isdigit() and len(value) < 18 else None
+    return int(value) if value and value.isascii() and value.isdigit() and len(value) < 18 else None
 
 
 @bp.route("/<path:_anything>")
