@@ -238,13 +238,16 @@ class WeChatGateway:
             self._refresh_token()
             return once()
 
-    def get_phone_number(self, code: str) -> str:
+    def get_phone_number(self, code: str, openid: str | None = None) -> str:
         """The user's proven mobile number for a getPhoneNumber-button code (getuserphonenumber).
 
         https://developers.weixin.qq.com/miniprogram/dev/OpenApiDoc/user-info/phone-number/getPhoneNumber.html
-        Raises ``PlatformError``: 40029 (invalid or expired code), 40163 (used) and the like.
+        With ``openid`` (the signed-in caller's), WeChat answers only for a code that user got: a
+        code captured from someone else proves nothing to this caller (40003).
+        Raises ``PlatformError``: 40029 (invalid or expired code), 40163 (used), 40003 and the like.
         """
-        result = self._with_token_retry("wxa/business/getuserphonenumber", {"code": code})
+        payload = {"code": code} | ({"openid": openid} if openid else {})
+        result = self._with_token_retry("wxa/business/getuserphonenumber", payload)
         info = result.get("phone_info") if isinstance(result, dict) else None
         number = info.get("purePhoneNumber") if isinstance(info, dict) else None
         country = str(info.get("countryCode", "86")) if isinstance(info, dict) else ""
