@@ -22,7 +22,7 @@ from wechatpy.exceptions import WeChatClientException
 from wechatpy.session import SessionStorage
 
 from app.errors import Forbidden, LoginCodeInvalid, RateLimited, UpstreamUnavailable
-from app.platforms import TOKEN, PlatformError, is_loopback_url
+from app.platforms import TOKEN, PlatformError, is_loopback_url, platform_id
 
 logger = logging.getLogger(__name__)
 
@@ -170,10 +170,15 @@ class WeChatGateway:
         except requests.RequestException as exc:
             logger.warning("wechat code2Session unreachable: %s", _redact(exc))
             raise UpstreamUnavailable() from exc
-        if not isinstance(result, dict) or not result.get("openid") or not result.get("session_key"):
+        # Every field is checked, not only whether it is there: an openid that is an object, a
+        # number or longer than the column is garbage, not a user (users.wechat_openid is 64).
+        fields = result if isinstance(result, dict) else {}
+        openid, session_key = platform_id(fields.get("openid"), 64), platform_id(fields.get("session_key"), 128)
+        unionid = fields.get("unionid") or None
+        if openid is None or session_key is None or (unionid is not None and platform_id(unionid, 64) is None):
             logger.error("wechat code2Session returned an unexpected reply: %.200r", result)
             raise UpstreamUnavailable()
-        return WeChatSession(result["openid"], result.get("unionid") or None, result["session_key"])
+        return WeChatSession(openid, unionid, session_key)
 
     @staticmethod
     def _login_error(exc: WeChatClientException) -> Exception:
