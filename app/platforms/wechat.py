@@ -176,7 +176,9 @@ class WeChatGateway:
         openid, session_key = platform_id(fields.get("openid"), 64), platform_id(fields.get("session_key"), 128)
         unionid = fields.get("unionid") or None
         if openid is None or session_key is None or (unionid is not None and platform_id(unionid, 64) is None):
-            logger.error("wechat code2Session returned an unexpected reply: %.200r", result)
+            # The field names and types only: a reply may carry a session key (a secret) and ids.
+            shape = {k: type(v).__name__ for k, v in fields.items()} if fields else type(result).__name__
+            logger.error("wechat code2Session returned an unexpected reply: %.300s", shape)
             raise UpstreamUnavailable()
         return WeChatSession(openid, unionid, session_key)
 

@@ -217,3 +217,13 @@ def test_an_alipay_certification_whose_fields_are_garbage_links_nobody(app, clie
                            json={"name": "张伟", "id_number": OWNER, "proof": {"alipay_auth_code": code}})
     _unavailable(response)
     assert client.get("/api/v1/me", headers=bearer(token)).get_json()["user"]["verified"] is False
+
+
+def test_a_malformed_code2session_reply_is_logged_without_its_session_key(make_app, garbage_server, caplog):
+    """The log names what was wrong with the reply, never the secret session key it carried."""
+    garbage_server["kind"] = "unionid_an_object"
+    client = make_app(WECHAT_API_BASE_URL=garbage_server["url"] + "/").test_client()
+    with caplog.at_level("INFO"):
+        _unavailable(client.post("/api/v1/auth/wechat", json={"code": "061abcDEF"}))
+    assert "a2V5" not in caplog.text and "o-garbage2" not in caplog.text
+    assert "code2Session" in caplog.text
