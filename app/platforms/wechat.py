@@ -260,9 +260,11 @@ class WeChatGateway:
         country = str(info.get("countryCode", "86")) if isinstance(info, dict) else ""
         if not isinstance(number, str) or not number:
             raise PlatformError("wechat", "bad_response", "getuserphonenumber: no purePhoneNumber")
-        watermark = info.get("watermark") or {}
-        if isinstance(watermark, dict) and watermark.get("appid") not in (None, self.appid):
-            raise PlatformError("wechat", "bad_response", "getuserphonenumber: watermark of another app")
+        # WeChat watermarks every answer with the app it was given to: without this app's appid
+        # (missing, malformed or another app's) the number is not proven to this mini-program.
+        watermark = info.get("watermark")
+        if not isinstance(watermark, dict) or watermark.get("appid") != self.appid:
+            raise PlatformError("wechat", "bad_response", "getuserphonenumber: no watermark of this app")
         return number if country == "86" else f"+{country}{number}"
 
     def check_real_name(self, openid: str, name: str, id_number: str, code: str) -> tuple[str, str]:
