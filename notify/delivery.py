@@ -322,11 +322,13 @@ class SentResult:
 
 
 def record_sent_results(session: Session, user_id: int, results: Iterable[SentResult], now: datetime) -> None:
-    """Apply WeChat's final delivery results (inside the caller's transaction)."""
+    """Apply WeChat's final delivery results (inside the caller's transaction). Only the deliveries
+    of ``user_id`` (the event's FromUserName) are looked at: a MsgID of another user's message is unknown."""
     for result in results:
         delivered = result.error_code == "0"
         row = session.scalars(
-            select(Delivery).where(Delivery.channel == "wechat", Delivery.msgid == result.msgid)
+            select(Delivery).where(Delivery.channel == "wechat", Delivery.msgid == result.msgid,
+                                   Delivery.user_id == user_id)
             .with_for_update()
         ).first()
         if row is None:

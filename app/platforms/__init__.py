@@ -57,6 +57,15 @@ class PlatformError(Exception):
         return f"PlatformError({self.platform!r}, {self.code!r}, {self.message!r}, kind={self.kind!r})"
 
 
+def platform_id(value: object, max_length: int) -> str | None:
+    """A platform identifier (openid, unionid, Alipay user_id/open_id, session key) as the service
+    stores it: a non-empty string of at most ``max_length`` printable ASCII characters without
+    spaces, else None. A platform may answer garbage; what is not an id is never stored or compared."""
+    if not isinstance(value, str) or not 0 < len(value) <= max_length:
+        return None
+    return value if value.isascii() and value.isprintable() and " " not in value else None
+
+
 def is_loopback_url(url: str) -> bool:
     """Whether ``url`` points at this machine (e.g. the emulator), which no proxy should see."""
     host = urlsplit(url).hostname or ""

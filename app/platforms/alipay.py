@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from app.errors import LoginCodeInvalid, UpstreamUnavailable
-from app.platforms import PERMANENT, PlatformError, is_loopback_url
+from app.platforms import PERMANENT, PlatformError, is_loopback_url, platform_id
 
 logger = logging.getLogger(__name__)
 
@@ -277,11 +277,11 @@ class AlipayGateway:
             log = logger.warning if err.transient else logger.error
             log("alipay oauth.token failed: %s", err)
             raise UpstreamUnavailable() from err
-        user_id, open_id = reply.get("user_id") or None, reply.get("open_id") or None
-        if not (user_id or open_id):
+        ids = _ids(reply, "oauth.token")
+        if not (ids["user_id"] or ids["open_id"]):
             logger.error("alipay oauth.token reply has neither user_id nor open_id: %s", sorted(reply))
             raise UpstreamUnavailable()
-        return AlipayIdentity(user_id, open_id, reply.get("union_id") or None)
+        return AlipayIdentity(ids["user_id"], ids["open_id"], ids["union_id"])
 
     def certification(self, auth_code: str) -> AlipayCertification:
         """The real-name certification of the user behind an ``auth_user`` auth code.
@@ -301,12 +301,18 @@ class AlipayGateway:
                 raise LoginCodeInvalid() from err
             (logger.warning if err.transient else logger.error)("alipay certification failed: %s", err)
             raise UpstreamUnavailable() from err
-        user_id = info.get("user_id") or token.get("user_id") or None
-        open_id = info.get("open_id") or token.get("open_id") or None
+        token_ids, info_ids = _ids(token, "oauth.token"), _ids(info, "user.info.share")
+        certified, name = info.get("is_certified"), info.get("user_name") or None
+        cert_type, cert_no = info.get("cert_type"), info.get("cert_no") or None
+        # Garbage is not a "no": a field of the wrong type or size is a reply we cannot read (503).
+        if (certified not in (None, "T", "F") or not _text_or_none(name, 64) or not _text_or_none(cert_no, 32)
+                or not (cert_type in (None, "") or isinstance(cert_type, str | int) and len(str(cert_type)) <= 8)
+                or isinstance(cert_type, bool)):
+            logger.error("alipay user.info.share reply has malformed certification fields: %s", sorted(info))
+            raise UpstreamUnavailable()
         return AlipayCertification(
-            user_id=user_id, open_id=open_id, certified=info.get("is_certified") == "T",
-            name=info.get("user_name") or None, cert_type=str(info.get("cert_type") or "") or None,
-            cert_no=info.get("cert_no") or None)
+            user_id=info_ids["user_id"] or token_ids["user_id"], open_id=info_ids["open_id"] or token_ids["open_id"],
+            certified=certified == "T", name=name, cert_type=str(cert_type or "") or None, cert_no=cert_no)
 
     def send_template_message(
         self,
@@ -336,6 +342,31 @@ class AlipayGateway:
         if page:
             biz["page"] = page
         self._call("alipay.open.app.mini.templatemessage.send", biz)
+
+
+# The widest each id may be: the users table's columns (alipay_user_id 64, alipay_open_id 128).
+_ID_LENGTHS = {"user_id": 64, "open_id": 128, "union_id": 64}
+
+
+def _ids(reply: dict[str, Any], api: str) -> dict[str, str | None]:
+    """``user_id``, ``open_id`` and ``union_id`` of a reply, each None when absent; a present one
+    that is not an id (a number, an object, 10 000 characters) is ``UpstreamUnavailable``."""
+    ids: dict[str, str | None] = {}
+    for key, length in _ID_LENGTHS.items():
+        value = reply.get(key)
+        if value in (None, ""):
+            ids[key] = None
+            continue
+        ids[key] = platform_id(value, length)
+        if ids[key] is None:
+            logger.error("alipay %s reply has a malformed %s", api, key)
+            raise UpstreamUnavailable()
+    return ids
+
+
+def _text_or_none(value: Any, max_length: int) -> bool:
+    """Whether ``value`` is None or a string of at most ``max_length`` characters."""
+    return value is None or isinstance(value, str) and len(value) <= max_length
 
 
 def _describe(err: dict[str, Any]) -> str:

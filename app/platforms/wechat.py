@@ -22,7 +22,7 @@ from wechatpy.exceptions import WeChatClientException
 from wechatpy.session import SessionStorage
 
 from app.errors import Forbidden, LoginCodeInvalid, RateLimited, UpstreamUnavailable
-from app.platforms import TOKEN, PlatformError, is_loopback_url
+from app.platforms import TOKEN, PlatformError, is_loopback_url, platform_id
 
 logger = logging.getLogger(__name__)
 
@@ -170,10 +170,17 @@ class WeChatGateway:
         except requests.RequestException as exc:
             logger.warning("wechat code2Session unreachable: %s", _redact(exc))
             raise UpstreamUnavailable() from exc
-        if not isinstance(result, dict) or not result.get("openid") or not result.get("session_key"):
-            logger.error("wechat code2Session returned an unexpected reply: %.200r", result)
+        # Every field is checked, not only whether it is there: an openid that is an object, a
+        # number or longer than the column is garbage, not a user (users.wechat_openid is 64).
+        fields = result if isinstance(result, dict) else {}
+        openid, session_key = platform_id(fields.get("openid"), 64), platform_id(fields.get("session_key"), 128)
+        unionid = fields.get("unionid") or None
+        if openid is None or session_key is None or (unionid is not None and platform_id(unionid, 64) is None):
+            # The field names and types only: a reply may carry a session key (a secret) and ids.
+            shape = {k: type(v).__name__ for k, v in fields.items()} if fields else type(result).__name__
+            logger.error("wechat code2Session returned an unexpected reply: %.300s", shape)
             raise UpstreamUnavailable()
-        return WeChatSession(result["openid"], result.get("unionid") or None, result["session_key"])
+        return WeChatSession(openid, unionid, session_key)
 
     @staticmethod
     def _login_error(exc: WeChatClientException) -> Exception:
@@ -238,21 +245,26 @@ class WeChatGateway:
             self._refresh_token()
             return once()
 
-    def get_phone_number(self, code: str) -> str:
+    def get_phone_number(self, code: str, openid: str | None = None) -> str:
         """The user's proven mobile number for a getPhoneNumber-button code (getuserphonenumber).
 
         https://developers.weixin.qq.com/miniprogram/dev/OpenApiDoc/user-info/phone-number/getPhoneNumber.html
-        Raises ``PlatformError``: 40029 (invalid or expired code), 40163 (used) and the like.
+        With ``openid`` (the signed-in caller's), WeChat answers only for a code that user got: a
+        code captured from someone else proves nothing to this caller (40003).
+        Raises ``PlatformError``: 40029 (invalid or expired code), 40163 (used), 40003 and the like.
         """
-        result = self._with_token_retry("wxa/business/getuserphonenumber", {"code": code})
+        payload = {"code": code} | ({"openid": openid} if openid else {})
+        result = self._with_token_retry("wxa/business/getuserphonenumber", payload)
         info = result.get("phone_info") if isinstance(result, dict) else None
         number = info.get("purePhoneNumber") if isinstance(info, dict) else None
         country = str(info.get("countryCode", "86")) if isinstance(info, dict) else ""
         if not isinstance(number, str) or not number:
             raise PlatformError("wechat", "bad_response", "getuserphonenumber: no purePhoneNumber")
-        watermark = info.get("watermark") or {}
-        if isinstance(watermark, dict) and watermark.get("appid") not in (None, self.appid):
-            raise PlatformError("wechat", "bad_response", "getuserphonenumber: watermark of another app")
+        # WeChat watermarks every answer with the app it was given to: without this app's appid
+        # (missing, malformed or another app's) the number is not proven to this mini-program.
+        watermark = info.get("watermark")
+        if not isinstance(watermark, dict) or watermark.get("appid") != self.appid:
+            raise PlatformError("wechat", "bad_response", "getuserphonenumber: no watermark of this app")
         return number if country == "86" else f"+{country}{number}"
 
     def check_real_name(self, openid: str, name: str, id_number: str, code: str) -> tuple[str, str]:

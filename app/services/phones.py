@@ -61,7 +61,7 @@ def prove_phone(session: Session, pii: PiiCipher, platforms: Platforms, user_id:
     """Record the number the platform proves for this user (``{wechat_code}`` or ``{alipay_response}``)."""
     with session.begin():
         user = session.get_one(User, user_id)
-        channel = user.channel
+        channel, openid = user.channel, user.wechat_openid
     given = [k for k in ("wechat_code", "alipay_response") if body.get(k)]
     if len(given) != 1:
         raise errors.ValidationFailed("Give exactly one of wechat_code and alipay_response.",
@@ -71,7 +71,8 @@ def prove_phone(session: Session, pii: PiiCipher, platforms: Platforms, user_id:
             raise errors.PhoneNotVerified(details={"reason": "wechat_code_needs_a_wechat_sign_in"})
         code = str(body["wechat_code"])
         try:
-            raw = platforms.wechat.get_phone_number(code)
+            # The caller's openid goes with the code: WeChat then refuses a code another user got.
+            raw = platforms.wechat.get_phone_number(code, openid)
         except PlatformError as err:
             if err.transient or err.kind == "token":
                 raise errors.UpstreamUnavailable() from err

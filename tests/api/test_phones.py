@@ -220,3 +220,16 @@ def test_load_registry_validates_phones_by_row_and_keeps_a_number_a_later_file_o
         stored = session.scalar(select(Person.phone_enc).where(
             Person.id_number_bidx == pii.blind_index(CHILD, kind="id_number")))
     assert pii.decrypt(stored, context="person.phone") == "13900004444"
+
+
+def test_a_wechat_phone_code_of_another_account_proves_nothing(client, sandbox, demo):
+    """The code names the WeChat user who pressed the button: sent with the caller's openid,
+    WeChat refuses another user's code (40003), so a captured code cannot prove its number to a
+    different sign-in."""
+    victim = random_openid()
+    sandbox.set_wechat_phone(victim, DEMO_PHONES[OWNER])
+    stolen = sandbox.issue_wechat_phone_code(victim)
+    _openid, attacker = owner_without_phone(client, sandbox)
+    response = client.post("/api/v1/me/phone", json={"wechat_code": stolen}, headers=bearer(attacker))
+    assert response.status_code == 422 and error_code(response) == "PHONE_NOT_VERIFIED"
+    assert client.get("/api/v1/me", headers=bearer(attacker)).get_json()["user"]["phone"] is None

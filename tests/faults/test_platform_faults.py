@@ -29,6 +29,14 @@ GARBAGE = {
     "empty": (200, "application/json", b""),
     "binary": (200, "application/octet-stream", bytes(range(256))),
     "huge_number": (200, "application/json", b'{"openid": 1e999999, "session_key": null}'),
+    # Well-formed JSON whose fields have the wrong type or size: every field is checked, not only
+    # whether it is there (an openid that is an object, a number or 10 000 characters long).
+    "openid_an_object": (200, "application/json", b'{"openid": {"o": 1}, "session_key": "a2V5"}'),
+    "openid_a_number": (200, "application/json", b'{"openid": 12345, "session_key": "a2V5"}'),
+    "openid_too_long": (200, "application/json", b'{"openid": "' + b"o" * 10000 + b'", "session_key": "a2V5"}'),
+    "session_key_a_list": (200, "application/json", b'{"openid": "o-garbage", "session_key": ["k"]}'),
+    "unionid_an_object": (200, "application/json",
+                          b'{"openid": "o-garbage2", "session_key": "a2V5", "unionid": {"u": 1}}'),
 }
 
 
@@ -169,3 +177,53 @@ def test_garbage_from_the_push_api_is_retried_not_a_crash(make_app, sandbox, gar
         row = world.delivery(delivery_id)
     assert outcome.state == "pending" and row.state == "pending", (row.state, row.last_error_code)
     assert json.dumps(row.last_error_code)
+
+
+def _alipay_answers(app, monkeypatch, method: str, **fields):
+    """The app's Alipay gateway gets ``method``'s verified reply with ``fields`` replaced: a signed
+    reply whose fields are garbage (the emulator itself always answers well-formed ones)."""
+    gateway = app.extensions["domain"].alipay
+    original = gateway._call
+
+    def call(name, biz_content=None, **params):
+        reply = original(name, biz_content, **params)
+        return {**reply, **fields} if name == method else reply
+
+    monkeypatch.setattr(gateway, "_call", call)
+
+
+@pytest.mark.parametrize("fields", [{"user_id": 2088000000000001}, {"user_id": "2088" + "0" * 500},
+                                    {"user_id": None, "open_id": {"o": 1}}, {"user_id": ["2088000000000001"]},
+                                    {"union_id": {"u": 1}}])
+def test_an_alipay_sign_in_whose_ids_are_garbage_is_503(app, client, sandbox, monkeypatch, fields):
+    _alipay_answers(app, monkeypatch, "alipay.system.oauth.token", **fields)
+    _unavailable(_alipay_sign_in(client, sandbox))
+
+
+@pytest.mark.parametrize("fields", [{"cert_no": 53262119800101123}, {"user_name": ["张伟"]},
+                                    {"cert_no": {"n": "53262119800101123X"}}, {"user_name": 7},
+                                    {"user_id": {"u": 1}}, {"is_certified": ["T"]}])
+def test_an_alipay_certification_whose_fields_are_garbage_links_nobody(app, client, sandbox, demo, monkeypatch,
+                                                                      fields):
+    from app.demo import OWNER
+    from tests.helpers import bearer, sign_in_alipay
+
+    user_id = "2088000000009101"
+    token = sign_in_alipay(client, sandbox, user_id)["access_token"]
+    sandbox.set_alipay_identity(user_id, "张伟", OWNER)
+    _alipay_answers(app, monkeypatch, "alipay.user.info.share", **fields)
+    code = sandbox.issue_alipay_auth_code(user_id=user_id)
+    response = client.post("/api/v1/me/identity", headers=bearer(token),
+                           json={"name": "张伟", "id_number": OWNER, "proof": {"alipay_auth_code": code}})
+    _unavailable(response)
+    assert client.get("/api/v1/me", headers=bearer(token)).get_json()["user"]["verified"] is False
+
+
+def test_a_malformed_code2session_reply_is_logged_without_its_session_key(make_app, garbage_server, caplog):
+    """The log names what was wrong with the reply, never the secret session key it carried."""
+    garbage_server["kind"] = "unionid_an_object"
+    client = make_app(WECHAT_API_BASE_URL=garbage_server["url"] + "/").test_client()
+    with caplog.at_level("INFO"):
+        _unavailable(client.post("/api/v1/auth/wechat", json={"code": "061abcDEF"}))
+    assert "a2V5" not in caplog.text and "o-garbage2" not in caplog.text
+    assert "code2Session" in caplog.text

@@ -464,6 +464,22 @@ def test_a_sent_event_reporting_a_failure_marks_the_delivery_failed(world, notif
     assert (delivery.state, delivery.last_error_code) == ("failed", "sent_event_10005")
 
 
+def test_a_sent_event_changes_only_the_deliveries_of_the_user_it_names(world, notifier, sandbox, client):
+    """A sent event names its user (FromUserName); a MsgID of another user's message in it is not
+    that user's delivery and is ignored, not marked failed or confirmed."""
+    owner, child = family(world)
+    stranger = world.person("李娜")
+    world.subscribe(owner, "wechat", TEMPLATE_DEDUCTION)
+    (delivery_id,) = world.settle(child, [(owner, "copay", 100)]).delivery_ids
+    notifier.drain()
+    msgid = world.delivery(delivery_id).msgid
+
+    push_sent_event(client, stranger.openid, TEMPLATE_DEDUCTION, msgid, error_code="10005")
+
+    delivery = world.delivery(delivery_id)
+    assert (delivery.state, delivery.last_error_code, delivery.confirmed_at) == ("sent", None, None)
+
+
 def _wait_for_messages(sandbox, to, count):
     deadline = datetime.now(UTC) + timedelta(seconds=5)
     while len(found := sandbox.sent_messages(to=to)) < count and datetime.now(UTC) < deadline:

@@ -190,3 +190,21 @@ def test_the_emulator_control_api_sets_identities_and_phones(sandbox, apps):
                          timeout=2).status_code == 200
     text = requests.post(base + "/alipay/phone-response", json={"user": user}, timeout=2).json()["response"]
     assert json.loads(text)["sign"]
+
+
+@pytest.mark.parametrize("phone_info", [
+    {"purePhoneNumber": "13800001234", "countryCode": "86"},  # no watermark: not known to be ours
+    {"purePhoneNumber": "13800001234", "countryCode": "86", "watermark": "wx-sandbox"},
+    {"purePhoneNumber": "13800001234", "countryCode": "86", "watermark": {"timestamp": 1}},
+    {"purePhoneNumber": "13800001234", "countryCode": "86", "watermark": {"appid": "wx-another-app"}},
+    {"purePhoneNumber": ["13800001234"], "countryCode": "86", "watermark": {"appid": "APP"}},
+])
+def test_a_phone_answer_without_this_apps_watermark_or_a_number_is_refused(wechat, monkeypatch, phone_info):
+    """A number is taken only from a reply watermarked with this app's appid (WeChat always sends
+    one): a reply without it, or with another app's, is not a proof for this mini-program."""
+    if isinstance(phone_info.get("watermark"), dict) and phone_info["watermark"].get("appid") == "APP":
+        phone_info = {**phone_info, "watermark": {"appid": wechat.appid}}
+    monkeypatch.setattr(wechat, "_with_token_retry", lambda path, payload: {"errcode": 0, "phone_info": phone_info})
+    with pytest.raises(PlatformError) as err:
+        wechat.get_phone_number("code")
+    assert err.value.code == "bad_response"
