@@ -328,6 +328,19 @@ def _require_active(binding_id: int, status: str | None) -> None:
         raise errors.BindingNotActive(details={"binding_id": binding_id, "status": status})
 
 
+def _status_for_code(binding: Any) -> str:
+    """The status a 亲情码 sees of the binding it was issued under (a row of ``_BINDINGS``; None:
+    unbound): R11 makes it ``suspended`` when the pair or the owner's co-pay use is suspended now,
+    whatever the row says — an owner-scope suspension leaves the owner's binding rows ``active``, and
+    the code is the owner's co-pay use (under it the beneficiary's own account and the other owners'
+    accounts would pay)."""
+    if binding is None:
+        return "unbound"
+    if binding.status == "active" and (binding.binding_suspended_now or binding.owner_suspended_now):
+        return "suspended"
+    return binding.status
+
+
 def _replay(session: Session, institution_id: int, request: SettlementRequest) -> Outcome | None:
     row = session.connection().execute(_REPLAY, {"institution_id": institution_id,
                                     "out_settlement_no": request.out_settlement_no}).first()
@@ -410,7 +423,7 @@ def _load_facts(session: Session, deps: MoneyDeps, institution: InstitutionIdent
         # R12 again, on the share-locked rows: the voucher statement read the binding's status
         # without a lock, and an unbind or suspension may have committed since.
         issued_under = next((b for b in bindings if b.id == voucher.binding_id), None)
-        _require_active(voucher.binding_id, issued_under.status if issued_under is not None else "unbound")
+        _require_active(voucher.binding_id, _status_for_code(issued_under))
     folded = _folded(session)
     if folded:
         filings, certifications = _facts_from_json(voucher.facts)

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import segno
-from sqlalchemy import Select, bindparam, insert, select
+from sqlalchemy import Select, and_, bindparam, exists, insert, or_, select
 from sqlalchemy.orm import Session
 
 from app import errors
@@ -30,7 +30,7 @@ from app.security.pii import PiiCipher, decode_config_key
 from app.services import audit
 from app.services.identity import masked_person
 from app.timefmt import iso
-from models import Binding, Person, Voucher
+from models import Binding, Person, Suspension, Voucher
 
 CODE_LENGTH = 28
 _RANDOM_DIGITS = 19  # 424 + 19 random + 2 province + 0000 = 28; 10**19 codes, about 63 bits
@@ -87,8 +87,11 @@ def issue_voucher(
 
     A person the holder has no binding with at all is ``NOT_FOUND`` (R16: the answer is the same
     whether that person exists or not); a binding that exists but is not active (pending,
-    suspended, unbound) is ``BINDING_NOT_ACTIVE``. A suspended *beneficiary* still gets a voucher:
-    their own account and cash still work (R11, R12).
+    suspended, unbound) is ``BINDING_NOT_ACTIVE``. Suspended here is what R11 suspends for the
+    holder: the binding, the pair (a suspension of any binding between the two, which rebinding does
+    not lift) or the holder's co-pay use as an owner — the 亲情码 *is* that use, and under it the
+    beneficiary's own account and the other owners' accounts would pay. A suspended *beneficiary*
+    still gets a voucher: their own account and cash still work (R11, R12).
 
     Two statements (issue 13): the person named and the holder's binding with them in one read,
     then the voucher and its audit row in one write (a data-modifying CTE; two inserts on SQLite).
@@ -104,8 +107,9 @@ def issue_voucher(
             # A binding's beneficiary is a person (foreign key): no row here means no binding either.
             if facts is None or facts.binding_id is None:
                 raise errors.NotFound("You have no binding with this person.")
-            if facts.binding_status != "active":
-                raise errors.BindingNotActive(details={"binding_id": facts.binding_id, "status": facts.binding_status})
+            status = "suspended" if facts.binding_status == "active" and facts.copay_suspended else facts.binding_status
+            if status != "active":
+                raise errors.BindingNotActive(details={"binding_id": facts.binding_id, "status": status})
             binding_id = facts.binding_id
         if facts is None:
             raise errors.NotFound()
@@ -129,18 +133,30 @@ def issue_voucher(
 
 
 _vouchers, _persons, _bindings = Voucher.__table__, Person.__table__, Binding.__table__
+_suspensions = Suspension.__table__
 
 
 def _facts() -> Select[Any]:
     """The person a voucher would name and the holder's binding with them (an active one first,
-    else the latest, as before), or no row when there is no such person."""
+    else the latest, as before), or no row when there is no such person; ``copay_suspended`` when an
+    unlifted R11 suspension stops the holder's co-pay use for that person (owner or pair scope)."""
     pair = _bindings.alias("pair")
+    suspended_binding = _bindings.alias("suspended_binding")
+    unlifted = _suspensions.c.lifted_at.is_(None)
+    copay_suspended = or_(
+        exists().where(_suspensions.c.scope == "owner", _suspensions.c.person_id == bindparam("holder_id"), unlifted),
+        exists().where(and_(_suspensions.c.scope == "binding", unlifted,
+                            suspended_binding.c.id == _suspensions.c.binding_id,
+                            suspended_binding.c.owner_person_id == bindparam("holder_id"),
+                            suspended_binding.c.beneficiary_person_id == _persons.c.id)),
+    )
     binding = (select(pair.c.id)
                .where(pair.c.owner_person_id == bindparam("holder_id"), pair.c.beneficiary_person_id == _persons.c.id)
                .order_by((pair.c.status == "active").desc(), pair.c.id.desc())
                .limit(1).correlate(_persons).scalar_subquery())
     return (select(_persons.c.status, _persons.c.region_code, _persons.c.name_enc, _persons.c.id_number_enc,
-                   _bindings.c.id.label("binding_id"), _bindings.c.status.label("binding_status"))
+                   _bindings.c.id.label("binding_id"), _bindings.c.status.label("binding_status"),
+                   copay_suspended.label("copay_suspended"))
             .select_from(_persons.outerjoin(_bindings, _bindings.c.id == binding))
             .where(_persons.c.id == bindparam("target_id")))
 

@@ -163,12 +163,15 @@ def test_r6_an_expense_before_the_binding_became_active_is_never_paid_retroactiv
 
 
 def test_r11_an_owner_suspended_after_the_service_pays_nothing_more(app, client, family):
-    code = issue(client, family.owner_token, family.child)
     with app_session() as s, s.begin():
         staff_id = s.scalar(select(func.min(StaffUser.id)))
         s.add(Suspension(scope="owner", person_id=family.owner, reason="cash-out", starts_at=datetime.now(UTC),
                          created_by_staff_id=staff_id, created_at=datetime.now(UTC)))
-    body = created(settle(client, code, [drug(10_000)], service_time=iso(datetime.now(UTC) - timedelta(hours=2))))
+    # The child's social-security card (the suspended owner's own 亲情码 is refused outright:
+    # tests/api/test_money_holes_2.py).
+    body = created(signed(client, HOSPITAL, None, "POST", "/api/v1/institution/settlements", {
+        "out_settlement_no": "OUT-R11-OWNER", "card": {"social_card_no": "M53262100000003", "id_number": CHILD},
+        "items": [drug(10_000)], "service_time": iso(datetime.now(UTC) - timedelta(hours=2))}))
 
     # R11: the suspended owner pays nothing; the other parent does.
     assert [(p["payer"]["person_id"], p["amount_fen"]) for p in body["payments"]] == [(family.spouse, 10_000)]
