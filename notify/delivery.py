@@ -145,14 +145,74 @@ class Deliverer:
         ids = list(dict.fromkeys(delivery_ids))
         outcomes: dict[int, Outcome] = {}
         for start in range(0, len(ids), CLAIM_CHUNK):
-            claims, chunk_outcomes = self._claim_many(ids[start:start + CLAIM_CHUNK])
+            claims, chunk_outcomes = self._claim_isolated(ids[start:start + CLAIM_CHUNK])
             outcomes.update(chunk_outcomes)
             for claim in claims:
-                outcomes[claim.delivery_id] = self._send_and_mark(claim)
+                outcomes[claim.delivery_id] = self._send_and_mark_guarded(claim)
         return [outcomes[i] for i in ids]
 
     def deliver_many(self, delivery_ids: Iterable[int]) -> list[Outcome]:
         return self.deliver_batch(delivery_ids)
+
+    def _claim_isolated(self, ids: list[int]) -> tuple[list[_Claim], dict[int, Outcome]]:
+        """Claim a chunk; if that raises (a row the claim cannot handle, the database going away),
+        claim its rows one by one, so that one bad row costs only itself, never its neighbours."""
+        try:
+            return self._claim_many(ids)
+        except Exception:  # noqa: BLE001 — isolate the row that caused it
+            if len(ids) == 1:
+                return [], {ids[0]: self._claim_failed(ids[0])}
+            log.warning("deliveries %s: claiming them together failed; claiming one by one", ids)
+        claims: list[_Claim] = []
+        outcomes: dict[int, Outcome] = {}
+        for delivery_id in ids:
+            try:
+                one_claim, one_outcome = self._claim_many([delivery_id])
+            except Exception:  # noqa: BLE001
+                outcomes[delivery_id] = self._claim_failed(delivery_id)
+                continue
+            claims.extend(one_claim)
+            outcomes.update(one_outcome)
+        return claims, outcomes
+
+    def _claim_failed(self, delivery_id: int) -> Outcome:
+        """A row whose claim raised: count it as a failed attempt and retry it later like a transient
+        failure (so it is not queued again by every sweep), giving up at the end of its window. If even
+        that cannot be written (the database is away) the row stays as it was for the sweeper."""
+        log.exception("delivery %s: claiming it failed", delivery_id)
+        now = self.clock()
+        try:
+            with self.sessions() as session, session.begin():
+                row = session.execute(
+                    select(Delivery.attempts, Delivery.give_up_at, Delivery.created_at)
+                    .where(Delivery.id == delivery_id, Delivery.state == "pending").with_for_update()
+                ).first()
+                if row is None:
+                    return Outcome(delivery_id, "skipped")
+                attempts = row.attempts + 1
+                give_up_at = row.give_up_at or (row.created_at + RETRY_WINDOW)
+                decision = after_transient_failure(attempts, now, give_up_at, self.retry_base_seconds, self.rng)
+                state = "pending" if decision.retry else "failed"
+                session.execute(
+                    update(_D).where(_D.c.id == delivery_id, _D.c.state == "pending")
+                    .values(state=state, attempts=attempts, next_attempt_at=decision.at or now, updated_at=now,
+                            claimed_until=None, last_error_code="claim_error",
+                            last_error=("" if decision.retry else f"gave up after {attempts} attempts: ")
+                            + "the delivery could not be prepared for sending (see the worker log)")
+                )
+        except Exception:  # noqa: BLE001 — nothing written; the sweeper finds the row again
+            log.warning("delivery %s: could not record the failed claim", delivery_id)
+            return Outcome(delivery_id, "skipped", "claim_error")
+        return Outcome(delivery_id, state, "claim_error")
+
+    def _send_and_mark_guarded(self, claim: _Claim) -> Outcome:
+        """Send and mark one claimed row; an error recording its outcome costs this row only (it stays
+        ``sending`` and its lease runs out as outcome unknown), never the rows claimed with it."""
+        try:
+            return self._send_and_mark(claim)
+        except Exception:  # noqa: BLE001
+            log.exception("delivery %s: recording the outcome failed; left to its lease", claim.delivery_id)
+            return Outcome(claim.delivery_id, "failed", OUTCOME_UNKNOWN)
 
     def _send_and_mark(self, claim: _Claim) -> Outcome:
         try:
@@ -219,8 +279,8 @@ class Deliverer:
         try:
             message = channel.render(NoticeView(row.notice_id, row.kind, row.settlement_no, row.content),
                                      template_id)
-        except (KeyError, ValueError, TypeError) as exc:
-            values.update(b_state="failed", b_code="render_error", b_error=repr(exc)[:200])
+        except Exception as exc:  # noqa: BLE001 — rendering is pure: any error is this notice's, for good
+            values.update(b_state="failed", b_code="render_error", b_error=f"{type(exc).__name__} while rendering")
             return None, values
         used = consent.take_consent(session, row.user_id, template_id)
         if used is None:
