@@ -9,6 +9,10 @@ the same transactions as the ledger, under row locks; this check proves they sti
   co-pay parts, its settlement journal moved exactly that, and its refunds add up to ``refunded_fen``;
 - every payment's ``refunded_fen`` equals its refund parts, every refund equals its cash part plus
   its parts;
+- account by account, a settlement's journal took from each personal account exactly what its
+  payments from that account say, and a refund's journal gave back to each exactly its refund parts
+  of that account's payments (a journal that moved the right total on the wrong account, or a refund
+  that credited more than its parts, is caught even though every balance equals its ledger);
 - every ``cap_usage`` row equals the co-pay payments less co-pay refunds of that beneficiary in
   that Asia/Shanghai service year, and every ``binding_usage`` row likewise for its binding.
 
@@ -20,7 +24,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from app.policy import year_of
@@ -61,6 +65,7 @@ def verify_ledger(session: Session) -> LedgerReport:
         _journals(session, report)
         _settlements(session, report)
         _payments_and_refunds(session, report)
+        _movements_per_account(session, report)
         _usage(session, report)
     return report
 
@@ -178,3 +183,40 @@ def _usage(session: Session, report: LedgerReport) -> None:
         if expected != stored:
             report.differences.append(f"binding_usage binding {binding_id} year {year}: paid_fen {stored} != "
                                       f"co-pay paid less refunded {expected}")
+
+
+def _movements_per_account(session: Session, report: LedgerReport) -> None:
+    """Per (settlement, account) and (refund, account): what the journal moved on personal accounts
+    against what the payments and refund parts record; only the rows that differ come back."""
+    personal = and_(Account.id == LedgerEntry.account_id, Account.kind == "personal")
+    for kind, owner_col, recorded in (
+        ("settlement", Journal.settlement_id,
+         select(Payment.settlement_id.label("owner_id"), Payment.account_id.label("account_id"),
+                (-Payment.amount_fen).label("recorded"), literal(0).label("moved"))),
+        ("refund", Journal.refund_id,
+         select(RefundPart.refund_id.label("owner_id"), Payment.account_id.label("account_id"),
+                RefundPart.amount_fen.label("recorded"), literal(0).label("moved"))
+         .join(Payment, Payment.id == RefundPart.payment_id)),
+    ):
+        moved = (select(owner_col.label("owner_id"), LedgerEntry.account_id.label("account_id"),
+                        literal(0).label("recorded"), LedgerEntry.amount_fen.label("moved"))
+                 .join(LedgerEntry, LedgerEntry.journal_id == Journal.id).join(Account, personal)
+                 .where(Journal.kind == kind))
+        both = union_all(recorded, moved).subquery()
+        rows = session.execute(
+            select(both.c.owner_id, both.c.account_id, func.sum(both.c.recorded).label("recorded"),
+                   func.sum(both.c.moved).label("moved"))
+            .group_by(both.c.owner_id, both.c.account_id)
+            .having(func.sum(both.c.recorded) != func.sum(both.c.moved))
+            .order_by(both.c.owner_id, both.c.account_id)
+        ).all()
+        if not rows:
+            continue
+        model = Settlement if kind == "settlement" else Refund
+        number = Settlement.settlement_no if kind == "settlement" else Refund.refund_no
+        names = dict(session.execute(select(model.id, number).where(model.id.in_({r.owner_id for r in rows}))).all())
+        for row in rows:
+            what = "payments" if kind == "settlement" else "refund parts"
+            report.differences.append(
+                f"{kind} {names.get(row.owner_id, f'id {row.owner_id}')}: its journal moved {row.moved} on account "
+                f"{row.account_id}, its {what} {row.recorded}")

@@ -82,3 +82,45 @@ def test_a_payment_whose_refunds_do_not_add_up_fails_the_check(app, money_moved)
 def _owner_account(app):
     with app_session() as s, s.begin():
         return s.scalar(select(Account.id).where(Account.person_id == person_id(app, OWNER)))
+
+
+def _move_entry(app, kind, from_account, to_account, amount=None):
+    """Re-point (part of) a personal entry of the ``kind`` journal to another account, keeping every
+    balance equal to its ledger sum and every journal balanced: only the per-account record is wrong."""
+    with app_session() as s, s.begin():
+        entry = s.scalar(select(LedgerEntry).join(Journal, Journal.id == LedgerEntry.journal_id)
+                         .where(Journal.kind == kind, LedgerEntry.account_id == from_account))
+        moved = entry.amount_fen if amount is None else amount
+        entry.amount_fen -= moved
+        s.add(LedgerEntry(journal_id=entry.journal_id, account_id=to_account, amount_fen=moved))
+        s.execute(update(Account).where(Account.id == from_account).values(balance_fen=Account.balance_fen - moved))
+        s.execute(update(Account).where(Account.id == to_account).values(balance_fen=Account.balance_fen + moved))
+        return entry.journal_id
+
+
+def _other_personal_account(app):
+    with app_session() as s, s.begin():
+        return s.scalar(select(Account.id).where(Account.kind == "personal", Account.id != _owner_account(app))
+                        .order_by(Account.id))
+
+
+def test_a_settlement_journal_that_debited_another_account_than_its_payments_fails_the_check(app, money_moved):
+    owner_account, child_account = _owner_account(app), _other_personal_account(app)
+    journal = _move_entry(app, "settlement", owner_account, child_account)
+    result = verify_ledger(app)
+    assert result.exit_code == 1, result.output
+    assert f"settlement {money_moved['settlement_no']}: its journal moved 0 on account {owner_account}" \
+        in result.output
+    assert f"account {child_account}" in result.output and f"journal {journal}" not in result.output
+
+
+def test_a_refund_journal_that_credited_more_than_its_parts_fails_the_check(app, money_moved):
+    owner_account = _owner_account(app)
+    with app_session() as s, s.begin():
+        clearing = s.scalar(select(LedgerEntry.account_id).join(Journal, Journal.id == LedgerEntry.journal_id)
+                            .where(Journal.kind == "refund", LedgerEntry.amount_fen < 0))
+    # The owner got 2,500 back for a refund whose parts give back 2,000; the clearing account paid it.
+    _move_entry(app, "refund", clearing, owner_account, amount=500)
+    result = verify_ledger(app)
+    assert result.exit_code == 1, result.output
+    assert f"its journal moved 2500 on account {owner_account}, its refund parts 2000" in result.output
