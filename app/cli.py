@@ -146,10 +146,22 @@ def revoke_staff_token_command(username: str) -> None:
 @click.command("seed-demo")
 @click.option("--tokens-file", type=click.Path(dir_okay=False), default=None,
               help="also write the staff tokens there as shell variables (WINDOW1_TOKEN=…), readable by you only")
-def seed_demo_command(tokens_file: str | None) -> None:
-    """Load the small demo registry, institutions and staff (prints the staff tokens)."""
+@click.option("--scratch-database", is_flag=True,
+              help="with APP_ENV=production: this database is a throw-away one (a deployment check); seed it anyway")
+def seed_demo_command(tokens_file: str | None, scratch_database: bool) -> None:
+    """Load the small demo registry, institutions and staff (prints the staff tokens).
+
+    Refused with ``APP_ENV=production`` unless ``--scratch-database``: the demo staff have published
+    console passwords and TOTP secrets, the demo institutions published API secrets, and the demo
+    registry would rewrite balances and institutions of the same codes.
+    """
     from app.demo import seed_demo
 
+    if current_app.config.get("APP_ENV") == "production" and not scratch_database:
+        raise click.ClickException(
+            "refused on a production app (APP_ENV=production), nothing was written: the demo creates staff with "
+            "published passwords and institutions with published API secrets. On a throw-away database "
+            "(a deployment check) pass --scratch-database.")
     with app_session() as session:
         tokens = seed_demo(session, current_app.extensions["domain"].pii, _now())
     click.echo("demo registry loaded; staff tokens (shown once):")

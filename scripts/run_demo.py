@@ -111,15 +111,22 @@ def main() -> None:
         env.update(extra)
     try:
         _flask(env, "db", "upgrade")
-        # The staff tokens also go to a file the docs' walkthroughs read (instance/ is local and 0600).
-        _flask(env, "seed-demo", "--tokens-file", str(INSTANCE_DIR / "demo-staff-tokens.env"))
+        production = env.get("APP_ENV", "development") == "production"
+        if production:
+            # The demo's staff have published passwords: never on a production app (seed-demo refuses).
+            print("APP_ENV=production: the demo data is not loaded; use load-registry and create-staff.",
+                  file=sys.stderr)
+        else:
+            # The staff tokens also go to a file the docs' walkthroughs read (instance/ is local and 0600).
+            _flask(env, "seed-demo", "--tokens-file", str(INSTANCE_DIR / "demo-staff-tokens.env"))
         server = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--bind", f"{HOST}:{PORT}", "--workers", "2", "--threads", "4",
              "--access-logfile", "-", "wsgi:app"], env=env, cwd=ROOT)
         children.append(server)
         _wait_for(f"http://{HOST}:{PORT}/healthz")
         print(f"\nServing on http://{HOST}:{PORT}  (API docs: /api/docs, OpenAPI: /api/openapi.json)")
-        _print_console_sign_in()
+        if not production:
+            _print_console_sign_in()
         if use_sandbox:
             print(f"Local WeChat/Alipay emulator on {SANDBOX_URL}. Get a demo login code with:\n"
                   f"  curl -s -X POST {SANDBOX_URL}/_sandbox/wechat/login-code "

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from app.extensions import app_session
 from app.security.id_number import make_id_number
-from models import Account, Household, Institution, LedgerEntry, Person
+from models import Account, Household, Institution, LedgerEntry, Person, StaffUser
 
 
 def registry(n: int = 3, balance: int = 1000) -> dict:
@@ -125,3 +125,22 @@ def test_seed_demo_writes_the_staff_tokens_it_prints_to_a_private_file(app, tmp_
     assert written == {f"{name.upper()}_TOKEN": token for name, token in printed.items()}
     assert {"WINDOW1_TOKEN", "AUDITOR1_TOKEN"} <= set(written)
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_seed_demo_refuses_a_production_app_unless_told_it_is_a_scratch_database(app, monkeypatch):
+    # The demo creates admin1 with a published console password and TOTP secret, institutions with
+    # published API secrets, and moves balances: on a real deployment that is a back door and a
+    # rewrite of the registry. Production refuses it, and writes nothing.
+    monkeypatch.setitem(app.config, "APP_ENV", "production")
+    before = counts()
+    result = app.test_cli_runner().invoke(args=["seed-demo"])
+    assert result.exit_code != 0
+    assert "production" in result.output and "nothing was written" in result.output
+    assert counts() == before
+    with app_session() as s, s.begin():
+        assert s.scalar(select(func.count()).select_from(StaffUser)) == 0
+
+    # A deployment check on a scratch database says so explicitly.
+    result = app.test_cli_runner().invoke(args=["seed-demo", "--scratch-database"])
+    assert result.exit_code == 0, result.output
+    assert counts()["persons"] == 7

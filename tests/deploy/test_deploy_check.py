@@ -56,8 +56,8 @@ def deployment(postgres, redis_url, sandbox, alipay_app_key, tmp_path):
         migrated = subprocess.run(unit_command("copay-migrate.service"), env=migrate_env, cwd=ROOT,
                                   capture_output=True, text=True)
         assert migrated.returncode == 0, migrated.stderr[-3000:]
-        seeded = subprocess.run([str(ROOT / ".venv/bin/flask"), "--app", "wsgi", "seed-demo"], env=env, cwd=ROOT,
-                                check=True, capture_output=True, text=True)
+        seeded = subprocess.run([str(ROOT / ".venv/bin/flask"), "--app", "wsgi", "seed-demo", "--scratch-database"],
+                                env=env, cwd=ROOT, check=True, capture_output=True, text=True)
         assert "demo registry loaded" in seeded.stdout
         logs = {name: (tmp_path / f"{name}.log").open("w") for name in ("web", "worker")}
         processes = {
