@@ -292,7 +292,7 @@ def _numbers_in(run: re.Match[str]) -> list[tuple[int, int]]:
 
 def _masked_span(number: str) -> str:
     """``number`` (folded) with its digits masked as R17 says; separators and a country code kept."""
-    signs = [k for k, char in enumerate(number) if char.isdigit() or char in "Xx"]
+    signs = [k for k, char in enumerate(number) if char in "0123456789Xx"]
     compact = "".join(number[k] for k in signs)
     if not (_ID18.fullmatch(compact) or _ID15.fullmatch(compact)):
         signs = signs[-11:]  # a mobile number: the country code before it stays readable
