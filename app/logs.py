@@ -22,9 +22,10 @@ from app.security.pii import mask_text
 
 log = logging.getLogger("app.request")
 
-# Every pattern ``mask_text`` masks (18- and 15-digit ID numbers, mobile numbers) is a run of at
-# least 11 digits: a text without one comes out of ``mask_text`` unchanged, so it is not scanned.
-_DIGIT_RUN = re.compile(r"\d{11}")
+# Every number ``mask_text`` masks (18- and 15-digit ID numbers, mobile numbers) has at least 11
+# digits, each at most 3 characters (separators) after the one before: a text without such a run
+# comes out of ``mask_text`` unchanged, so it is not scanned.
+_DIGIT_RUN = re.compile(r"\d(?:\D{0,3}\d){10}")
 
 
 def _masked(text: str) -> str:

@@ -9,6 +9,7 @@ send has them (tests/api/test_openapi_contract.py).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from marshmallow import fields, validate
@@ -17,11 +18,27 @@ MAX_ID = 2**63 - 1
 MAX_FEN = 10**10  # 100 million yuan: far above any outpatient bill, far below bigint even summed
 
 
+_ASCII_INTEGER = re.compile(r"-?[0-9]+")
+
+
+class Integer(fields.Integer):
+    """An integer that, sent as text (a query parameter), is ASCII digits only.
+
+    ``int()`` also takes "１０", "٥", "1_0" and " 10 "; so would marshmallow's Integer. The document
+    says integer, and a path id is ASCII digits (Werkzeug's converter), so a query is too.
+    """
+
+    def _validated(self, value: Any) -> int:
+        if isinstance(value, str) and not _ASCII_INTEGER.fullmatch(value):
+            raise self.make_error("invalid", input=value)
+        return super()._validated(value)
+
+
 def Id(**kwargs: Any) -> fields.Integer:  # noqa: N802 — used like a field class
     """An id: an integer 1 … 2^63 − 1 (out of range is VALIDATION_ERROR, never a driver error)."""
-    return fields.Integer(validate=validate.Range(min=1, max=MAX_ID), **kwargs)
+    return Integer(validate=validate.Range(min=1, max=MAX_ID), **kwargs)
 
 
 def Fen(minimum: int = 0, **kwargs: Any) -> fields.Integer:  # noqa: N802
     """An amount of money in fen, ``minimum`` … ``MAX_FEN``."""
-    return fields.Integer(validate=validate.Range(min=minimum, max=MAX_FEN), **kwargs)
+    return Integer(validate=validate.Range(min=minimum, max=MAX_FEN), **kwargs)

@@ -9,7 +9,7 @@ from typing import Any
 from flask_smorest.fields import Upload
 from marshmallow import fields, validate
 
-from app.schema_fields import Fen, Id
+from app.schema_fields import Fen, Id, Integer
 from app.timefmt import iso
 from miniprogram_api.schemas import MaskedPersonSchema, StrictSchema
 
@@ -70,7 +70,7 @@ class YearlyLimitSchema(StrictSchema):
 
 class PageQuerySchema(StrictSchema):
     cursor = fields.String(load_default=None, validate=validate.Length(max=200))
-    limit = fields.Integer(load_default=None, validate=validate.Range(min=1, max=100))
+    limit = Integer(load_default=None, validate=validate.Range(min=1, max=100))
 
 
 class BindingListQuerySchema(PageQuerySchema):

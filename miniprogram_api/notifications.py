@@ -5,6 +5,7 @@ from __future__ import annotations
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from app.envelope import Blueprint
+from app.schema_fields import Integer
 from app.web import now, principal, read_session, session, user_required
 from notify import inbox
 
@@ -16,7 +17,7 @@ class PageQuerySchema(Schema):
         unknown = EXCLUDE
 
     cursor = fields.String(validate=validate.Length(max=200))
-    limit = fields.Integer(validate=validate.Range(min=1, max=100))
+    limit = Integer(validate=validate.Range(min=1, max=100))
 
 
 class DeliverySchema(Schema):

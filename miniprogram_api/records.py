@@ -10,6 +10,7 @@ from marshmallow import fields, validate
 
 from app.envelope import Blueprint
 from app.policy import shanghai_date
+from app.schema_fields import Integer
 from app.services import records
 from app.web import domain, now, principal, read_session, user_required
 from miniprogram_api.schemas import MaskedPersonSchema, StrictSchema
@@ -22,8 +23,8 @@ _YEAR = validate.Range(min=2000, max=2100)
 
 class DeductionQuerySchema(StrictSchema):
     role = fields.String(load_default="owner", validate=validate.OneOf(records.ROLES))
-    year = fields.Integer(load_default=None, validate=_YEAR)
-    limit = fields.Integer(load_default=None, validate=validate.Range(min=1, max=100))
+    year = Integer(load_default=None, validate=_YEAR)
+    limit = Integer(load_default=None, validate=validate.Range(min=1, max=100))
     cursor = fields.String(load_default=None, validate=validate.Length(max=200))
 
 
@@ -54,7 +55,7 @@ class DeductionPageSchema(StrictSchema):
 
 
 class QuotaQuerySchema(StrictSchema):
-    year = fields.Integer(load_default=None, validate=_YEAR)
+    year = Integer(load_default=None, validate=_YEAR)
 
 
 class QuotaItemSchema(StrictSchema):

@@ -23,6 +23,7 @@ import binascii
 import hashlib
 import json
 import logging
+import re
 import struct
 import threading
 import time
@@ -46,6 +47,7 @@ bp = Blueprint("wechat_callbacks", __name__, description="WeChat message push (s
 
 MAX_BODY_BYTES = 64 * 1024
 TIMESTAMP_WINDOW_SECONDS = 300
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 NONCE_KEEP_SECONDS = 2 * TIMESTAMP_WINDOW_SECONDS  # every timestamp still accepted, with margin
 _STORE_KEY = "wechat_push_nonces"
 
@@ -116,10 +118,9 @@ def _token() -> str:
 def _verify_plain(token: str) -> None:
     args = request.args
     timestamp = args.get("timestamp", "")
-    try:
-        fresh = abs(time.time() - int(timestamp)) <= TIMESTAMP_WINDOW_SECONDS
-    except ValueError:
-        fresh = False
+    # Unix time in ASCII digits: int() alone also takes "１７…", "17_00…", " 17…" and "+17…".
+    fresh = (_TIMESTAMP.fullmatch(timestamp) is not None
+             and abs(time.time() - int(timestamp)) <= TIMESTAMP_WINDOW_SECONDS)
     if not fresh:
         raise errors.SignatureInvalid("The push timestamp is missing or stale.")
     try:

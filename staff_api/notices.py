@@ -6,6 +6,7 @@ from flask import g
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from app.envelope import Blueprint
+from app.schema_fields import Integer
 from app.web import client_ip, domain, now, principal, read_session, session, staff_required
 from models.notice import DELIVERY_STATES
 from notify import inbox
@@ -21,7 +22,7 @@ class DeliveryQuerySchema(Schema):
     channel = fields.String(validate=validate.OneOf(("wechat", "alipay")))
     settlement_no = fields.String(validate=validate.Length(min=1, max=32))
     cursor = fields.String(validate=validate.Length(max=200))
-    limit = fields.Integer(validate=validate.Range(min=1, max=100))
+    limit = Integer(validate=validate.Range(min=1, max=100))
 
 
 class ResendSchema(Schema):

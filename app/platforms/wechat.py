@@ -65,6 +65,10 @@ class TTLMemoryStorage(SessionStorage):
             self._data.pop(key, None)
 
 
+def _json_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class _StableTokenClient(WeChatClient):
     """``WeChatClient`` whose every URL starts at ``api_base_url`` and whose token is a stable token."""
 
@@ -104,13 +108,16 @@ class _StableTokenClient(WeChatClient):
         result = self._decode_result(res)
         if not isinstance(result, dict):
             raise ValueError("the stable_token reply is not JSON")
-        if int(result.get("errcode", 0)) != 0:
+        # JSON integers only: int() would also read "０", 0.5, True or "７２００" as a number.
+        errcode, expires_in = result.get("errcode", 0), result.get("expires_in", 7200)
+        if not (_json_int(errcode) and _json_int(expires_in)):
+            raise ValueError("the stable_token reply's errcode or expires_in is not an integer")
+        if errcode != 0:
             raise WeChatClientException(
-                int(result["errcode"]), result.get("errmsg"), client=self, request=res.request, response=res
+                errcode, result.get("errmsg"), client=self, request=res.request, response=res
             )
         if "access_token" not in result:
             raise ValueError("the stable_token reply has no access_token")
-        expires_in = int(result.get("expires_in", 7200))
         ttl = max(expires_in - min(_TOKEN_EARLY_REFRESH, expires_in // 10), 1)
         self.session.set(self.access_token_key, result["access_token"], ttl)
         self.expires_at = int(time.time()) + ttl

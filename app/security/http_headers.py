@@ -1,7 +1,8 @@
 """App-wide HTTP hardening: security headers, and start-up warnings about unsafe deployments.
 
 Headers are set with ``setdefault``: a blueprint that needs another policy (the HTML console's own
-CSP, a QR image) sets its header and this leaves it alone.
+CSP, a document download's ``Cache-Control``) sets its header and this leaves it alone. Every answer
+under ``/api/v1`` and every answer to a request carrying credentials is ``Cache-Control: no-store``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ log = logging.getLogger(__name__)
 DEFAULT_CSP = "default-src 'none'; frame-ancestors 'none'"
 HTML_FALLBACK_CSP = "frame-ancestors 'none'"
 HSTS = "max-age=31536000; includeSubDomains"
+API_PREFIX = "/api/v1/"
+# Headers that carry credentials: a user's or staff member's bearer token, an institution's signature.
+CREDENTIAL_HEADERS = ("Authorization", "X-Inst-Code", "X-Signature")
 LOOPBACK_LITERALS = frozenset({"127.0.0.1", "::1"})  # the usual spellings, known without parsing
 
 
@@ -55,6 +59,11 @@ def init_app(app: Flask) -> None:
         for lower, name, value in defaults:
             if lower not in present:
                 headers.add(name, value)
+        if "cache-control" not in present and (
+                request.path.startswith(API_PREFIX) or any(h in request.headers for h in CREDENTIAL_HEADERS)):
+            # Personal data, tokens and signed answers are kept by no proxy and no browser cache. The
+            # public documents (/api/openapi.json, /healthz) are left as they are.
+            headers.add("Cache-Control", "no-store")
         if "content-security-policy" not in present:
             # JSON, images and files need nothing; an HTML page that did not set its own policy (the
             # Swagger UI at /api/docs loads its scripts from a CDN) is at least never framed.

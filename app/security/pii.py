@@ -213,42 +213,91 @@ def mask_mobile(mobile: str) -> str:
 # and the like stay readable in logs; every real ID number has that shape.
 _DATE8 = r"(?:18|19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])"
 _DATE6 = r"\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])"
-_ID18 = re.compile(rf"(?<!\d)[1-9]\d{{5}}{_DATE8}\d{{3}}[\dXx](?!\d)")
-_ID15 = re.compile(rf"(?<!\d)[1-9]\d{{5}}{_DATE6}\d{{3}}(?!\d)")
-_MOBILE = re.compile(r"(?<!\d)1[3-9]\d{9}(?!\d)")
+_ID18 = re.compile(rf"[1-9]\d{{5}}{_DATE8}\d{{3}}[\dXx]")
+_ID15 = re.compile(rf"[1-9]\d{{5}}{_DATE6}\d{{3}}")
+# A mainland mobile number; after the country code written 0086, or 86 just after a "+" (kept).
+_MOBILE = re.compile(r"1[3-9]\d{9}")
+_MOBILE_0086 = re.compile(r"00861[3-9]\d{9}")
+_MOBILE_86 = re.compile(r"861[3-9]\d{9}")
 
-
-_ANY_PERSONAL = re.compile(f"{_ID18.pattern}|{_ID15.pattern}|{_MOBILE.pattern}")
+# A number as people type it: digit groups joined by separators of 1 to 3 spaces or dashes
+# ("5326 0119 9001 011 234", "+86 138-1234-5678"), a leading "+", an X after the last group.
+_RUN = re.compile(r"\+?\d+(?:[ -]{1,3}\d+)*[Xx]?")
+_GROUP = re.compile(r"\d+")
+_MOST_DIGITS = 18  # no pattern above holds more digits (0086 + a mobile number has 15)
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
-_WIDE_X = {"Ｘ": "X", "ｘ": "x"}
+# Full-width X, plus, space and dashes as Chinese input methods type them, and the other dashes.
+_FOLD = {"Ｘ": "X", "ｘ": "x", "＋": "+", "\u3000": " ", "\u00a0": " ", "－": "-", "\u2212": "-",
+         **{chr(code): "-" for code in range(0x2010, 0x2016)}}
 
 
 def _ascii_digit(match: re.Match[str]) -> str:
     char = match.group()
-    return str(unicodedata.decimal(char)) if char.isdecimal() else _WIDE_X.get(char, char)
+    return str(unicodedata.decimal(char)) if char.isdecimal() else _FOLD.get(char, char)
 
 
 def mask_text(text: str) -> str:
     """Mask ID numbers (18 and old 15 digits) and mainland mobile numbers inside free text.
 
     Used by the request logger so that a raw ID number never reaches a log line, and for every
-    free-text reason stored and shown. Numbers typed in full-width (Chinese input methods) or other
-    Unicode digits are found too — the service accepts an ID number typed so (R18) — and come out
-    masked in ASCII; the rest of the text is left as it was.
+    free-text reason stored and shown. Found as well:
+
+    - numbers typed in full-width (Chinese input methods) or other Unicode digits — the service
+      accepts an ID number typed so (R18) — which come out masked in ASCII;
+    - numbers typed in groups joined by spaces or dashes (``532601-19900101-1234``,
+      ``138 1234 5678``): a run of such groups is masked where consecutive groups together make
+      exactly an ID or mobile number (the longest first), separators kept;
+    - mobile numbers after ``+86`` or ``0086``, the country code left readable.
+
+    An ID number must have the birth-date shape (so 18-digit settlement numbers and the like stay
+    readable), a mobile number 11 digits from ``13`` to ``19``. The rest of the text is left as it was.
+    Social-security card numbers are not recognised here: docs/SECURITY.md says why.
     """
-    if text.isascii():
-        text = _ID18.sub(lambda m: mask_id_number(m.group()), text)
-        text = _ID15.sub(lambda m: mask_id_number(m.group()), text)
-        return _MOBILE.sub(lambda m: mask_mobile(m.group()), text)
     # One character for one: positions in the folded copy are positions in the text.
-    folded = _NON_ASCII.sub(_ascii_digit, text)
+    folded = text if text.isascii() else _NON_ASCII.sub(_ascii_digit, text)
     pieces, start = [], 0
-    for found in _ANY_PERSONAL.finditer(folded):
-        number = found.group()
-        pieces += [text[start:found.start()],
-                   mask_mobile(number) if _MOBILE.fullmatch(number) else mask_id_number(number)]
-        start = found.end()
-    return "".join(pieces) + text[start:]
+    for run in _RUN.finditer(folded):
+        for first, last in _numbers_in(run):
+            pieces += [text[start:first], _masked_span(folded[first:last])]
+            start = last
+    return "".join(pieces) + text[start:] if pieces else text
+
+
+def _numbers_in(run: re.Match[str]) -> list[tuple[int, int]]:
+    """The spans of ``run`` (digit groups) that are an ID or mobile number, left to right."""
+    text = run.group()
+    spans = [group.span() for group in _GROUP.finditer(text)]
+    found, i = [], 0
+    while i < len(spans):
+        plus = i == 0 and text.startswith("+")
+        digits, ends = "", []
+        for j in range(i, len(spans)):
+            digits += text[spans[j][0]:spans[j][1]]
+            if len(digits) > _MOST_DIGITS:
+                break
+            ends.append((j, digits))
+        for j, digits in reversed(ends):  # the longest first: an ID number before a mobile in it
+            end = spans[j][1]
+            if j == len(spans) - 1 and text[-1] in "Xx" and _ID18.fullmatch(digits + "X"):
+                end += 1
+            elif not (_ID18.fullmatch(digits) or _ID15.fullmatch(digits) or _MOBILE.fullmatch(digits)
+                      or _MOBILE_0086.fullmatch(digits) or (plus and _MOBILE_86.fullmatch(digits))):
+                continue
+            found.append((run.start() + (0 if plus else spans[i][0]), run.start() + end))
+            i = j
+            break
+        i += 1
+    return found
+
+
+def _masked_span(number: str) -> str:
+    """``number`` (folded) with its digits masked as R17 says; separators and a country code kept."""
+    signs = [k for k, char in enumerate(number) if char in "0123456789Xx"]
+    compact = "".join(number[k] for k in signs)
+    if not (_ID18.fullmatch(compact) or _ID15.fullmatch(compact)):
+        signs = signs[-11:]  # a mobile number: the country code before it stays readable
+    hidden = set(signs[3:-4])
+    return "".join("*" if k in hidden else char for k, char in enumerate(number))
 
 
 def _aad(context: str) -> bytes:

@@ -22,12 +22,15 @@ from typing import Any
 from sqlalchemy import (
     Select,
     String,
+    and_,
     bindparam,
+    case,
     exists,
     false,
     func,
     insert,
     literal,
+    or_,
     select,
     true,
     union_all,
@@ -111,6 +114,20 @@ def _issue_pair(session: Session, user_id: int, channel: str, person_id: int | N
     return _pair_response(access, refresh, settings, user_id, channel, person_id)
 
 
+def _param(name: str) -> Any:
+    # Named apart from the columns: a parameter named like a column of an UPDATE or an INSERT
+    # would be taken as a value for that column.
+    return bindparam(f"new_{name}", type_=_users.c[name].type)
+
+
+def _fill(name: str) -> Any:
+    """The column's value after a sign-in: the platform's value only if the column is empty and no
+    other user holds that value (a unique key: taking it would fail, or move an identity)."""
+    holder = _users.alias(f"{name}_holder")
+    return case((and_(_users.c[name].is_(None), ~exists(select(holder.c.id).where(holder.c[name] == _param(name)))),
+                 _param(name)), else_=_users.c[name])
+
+
 @dataclass(frozen=True)
 class _SignInStatements:
     """The statements of one way to find a platform identity's user (``key``): ``set`` columns take
@@ -124,30 +141,33 @@ class _SignInStatements:
     all_in_one: Any  # PostgreSQL: everything in one data-modifying CTE
 
     @classmethod
-    def build(cls, channel: str, key: str, replaced: tuple[str, ...] = (), kept: tuple[str, ...] = ()
-              ) -> _SignInStatements:
+    def build(cls, channel: str, key: str, replaced: tuple[str, ...] = (), kept: tuple[str, ...] = (),
+              filled: tuple[str, ...] = ()) -> _SignInStatements:
+        """``key`` finds the user; with ``filled`` columns, the user is the one holding any of
+        ``key`` and ``filled`` (``key``'s holder first), and each of these columns takes the
+        platform's value only while empty and while no other user holds that value."""
         now = bindparam("now", type_=UTCDateTime())
-
-        def param(name: str) -> Any:
-            # Named apart from the columns: a parameter named like a column of an UPDATE or an
-            # INSERT would be taken as a value for that column.
-            return bindparam(f"new_{name}", type_=_users.c[name].type)
-
-        changes = {**{name: param(name) for name in replaced}, **{name: func.coalesce(param(name), _users.c[name])
-                                                             for name in kept if name != key}, "last_login_at": now}
-        new = dict.fromkeys((key, *replaced, *kept))
+        changes = {**{name: _param(name) for name in replaced},
+                   **{name: func.coalesce(_param(name), _users.c[name]) for name in kept if name != key},
+                   **{name: _fill(name) for name in ((key, *filled) if filled else ())}, "last_login_at": now}
+        new = dict.fromkeys((key, *replaced, *kept, *filled))
         who = (_users.c.id, _users.c.channel, _users.c.person_id)
-        find = select(*who).where(_users.c[key] == param(key))
+        target = _users.c[key] == _param(key)
+        if filled:
+            target = _users.c.id == (
+                select(_users.c.id).where(or_(target, *(_users.c[name] == _param(name) for name in filled)))
+                .order_by(case((target, 0), else_=1), _users.c.id).limit(1).scalar_subquery())
+        find = select(*who).where(target)
         update_ = update(_users).where(_users.c.id == bindparam("user_id")).values(changes)
-        create = (insert(_users).values({"channel": channel, **{name: param(name) for name in new},
+        create = (insert(_users).values({"channel": channel, **{name: _param(name) for name in new},
                                          "last_login_at": now, "created_at": now}).returning(*who))
         # PostgreSQL: update the user if they exist, else create them (a racing first sign-in of
         # the same identity fails on the unique key and is retried: it then finds the winner's row).
-        found = (update(_users).where(_users.c[key] == param(key)).values(changes)
+        found = (update(_users).where(target).values(changes)
                  .returning(*who, false().label("created")).cte("found"))
         made = (insert(_users).from_select(
             ["channel", *new, "last_login_at", "created_at"],
-            select(literal(channel, String), *(param(name) for name in new), now, now)
+            select(literal(channel, String), *(_param(name) for name in new), now, now)
             .where(~exists(select(found.c.id))))
             .returning(*who, true().label("created")).cte("made"))
         user = union_all(select(found), select(made)).cte("signed_in")
@@ -172,8 +192,10 @@ class _SignInStatements:
 _INSERT_TOKEN = insert(_tokens)
 _WECHAT = _SignInStatements.build("wechat", "wechat_openid", replaced=("wechat_session_key_enc",),
                                   kept=("wechat_unionid",))
-_ALIPAY_BY_USER_ID = _SignInStatements.build("alipay", "alipay_user_id", kept=("alipay_open_id",))
-_ALIPAY_BY_OPEN_ID = _SignInStatements.build("alipay", "alipay_open_id", kept=("alipay_user_id",))
+# One user per Alipay person, known by user_id, open_id or both: a reply that carries both finds the
+# user holding either (the user_id's first) and fills in the one it lacked.
+_ALIPAY_BY_USER_ID = _SignInStatements.build("alipay", "alipay_user_id", filled=("alipay_open_id",))
+_ALIPAY_BY_OPEN_ID = _SignInStatements.build("alipay", "alipay_open_id", filled=("alipay_user_id",))
 
 
 def _sign_in(session: Session, how: _SignInStatements, fields: dict[str, Any], settings: TokenSettings,
@@ -192,7 +214,7 @@ def _sign_in(session: Session, how: _SignInStatements, fields: dict[str, Any], s
                     user_id, channel, person_id = connection.execute(how.all_in_one, {
                         **new, **pair, "request_id": current_request_id.get(), "ip": ip}).one()
                 else:
-                    found = connection.execute(how.find, {f"new_{how.key}": fields[how.key]}).first()
+                    found = connection.execute(how.find, new).first()
                     if found is None:
                         user_id, channel, person_id = connection.execute(how.create, {**new, "now": now}).one()
                     else:

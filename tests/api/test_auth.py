@@ -64,6 +64,54 @@ def test_an_alipay_auth_code_signs_in(client, sandbox):
     assert client.get("/api/v1/me", headers=bearer(body["access_token"])).status_code == 200
 
 
+def _alipay(client, sandbox, user_id=None, open_id=None):
+    code = sandbox.issue_alipay_auth_code(user_id=user_id, open_id=open_id)
+    response = client.post("/api/v1/auth/alipay", json={"auth_code": code})
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["user"]["id"]
+
+
+def _alipay_rows():
+    from sqlalchemy import select
+
+    from app.extensions import app_session
+    from models import User
+
+    with app_session() as s, s.begin():
+        return sorted(s.execute(select(User.id, User.alipay_user_id, User.alipay_open_id)
+                                .where(User.channel == "alipay")).all())
+
+
+def test_an_alipay_person_known_by_open_id_who_later_comes_with_a_user_id_too_keeps_one_user(client, sandbox):
+    """The user row held only the open_id; a reply with both ids tried to create a second user with
+    the same open_id: the unique key failed twice, a 500."""
+    first = _alipay(client, sandbox, open_id="074a1b2c3d4e5f")
+    assert _alipay(client, sandbox, user_id="2088000000000101", open_id="074a1b2c3d4e5f") == first
+    assert _alipay(client, sandbox, open_id="074a1b2c3d4e5f") == first
+    assert _alipay(client, sandbox, user_id="2088000000000101") == first
+    assert _alipay_rows() == [(first, "2088000000000101", "074a1b2c3d4e5f")]
+
+
+def test_an_alipay_person_known_by_user_id_who_later_comes_with_an_open_id_too_keeps_one_user(client, sandbox):
+    first = _alipay(client, sandbox, user_id="2088000000000102")
+    assert _alipay(client, sandbox, user_id="2088000000000102", open_id="074a1b2c3d4e60") == first
+    assert _alipay(client, sandbox, open_id="074a1b2c3d4e60") == first
+    assert _alipay_rows() == [(first, "2088000000000102", "074a1b2c3d4e60")]
+
+
+def test_alipay_ids_held_by_two_users_sign_in_to_the_user_id_s_row_and_move_nothing(client, sandbox):
+    """Two rows made before the ids were ever seen together (one by user_id, one by open_id): the
+    reply with both signs in to the user_id's row; neither row's ids are taken or overwritten."""
+    by_user_id = _alipay(client, sandbox, user_id="2088000000000103")
+    by_open_id = _alipay(client, sandbox, open_id="074a1b2c3d4e61")
+    assert _alipay(client, sandbox, user_id="2088000000000103", open_id="074a1b2c3d4e61") == by_user_id
+    other = _alipay(client, sandbox, user_id="2088000000000104", open_id="074a1b2c3d4e62")
+    # A later open_id for a user_id whose row already has one does not overwrite it, nor take another's.
+    assert _alipay(client, sandbox, user_id="2088000000000104", open_id="074a1b2c3d4e61") == other
+    assert _alipay_rows() == [(by_user_id, "2088000000000103", None), (by_open_id, None, "074a1b2c3d4e61"),
+                              (other, "2088000000000104", "074a1b2c3d4e62")]
+
+
 def test_a_bad_alipay_code_is_login_code_invalid(client):
     response = client.post("/api/v1/auth/alipay", json={"auth_code": "bogus"})
     assert response.status_code == 401

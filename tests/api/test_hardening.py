@@ -11,7 +11,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from app.demo import OWNER
 from app.extensions import RateLimiter
 from tests.binding_helpers import sign_in
-from tests.helpers import bearer, sign_in_wechat
+from tests.helpers import bearer, random_openid, sign_in_wechat
 
 CLOSED_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1: every call is refused
 
@@ -85,6 +85,29 @@ def test_security_headers_on_every_response(app, client):
         assert response.headers["X-Frame-Options"] == "DENY"
         assert response.headers["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'none'"
         assert "Strict-Transport-Security" not in response.headers  # development serves plain HTTP
+
+
+def test_api_answers_are_never_stored_by_a_cache_but_the_public_documents_are_left_alone(app, client, sandbox,
+                                                                                         demo):
+    """Personal data must not be kept by a proxy or the client's cache: every answer under
+    /api/v1 (signed-in reads, sign-ins that hand out tokens, errors, institution-signed answers) and
+    any answer to a request carrying credentials is ``Cache-Control: no-store``; a response that set
+    its own (a document download: ``private, no-store``) keeps it."""
+    from tests.money_helpers import HOSPITAL, signed
+
+    token = sign_in_wechat(client, sandbox)["access_token"]
+    answers = {
+        "me": client.get("/api/v1/me", headers=bearer(token)),
+        "sign-in": client.post("/api/v1/auth/wechat", json={"code": sandbox.issue_wechat_login_code(random_openid())}),
+        "no token": client.get("/api/v1/me"),
+        "unknown route": client.get("/api/v1/nothing-here", headers=bearer(token)),
+        "institution": signed(client, HOSPITAL, None, "GET", "/api/v1/institution/settlements/S2025030100000000001"),
+        "bearer outside /api/v1": client.get("/healthz", headers=bearer(token)),
+    }
+    for name, response in answers.items():
+        assert response.headers.get("Cache-Control") == "no-store", (name, response.status_code)
+    for path in ("/healthz", "/readyz", "/api/openapi.json"):
+        assert "Cache-Control" not in client.get(path).headers, path
 
 
 def test_the_api_docs_page_keeps_working_and_is_never_framed(app, client):

@@ -196,6 +196,24 @@ def test_out_of_range_ids_in_query_and_body_are_400(client, owner, demo):
     assert "proof_document_ids" in response.get_json()["error"]["details"]["fields"]["json"]
 
 
+@pytest.mark.parametrize("value", ["１０", "٥", "1_0", "%2010", "+10", "10%0A"])
+def test_integers_in_a_query_are_ascii_digits_only(client, owner, demo, value):
+    """int() takes "１０" (and "٥", "1_0", " 10", "+10"): the document says integer, so only
+    ASCII digits are one — as in a path, where Werkzeug already refuses them."""
+    auditor = bearer(demo.tokens["auditor1"])
+    for url, headers in ((f"/api/v1/records/deductions?limit={value}", bearer(owner)),
+                         (f"/api/v1/records/authorizations?binding_id={value}", bearer(owner)),
+                         (f"/api/v1/bindings?limit={value}", bearer(owner)),
+                         (f"/api/v1/quota?year={value}", bearer(owner)),
+                         (f"/api/v1/notifications?limit={value}", bearer(owner)),
+                         (f"/api/v1/staff/notices?limit={value}", auditor),
+                         (f"/api/v1/staff/audit-log?actor_id={value}", auditor),
+                         (f"/api/v1/staff/audit-log?target_id={value}", auditor)):
+        response = client.get(url, headers=headers)
+        assert response.status_code == 400, (url, response.get_json())
+        assert response.get_json()["error"]["code"] == "VALIDATION_ERROR"
+
+
 def test_a_6_mb_upload_names_the_5_mb_limit(client, owner):
     data = {"file": (io.BytesIO(b"\x89PNG\r\n\x1a\n" + b"\0" * (6 * 1024 * 1024)), "big.png")}
     for language, words in (("en", "at most 5 MB"), ("zh-CN", "不能超过 5 MB")):

@@ -78,6 +78,19 @@ def test_bad_rows_are_reported_by_row_number_and_nothing_is_loaded(app, tmp_path
     assert counts()["persons"] == 0
 
 
+def test_a_region_code_in_other_than_ascii_digits_is_a_bad_row(app, tmp_path):
+    """"５３２６２１" and "٥٣٢٦٢١" pass str.isdigit(); the settlement rules compare region codes as
+    ASCII digits, so such a code must not reach the registry."""
+    data = registry()
+    data["persons"][0]["region_code"] = "５３２６２１"
+    data["institutions"][0]["region_code"] = "٥٣٢٦٠١"
+    result = run(app, tmp_path, data)
+    assert result.exit_code != 0
+    assert "persons[1]: region_code" in result.output
+    assert "institutions[1]: region_code" in result.output
+    assert counts()["persons"] == 0
+
+
 def test_an_account_for_an_unknown_person_loads_nothing(app, tmp_path):
     data = registry()
     data["accounts"].append({"id_number": make_id_number("532621", date(1970, 1, 1), 1), "balance_fen": 5})

@@ -68,6 +68,17 @@ def test_a_stale_timestamp_is_401_even_with_a_right_signature(client):
     assert_401(client.get(check.url(CALLBACK)))
 
 
+@pytest.mark.parametrize("written", [
+    lambda t: str(t).translate(str.maketrans("0123456789", "０１２３４５６７８９")),  # int() takes these
+    lambda t: f"{str(t)[:4]}_{str(t)[4:]}", lambda t: f" {t}", lambda t: f"+{t}"])
+def test_a_timestamp_not_written_in_plain_ascii_digits_is_401_even_when_signed(client, written):
+    """WeChat sends unix time as ASCII digits; int() also reads "１７…", "17_00…", " 17…" and "+17…".
+    (The signature covers the timestamp as written, so this is input hygiene, not a replay.)"""
+    check = url_verification(TOKEN, timestamp=written(int(time.time())))
+
+    assert_401(client.get(check.url(CALLBACK)))
+
+
 # --- plain mode ---------------------------------------------------------------------------------
 
 

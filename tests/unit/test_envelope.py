@@ -208,9 +208,15 @@ def test_a_request_id_is_made_when_none_or_a_bad_one_is_sent(client):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet="0123456789Xx -:/abc١٢٣", max_size=40))
+@given(st.text(alphabet="0123456789Xx -:/abc١٢٣+　－", max_size=40))
 def test_the_log_masks_exactly_what_mask_text_masks(text):
     assert _masked(text) == mask_text(text)
+
+
+@pytest.mark.parametrize("text", ["tel 138 1234 5678", "id 532601-19900101-1234", "tel +86 138-1234-5678",
+                                  "证件５３２６　０１１９　９００１　０１１　２３４"])
+def test_a_number_typed_in_groups_is_masked_in_the_log_too(text):
+    assert _masked(text) == mask_text(text) != text
 
 
 def test_request_metrics_count_through_the_cached_children(client):

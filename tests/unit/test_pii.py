@@ -227,3 +227,38 @@ def test_r17_free_text_loses_id_and_mobile_numbers_typed_in_full_width_or_other_
 def test_r17_free_text_keeps_numbers_that_do_not_look_like_personal_data() -> None:
     line = "settlement 202503011234567890 voucher 4241234567890123456789530000 amount_fen=350000"
     assert mask_text(line) == line
+
+
+@pytest.mark.parametrize(("line", "masked"), [
+    # ID numbers read out or copied in groups (spaces, dashes, full-width space and dash)
+    ("身份证 5326 0119 9001 011 234 办理", "身份证 532* **** **** **1 234 办理"),
+    ("id 532601-19900101-1234.", "id 532***-********-1234."),
+    ("id 532601 19900101 123X", "id 532*** ******** 123X"),
+    ("旧号 532621 800101 123", "旧号 532*** *****1 123"),
+    ("证件５３２６０１　１９９００１０１－１２３４", "证件532*** ********-1234"),
+    # mobile numbers in groups, with a +86 / 0086 prefix, or both
+    ("tel 138 1234 5678", "tel 138 **** 5678"),
+    ("tel 138-1234-5678;", "tel 138-****-5678;"),
+    ("tel +86 138-1234-5678", "tel +86 138-****-5678"),
+    ("tel +8613812345678", "tel +86138****5678"),
+    ("tel 0086 13812345678", "tel 0086 138****5678"),
+    ("tel 008613812345678", "tel 0086138****5678"),
+    ("tel +13812345678, +532601199001011234", "tel +138****5678, +532***********1234"),
+    ("电话＋８６　１３８－１２３４－５６７８", "电话+86 138-****-5678"),
+    # two numbers side by side are each found
+    ("532601-19900101-1234 138 1234 5678", "532***-********-1234 138 **** 5678"),
+])
+def test_r17_free_text_loses_id_and_mobile_numbers_typed_in_groups_or_with_a_country_code(
+        line: str, masked: str) -> None:
+    assert mask_text(line) == masked
+
+
+@pytest.mark.parametrize("line", [
+    "2025-03-01 12:30 settled 350000 fen in 12 items",
+    "settlement S20250301123456789012 refund R20250301000000000001 institution H5326001",
+    "phone 0871-6512345, order 1234 5678 9012 3456 7890",
+    "period 19900101-19901231, amount 1 380 000",
+    "card M53262100000001",  # not recognised by shape: docs/SECURITY.md says why
+])
+def test_r17_free_text_keeps_grouped_numbers_that_are_not_id_or_mobile_numbers(line: str) -> None:
+    assert mask_text(line) == line

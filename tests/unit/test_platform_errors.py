@@ -59,3 +59,36 @@ def test_an_unknown_platform_is_a_programming_error():
 )
 def test_loopback_urls_are_recognised(url, loopback):
     assert is_loopback_url(url) is loopback
+
+
+@pytest.mark.parametrize("reply", [
+    {"errcode": "０", "access_token": "t", "expires_in": 7200},     # int("０") == 0
+    {"errcode": 0.5, "access_token": "t", "expires_in": 7200},      # int(0.5) == 0
+    {"errcode": True, "access_token": "t", "expires_in": 7200},
+    {"access_token": "t", "expires_in": "７２００"},                  # int("７２００") == 7200
+    {"access_token": "t", "expires_in": 7200.9},
+    {"access_token": "t", "expires_in": "7200"},
+])
+def test_a_stable_token_reply_whose_numbers_are_not_json_integers_is_malformed(reply):
+    """errcode and expires_in are JSON integers; int() would read "０", 0.5, True, "７２００" as
+    numbers and take a garbled reply for a token (ValueError is how a malformed reply is reported)."""
+    import json
+
+    import requests
+
+    from app.platforms.wechat import TTLMemoryStorage, _StableTokenClient
+
+    class Http:
+        trust_env = True
+
+        def post(self, url, **kwargs):
+            response = requests.Response()
+            response.status_code, response._content = 200, json.dumps(reply).encode()
+            response.headers["Content-Type"] = "application/json"
+            response.request = requests.Request("POST", url).prepare()
+            return response
+
+    client = _StableTokenClient("wxappid", "secret", "https://api.example/", TTLMemoryStorage(), 5.0)
+    client._http = Http()
+    with pytest.raises(ValueError):
+        client.fetch_access_token()
