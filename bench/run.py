@@ -250,7 +250,7 @@ def transaction_counts(admin_url: str, database: str) -> tuple[int, int]:
 def serve(module: str, port: int, options: argparse.Namespace, env: dict[str, str]) -> subprocess.Popen:
     command = [str(VENV_BIN / "gunicorn"), "-w", str(options.workers), "-k", options.worker_class,
                "--threads", str(options.threads), "-b", f"127.0.0.1:{port}", "--log-level", "warning",
-               "--backlog", "256", module]
+               "--backlog", "256", "--no-control-socket", module]
     process = subprocess.Popen(command, cwd=ROOT, env=env)  # noqa: S603 — our own gunicorn, fixed arguments
     deadline = time.monotonic() + 40
     while time.monotonic() < deadline:

@@ -181,7 +181,7 @@ def check_ledger(env: dict[str, str]) -> str:
 def serve(module: str, port: int, workers: int, env: dict[str, str]) -> subprocess.Popen:
     process = subprocess.Popen(  # noqa: S603 — our own gunicorn, fixed arguments
         [str(VENV_BIN / "gunicorn"), "-w", str(workers), "-b", f"127.0.0.1:{port}", "--log-level", "warning",
-         module], cwd=ROOT, env=env)
+         "--no-control-socket", module], cwd=ROOT, env=env)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:

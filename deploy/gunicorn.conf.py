@@ -40,6 +40,10 @@ limit_request_fields = 100
 # nginx sets X-Forwarded-*; the app (TRUSTED_PROXIES) decides which hops to believe, not gunicorn.
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 proc_name = "copay-web"
+# No control socket (gunicorn 25.1+ opens one at $XDG_RUNTIME_DIR or ~/.gunicorn/gunicorn.ctl): it is
+# one more way to reload or stop the service, beside systemd's and compose's signals, and every
+# gunicorn of the same user takes over that one path — the last one started unlinks the others'.
+control_socket_disable = True
 
 accesslog = "-"
 errorlog = "-"

@@ -121,7 +121,7 @@ def main() -> None:
             _flask(env, "seed-demo", "--tokens-file", str(INSTANCE_DIR / "demo-staff-tokens.env"))
         server = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--bind", f"{HOST}:{PORT}", "--workers", "2", "--threads", "4",
-             "--access-logfile", "-", "wsgi:app"], env=env, cwd=ROOT)
+             "--access-logfile", "-", "--no-control-socket", "wsgi:app"], env=env, cwd=ROOT)
         children.append(server)
         _wait_for(f"http://{HOST}:{PORT}/healthz")
         print(f"\nServing on http://{HOST}:{PORT}  (API docs: /api/docs, OpenAPI: /api/openapi.json)")

@@ -74,3 +74,18 @@ def test_the_units_parse(tmp_path):
     problems = [line for line in (result.stdout + result.stderr).splitlines()
                 if line.strip() and "/opt/copay/" not in line]
     assert not problems, problems
+
+
+def test_gunicorn_opens_no_control_socket(tmp_path, monkeypatch):
+    """gunicorn 25.1+ listens on ~/.gunicorn/gunicorn.ctl unless told not to: a second way to reload
+    or stop the service, shared by every gunicorn of the user (the last one started takes it)."""
+    from gunicorn.config import Config
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    settings: dict[str, object] = {}
+    exec(compile((ROOT / "deploy" / "gunicorn.conf.py").read_text(), "gunicorn.conf.py", "exec"), settings)  # noqa: S102
+    config = Config()
+    for name, value in settings.items():
+        if name in config.settings:
+            config.set(name, value)
+    assert config.control_socket_disable is True

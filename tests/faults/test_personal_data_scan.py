@@ -95,7 +95,7 @@ def served(app, demo, sandbox, tmp_path):
         server = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4",
              "--access-logfile", str(access_log), "--access-logformat",
-             '%(h)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(L)s', "wsgi:app"],
+             '%(h)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(L)s', "--no-control-socket", "wsgi:app"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
