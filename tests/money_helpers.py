@@ -114,6 +114,14 @@ def settle(client: Any, voucher_code: str, items: list[dict[str, Any]] | None = 
     return signed(client, inst, None, "POST", "/api/v1/institution/settlements", body)
 
 
+def settle_by_card(client: Any, social_card_no: str, id_number: str, items: list[dict[str, Any]] | None = None, *,
+                   inst: str = HOSPITAL, **fields: Any) -> Any:
+    """A settlement with the patient's social-security card read at the counter (R12) instead of a code."""
+    body = {"out_settlement_no": "OUT" + secrets.token_hex(6), "card": {"social_card_no": social_card_no,
+            "id_number": id_number}, "items": items or [drug(10_000)], **fields}
+    return signed(client, inst, None, "POST", "/api/v1/institution/settlements", body)
+
+
 def refund(client: Any, settlement_no: str, amount_fen: int, *, inst: str = HOSPITAL,
            out_no: str | None = None) -> Any:
     body = {"out_refund_no": out_no or "RF" + secrets.token_hex(6), "amount_fen": amount_fen}

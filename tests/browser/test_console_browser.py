@@ -14,7 +14,8 @@ from tests.binding_helpers import CHILD, OWNER, PARENT, PEOPLE, SPOUSE, bind, cr
 from tests.binding_helpers import sign_in as user_sign_in
 from tests.browser.conftest import sign_in_page
 from tests.conftest import TEMPLATE_DEDUCTION
-from tests.money_helpers import balance, fresh, issue, make_binding, person_id, settle
+from tests.helpers import bearer
+from tests.money_helpers import balance, fresh, make_binding, person_id, settle_by_card
 from tests.notify_helpers import NotifyWorld
 from tests.webconsole.helpers import PASSWORD, code, make_staff
 
@@ -115,7 +116,10 @@ def test_suspend_an_owner_and_the_next_settlement_pays_nothing_from_that_owner(p
 
     before = balance(app, OWNER)
     token = user_sign_in(client, sandbox, OWNER)
-    result = settle(client, issue(client, token, person_id(app, CHILD)))
+    # R11/R12: the suspended owner gets no 亲情码, and the child's card draws nothing on his account.
+    refused = client.post("/api/v1/vouchers", json={"person_id": person_id(app, CHILD)}, headers=bearer(token))
+    assert refused.status_code == 422 and refused.get_json()["error"]["details"]["status"] == "suspended"
+    result = settle_by_card(client, PEOPLE[CHILD][1], CHILD)
     assert result.status_code == 201 and result.get_json()["copay_fen"] == 0
     assert balance(app, OWNER) == before
 

@@ -15,7 +15,8 @@ from models import AuditEvent, Binding, Suspension
 from tests.binding_helpers import CHILD, NEIGHBOUR, OWNER, PARENT, PEOPLE, PNG, SPOUSE, bind, created, upload
 from tests.binding_helpers import sign_in as user_sign_in
 from tests.conftest import TEMPLATE_DEDUCTION
-from tests.money_helpers import balance, fresh, issue, make_binding, person_id, settle
+from tests.helpers import bearer
+from tests.money_helpers import balance, fresh, make_binding, person_id, settle_by_card
 from tests.notify_helpers import NotifyWorld
 from tests.webconsole.helpers import post, signed_in
 
@@ -243,7 +244,10 @@ def test_a_suspended_owner_pays_nothing_in_the_next_settlement(app, client, demo
          page="/console/suspensions")
     before = balance(app, OWNER)
     token = user_sign_in(client, sandbox, OWNER)
-    result = settle(client, issue(client, token, person_id(app, CHILD)))
+    # R11/R12: the suspended owner gets no 亲情码, and the child's card draws nothing on his account.
+    refused = client.post("/api/v1/vouchers", json={"person_id": person_id(app, CHILD)}, headers=bearer(token))
+    assert refused.status_code == 422 and refused.get_json()["error"]["details"]["status"] == "suspended"
+    result = settle_by_card(client, PEOPLE[CHILD][1], CHILD)
     assert result.status_code == 201, result.get_json()
     assert result.get_json()["copay_fen"] == 0 and balance(app, OWNER) == before
 
@@ -329,7 +333,6 @@ def test_a_tampered_pledge_shows_as_failing_verification(app, client, demo, sand
 
 
 def test_the_staff_api_audit_log_takes_the_same_date_range(app, client, demo):
-    from tests.helpers import bearer
 
     headers = bearer(demo.tokens["auditor1"])
     today = shanghai_today()
