@@ -37,6 +37,9 @@ class PersonPhoneSchema(StrictSchema):
     shared_with_others = fields.Boolean(metadata={
         "description": "another person reserved this number too; saved all the same (families share phones), "
                        "but it proves neither person's identity (R21): they prove it another way"})
+    phone_links_ended = fields.Integer(metadata={
+        "description": "sign-ins linked to this person by the phone proof whose proven number is not the new "
+                       "one: unlinked now (their proof was the old number), they prove who they are again (R21)"})
 
 
 @bp.post("/identity-links")
@@ -61,7 +64,8 @@ def set_person_phone(body):
     """Update a person's reserved mobile number after checking the ID card (audited).
 
     ``shared_with_others``: the number is another person's reserved number too (a warning, not a
-    refusal) — from now on it proves the identity of neither.
+    refusal) — from now on it proves the identity of neither. ``phone_links_ended``: how many
+    sign-ins linked by the phone proof with another number lost their link.
     """
     return phones.set_reserved_phone(session(), domain().pii, principal().id, body["id_number"], body["phone"], now(),
                                      client_ip())

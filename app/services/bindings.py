@@ -186,8 +186,15 @@ def binding_view(pii: PiiCipher, binding: Binding, owner: Person, beneficiary: P
 
     ``suspended`` is true when R11 stops this binding from paying: the binding itself, its owner's
     co-pay use or its beneficiary is suspended. ``role`` is the caller's part in it (users only).
+
+    A binding still waiting (for review or for the beneficiary's consent) is no tie yet between its
+    people: anyone who knows a name, an ID number and a card number can ask for one. So a user reads
+    on it only their own person-level suspension, never the other party's (R11, R16: staff's finding
+    about a person must not be had by filing a request and withdrawing it); staff read everything.
     """
     live = binding.status in LIVE_BINDING_STATES
+    if role is not None and binding.status not in ("active", "suspended"):
+        suspensions = {(scope, person_id) for scope, person_id in suspensions if scope == role}
     view: dict[str, Any] = {
         "id": binding.id,
         "status": binding.status,

@@ -85,6 +85,16 @@ def reserved_by_another(session: Session, phone_bidx: str, person_id: int) -> bo
     return session.scalar(ANOTHER_RESERVER, {"phone_bidx": phone_bidx, "person_id": person_id}) is not None
 
 
+# Lock order of identity changes: the person row, then the user rows (linking here and at the
+# window, and staff's new reserved number, which ends phone links: app.services.phones).
+LOCK_ORDER = ("persons", "users")
+
+
+def _fresh(query: Any) -> Any:
+    """``query`` FOR UPDATE, overwriting whatever the session already holds of those rows."""
+    return query.with_for_update().execution_options(populate_existing=True)
+
+
 def _proof_kind(proof: dict[str, Any] | None) -> tuple[str, str] | None:
     """(request field, policy proof) of the one proof given, or None."""
     given = [(name, PROOF_FIELDS[name]) for name, value in (proof or {}).items()
@@ -122,9 +132,14 @@ def verify_identity(session: Session, pii: PiiCipher, policy: RegionPolicy, plat
         raise failure
 
     with session.begin():
-        user = session.get_one(User, user_id, with_for_update=True)
+        # Locked and read afresh, person then user (LOCK_ORDER): the reserved number the phone proof
+        # is judged by cannot change under it (staff's update ends such links, R21), and the user is
+        # not the one the session still holds from before the platform was asked (a Session.get with
+        # FOR UPDATE does not refresh an object it holds) — a link made meanwhile, at the window or
+        # by a parallel request, is seen, not overwritten.
         bidx = pii.blind_index(number, kind="id_number")
-        person = session.scalar(select(Person).where(Person.id_number_bidx == bidx))
+        person = session.scalar(_fresh(select(Person).where(Person.id_number_bidx == bidx)))
+        user = session.scalars(_fresh(select(User).where(User.id == user_id))).one()
         matched = person is not None and names_match(pii.decrypt(person.name_enc, context="person.name"), name)
         details: dict[str, Any] = {"matched": matched, "proof": kind,
                                    "person_id": person.id if matched and person else None}
@@ -201,14 +216,13 @@ def _audit_failure(session: Session, user_id: int, kind: str | None, failure: er
 
 
 def link_user(session: Session, user: User, person: Person, proof: str, now: datetime) -> None:
-    """Record the proven link (the user row is locked by the caller); the accounts already linked to
-    the person get an inbox notice that a further account now acts for them (R21)."""
+    """Record the proven link (the caller locked the person row, then the user row: LOCK_ORDER); the
+    accounts already linked to the person get an inbox notice that a further account now acts for
+    them (R21). The person lock makes two accounts linking at once see each other: the later one
+    always finds the earlier and the notice is written."""
     if user.person_id == person.id and user.identity_proof:
         user.identity_proof, user.identity_proven_at = proof, now
         return
-    # The person row is locked so that two accounts linking at once see each other: the later one
-    # always finds the earlier and the notice is written (lock order: user, then person).
-    session.execute(select(Person.id).where(Person.id == person.id).with_for_update())
     others = session.scalars(select(User.id).where(User.person_id == person.id, User.id != user.id)).all()
     user.person_id = person.id
     user.verified_at = user.verified_at or now
@@ -272,7 +286,7 @@ def link_at_window(session: Session, pii: PiiCipher, policy: RegionPolicy, staff
         # Two live codes alike (issued at the same instant): whose it is cannot be told — link nobody.
         row = live[0] if len(live) == 1 else None
         bidx = pii.blind_index(number, kind="id_number")
-        person = session.scalar(select(Person).where(Person.id_number_bidx == bidx))
+        person = session.scalar(_fresh(select(Person).where(Person.id_number_bidx == bidx)))
         ok = row is not None and person is not None
         failed: errors.DomainError | None = None
         if row is None:
@@ -280,7 +294,7 @@ def link_at_window(session: Session, pii: PiiCipher, policy: RegionPolicy, staff
         elif person is None:
             failed = errors.NotFound("No such person in the registry.")
         else:
-            user = session.get_one(User, row.user_id, with_for_update=True)
+            user = session.scalars(_fresh(select(User).where(User.id == row.user_id))).one()
             if user.person_id is not None and user.person_id != person.id:
                 failed = errors.InvalidState("This sign-in is already verified as another person.")
             else:

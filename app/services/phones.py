@@ -31,6 +31,7 @@ from app.services import audit
 from app.services.identity import Platforms, person_view, reserved_by_another
 from app.timefmt import iso
 from models import Person, PhoneProof, User
+from notify.person_notices import add_person_notice
 
 # Mainland mobile numbers: 11 digits starting 13–19 (as the registry's 预留手机号 is written).
 MAINLAND_MOBILE = re.compile(r"1[3-9][0-9]{9}")
@@ -100,7 +101,8 @@ def prove_phone(session: Session, pii: PiiCipher, platforms: Platforms, user_id:
         with session.begin():
             session.add(PhoneProof(digest=digest, user_id=user_id, channel=via, created_at=now))
             session.flush()
-            user = session.get_one(User, user_id, with_for_update=True)
+            user = session.scalars(select(User).where(User.id == user_id).with_for_update()
+                                   .execution_options(populate_existing=True)).one()
             user.phone_enc = pii.encrypt(number, context="user.phone")
             user.phone_bidx = phone_index(pii, number)
             user.phone_proof, user.phone_proven_at = via, now
@@ -138,24 +140,51 @@ def set_reserved_phone(session: Session, pii: PiiCipher, staff_id: int, id_numbe
     answer says so (``shared_with_others``): such a number proves neither person's identity (R21),
     so they prove it with the platform real-name check or at the window. Who else reserved it is
     not said. Two clerks saving one number for two persons at the same moment may both miss the
-    warning; linking reads the committed numbers, so the rule itself holds."""
+    warning; linking reads the committed numbers, so the rule itself holds.
+
+    A link made by the ``phone`` proof rested on holding the number on file; once the window puts
+    another number on file, that proof is gone. Every user linked to this person by the phone proof
+    whose proven number is not the new one is unlinked as migrations 0003 and 0007 did (``person_id``
+    moves to ``unproven_person_id``; ``GET /me`` asks them to prove who they are again) — the holder
+    of a stale, recycled number keeps nothing — and the person's inbox says so
+    (``phone_links_ended`` counts them; the audit row names the users). Links by other proofs stay."""
     number = validate_id_number(id_number, today=shanghai_date(now))
     mobile = normalize_mobile(phone)
     if mobile is None:
         raise errors.ValidationFailed("The phone must be a mainland mobile number (11 digits, 13–19…).",
                                       details={"field": "phone"})
     with session.begin():
+        # The person first (LOCK_ORDER in app.services.identity): a link being judged by the old
+        # number either committed before this lock — and the users read next include it — or waits
+        # for it and is then judged by the new number.
         person = session.scalar(select(Person).where(Person.id_number_bidx == pii.blind_index(number, kind="id_number"))
-                                .with_for_update())
+                                .with_for_update().execution_options(populate_existing=True))
         if person is None:
             raise errors.NotFound("No such person in the registry.")
+        new_bidx = phone_index(pii, mobile)
+        linked = session.scalars(select(User).where(User.person_id == person.id, User.identity_proof == "phone")
+                                 .order_by(User.id).with_for_update()
+                                 .execution_options(populate_existing=True)).all()
         old = None if person.phone_enc is None else mask_mobile(pii.decrypt(person.phone_enc, context="person.phone"))
         person.phone_enc, person.phone_bidx = encrypt_person_phone(pii, mobile)
         person.updated_at = now
         shared = reserved_by_another(session, person.phone_bidx, person.id)
+        ended = [user for user in linked if user.phone_bidx is None or not hmac.compare_digest(user.phone_bidx,
+                                                                                                new_bidx)]
+        for user in ended:
+            user.unproven_person_id, user.person_id, user.verified_at = person.id, None, None
+            user.identity_proof = user.identity_proven_at = None
         details: dict[str, Any] = {"old": old, "new": mask_mobile(mobile)}
         if shared:
             details["shared_with_others"] = True
+        if ended:
+            details["phone_links_ended"] = [user.id for user in ended]
+            add_person_notice(
+                session, person_id=person.id, kind="identity", event_key=f"ph{now:%y%m%d%H%M%S%f}",
+                at=now, content={"event": "unlinked", "proof": "phone", "count": len(ended),
+                                 "message": f"您的预留手机号已在医保经办窗口更换，凭原号码验证身份的{len(ended)}个账号"
+                                            "已不能再使用您的医保个人账户；如是您本人的账号，请重新验证身份。"})
         audit.record(session, actor_kind="staff", actor_id=staff_id, action="person.phone", at=now, ip=ip,
                      target_kind="person", target_id=person.id, details=details)
-        return {"person": person_view(pii, person), "phone": mask_mobile(mobile), "shared_with_others": shared}
+        return {"person": person_view(pii, person), "phone": mask_mobile(mobile), "shared_with_others": shared,
+                "phone_links_ended": len(ended)}

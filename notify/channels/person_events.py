@@ -12,7 +12,8 @@ from notify.channels import RELATIONSHIP_WORDS, NoticeView, local_time
 
 PERSON_EVENT_KINDS = ("binding", "identity")
 EVENT_WORDS = {"created": "共济申请", "active": "共济生效", "suspended": "共济暂停", "resumed": "共济恢复",
-               "ended": "共济终止", "declined": "对方拒绝", "linked": "新账号"}
+               "ended": "共济终止", "declined": "对方拒绝", "linked": "新账号",
+               "unlinked": "账号解除"}
 
 
 def person_event_values(notice: NoticeView, layout: tuple[tuple[str, str], ...] | None = None) -> dict[str, str]:

@@ -33,3 +33,30 @@ def test_accounts_linking_one_person_at_once_each_leave_a_notice_but_the_first(a
         notices = session.scalar(select(func.count()).select_from(Notice).where(Notice.kind == "identity"))
     assert linked == ACCOUNTS
     assert notices == ACCOUNTS - 1
+
+
+def test_phone_links_racing_a_new_reserved_number_never_outlive_it(app, client, sandbox, demo):
+    """The window puts a new reserved number on file while holders of the old one link by phone:
+    whatever the order, no sign-in stays linked by a number that is no longer on file (R21). A link
+    judged by the old number before the update committed is ended by it; one judged after is refused."""
+    from app.demo import DEMO_PHONES
+    from tests.helpers import prove_phone_wechat
+
+    tokens = []
+    for _ in range(ACCOUNTS):
+        openid = random_openid()
+        token = sign_in_wechat(client, sandbox, openid)["access_token"]
+        assert prove_phone_wechat(client, sandbox, token, openid, DEMO_PHONES[OWNER]).status_code == 200
+        tokens.append(token)
+    body = {"name": "张伟", "id_number": OWNER, "proof": {"phone": True}}
+    calls = [lambda c, t=t: c.post("/api/v1/me/identity", json=body, headers=bearer(t)) for t in tokens]
+    calls.insert(ACCOUNTS // 2, lambda c: c.post("/api/v1/staff/persons/phone",
+                                                 json={"id_number": OWNER, "phone": "13900007777"},
+                                                 headers=bearer(demo.tokens["window1"])))
+
+    results = together(app, calls)
+
+    assert {status for status, _ in results} <= {200, 422}, results
+    with app_session() as session, session.begin():
+        still = session.scalar(select(func.count()).select_from(User).where(User.person_id.is_not(None)))
+    assert still == 0, results

@@ -91,6 +91,22 @@ def test_the_clerk_is_warned_when_the_number_is_already_another_persons(app, cli
     _masked_only(html)
 
 
+def test_the_clerk_is_told_when_phone_links_made_with_the_old_number_end(app, client, sandbox, demo):
+    from tests.helpers import prove_phone_wechat
+
+    openid = random_openid()
+    token = sign_in_wechat(client, sandbox, openid)["access_token"]
+    prove_phone_wechat(client, sandbox, token, openid, DEMO_PHONES[SPOUSE])
+    assert client.post("/api/v1/me/identity", json={"name": "李娜", "id_number": SPOUSE, "proof": {"phone": True}},
+                       headers=bearer(token)).status_code == 200
+    signed_in(client, app, "clerk", "window")
+    html = post(client, PHONE, {"id_number": SPOUSE, "phone": NEW_PHONE}, page=PHONE).get_data(as_text=True)
+    assert 'id="phone-updated"' in html and 'id="phone-links-ended"' in html and "1 个小程序账号" in html
+    _masked_only(html)
+    again = post(client, PHONE, {"id_number": SPOUSE, "phone": NEW_PHONE}, page=PHONE).get_data(as_text=True)
+    assert 'id="phone-links-ended"' not in again
+
+
 def test_a_bad_phone_is_a_chinese_error_and_nothing_typed_is_sent_back(app, client, demo):
     signed_in(client, app, "clerk", "window")
     before = _reserved_phone_bidx(app, SPOUSE)
