@@ -24,7 +24,8 @@ class Voucher(IdMixin, CreatedMixin, Base):
     code_hash: Mapped[str] = mapped_column(String(64), unique=True)
     person_id: Mapped[int] = mapped_column(ForeignKey("persons.id"))  # the person it names
     holder_person_id: Mapped[int] = mapped_column(ForeignKey("persons.id"))  # who issued it
-    holder_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    # Indexed (migration 0008): ending a user's identity link ends the codes they hold (R21).
+    holder_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
     binding_id: Mapped[int | None] = mapped_column(ForeignKey("bindings.id"))  # 亲情码
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from app import errors
@@ -34,7 +34,7 @@ from app.security.pii import PiiCipher, mask_id_number, mask_mobile, mask_name, 
 from app.services import audit
 from app.services.auth import user_by_token
 from app.timefmt import iso
-from models import Account, IdentityLinkCode, Person, User
+from models import Account, IdentityLinkCode, Person, User, Voucher
 from notify.person_notices import add_person_notice
 
 WINDOW_CODE_TTL = timedelta(minutes=10)
@@ -86,7 +86,9 @@ def reserved_by_another(session: Session, phone_bidx: str, person_id: int) -> bo
 
 
 # Lock order of identity changes: the person row, then the user rows (linking here and at the
-# window, and staff's new reserved number, which ends phone links: app.services.phones).
+# window, staff's new reserved number, which ends phone links: app.services.phones, and staff's end
+# of one link: app.services.identity_links). Ending a link then updates the user's live vouchers; a
+# settlement locks a voucher but never a person or a user row, so the two cannot wait on each other.
 LOCK_ORDER = ("persons", "users")
 
 
@@ -234,6 +236,27 @@ def link_user(session: Session, user: User, person: Person, proof: str, now: dat
                           exclude_user_id=user.id, content={"event": "linked", "channel": user.channel, "proof": proof,
                                    "message": f"又一个{platform}账号{_HOW.get(proof, '')}验证了您的身份，"
                                               "可以使用您的医保个人账户。如非本人操作，请立即到医保经办窗口处理。"})
+
+
+def end_links(session: Session, users: list[User], person_id: int, now: datetime) -> int:
+    """End these users' links to the person (the caller locked the person row, then these user rows:
+    LOCK_ORDER), as migrations 0003 and 0007 did: ``person_id`` moves to ``unproven_person_id``, the
+    proof is cleared, ``GET /me`` shows ``must_prove_identity_again``. Their tokens keep working but
+    act on no person. The vouchers they issued and have not used stop working now (one probe of
+    ``ix_vouchers_holder_user_id``): a code lives ``VOUCHER_TTL_SECONDS`` and must not spend the
+    person's account after the window took the link away. Returns how many codes were ended.
+
+    Used by staff's end of a link (``app.services.identity_links``) and by a new reserved number,
+    which ends the phone links the old one made (``app.services.phones``)."""
+    for user in users:
+        user.unproven_person_id, user.person_id, user.verified_at = person_id, None, None
+        user.identity_proof = user.identity_proven_at = None
+    if not users:
+        return 0
+    ended = session.execute(update(Voucher).where(
+        Voucher.holder_user_id.in_([user.id for user in users]), Voucher.used_at.is_(None),
+        Voucher.expires_at > now).values(expires_at=now).execution_options(synchronize_session=False))
+    return int(ended.rowcount or 0)
 
 
 # --- window proof --------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from app.policy import RegionPolicy, shanghai_date
 from app.security.id_number import validate_id_number
 from app.security.pii import PiiCipher, mask_mobile
 from app.services import audit
-from app.services.identity import Platforms, person_view, reserved_by_another
+from app.services.identity import Platforms, end_links, person_view, reserved_by_another
 from app.timefmt import iso
 from models import Person, PhoneProof, User
 from notify.person_notices import add_person_notice
@@ -145,8 +145,9 @@ def set_reserved_phone(session: Session, pii: PiiCipher, staff_id: int, id_numbe
     A link made by the ``phone`` proof rested on holding the number on file; once the window puts
     another number on file, that proof is gone. Every user linked to this person by the phone proof
     whose proven number is not the new one is unlinked as migrations 0003 and 0007 did (``person_id``
-    moves to ``unproven_person_id``; ``GET /me`` asks them to prove who they are again) — the holder
-    of a stale, recycled number keeps nothing — and the person's inbox says so
+    moves to ``unproven_person_id``; ``GET /me`` asks them to prove who they are again; the codes they
+    hold stop working: ``identity.end_links``) — the holder of a stale, recycled number keeps nothing —
+    and the person's inbox says so
     (``phone_links_ended`` counts them; the audit row names the users). Links by other proofs stay."""
     number = validate_id_number(id_number, today=shanghai_date(now))
     mobile = normalize_mobile(phone)
@@ -171,14 +172,14 @@ def set_reserved_phone(session: Session, pii: PiiCipher, staff_id: int, id_numbe
         shared = reserved_by_another(session, person.phone_bidx, person.id)
         ended = [user for user in linked if user.phone_bidx is None or not hmac.compare_digest(user.phone_bidx,
                                                                                                 new_bidx)]
-        for user in ended:
-            user.unproven_person_id, user.person_id, user.verified_at = person.id, None, None
-            user.identity_proof = user.identity_proven_at = None
+        vouchers_ended = end_links(session, ended, person.id, now)
         details: dict[str, Any] = {"old": old, "new": mask_mobile(mobile)}
         if shared:
             details["shared_with_others"] = True
         if ended:
             details["phone_links_ended"] = [user.id for user in ended]
+            if vouchers_ended:
+                details["vouchers_ended"] = vouchers_ended
             add_person_notice(
                 session, person_id=person.id, kind="identity", event_key=f"ph{now:%y%m%d%H%M%S%f}",
                 at=now, content={"event": "unlinked", "proof": "phone", "count": len(ended),

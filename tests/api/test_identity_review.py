@@ -11,6 +11,7 @@ from sqlalchemy import select
 from app.demo import DEMO_PHONES, NEIGHBOUR, OWNER, SPOUSE
 from tests.binding_helpers import PDF, bind, sign_in, upload
 from tests.helpers import bearer, prove_identity_wechat, prove_phone_wechat, random_openid, sign_in_wechat
+from tests.money_helpers import issue, settle
 
 
 def verify(client, token, name, id_number, proof):
@@ -94,6 +95,21 @@ def test_an_ended_phone_link_is_audited_and_the_person_is_told(app, client, sand
         assert event.details["phone_links_ended"] == [stranger_id]
         notices = session.scalars(select(Notice).where(Notice.kind == "identity")).all()
         assert any(n.content.get("event") == "unlinked" for n in notices)
+
+
+def test_a_voucher_issued_before_a_new_reserved_number_ended_the_phone_link_no_longer_pays(client, sandbox, demo):
+    # Finding: ending a phone link left the codes its holder had issued working. The new holder of a
+    # recycled number links as 张伟 by phone and issues a code; 张伟 has the window put his new number
+    # on file, which ends that link — and the code (alive VOUCHER_TTL_SECONDS) still spent his account.
+    openid = random_openid()
+    holder = sign_in_wechat(client, sandbox, openid)["access_token"]
+    assert prove_phone_wechat(client, sandbox, holder, openid, DEMO_PHONES[OWNER]).status_code == 200
+    assert verify(client, holder, "张伟", OWNER, {"phone": True}).status_code == 200
+    code = issue(client, holder)
+    assert reserve(client, demo, OWNER, "13900007777")["phone_links_ended"] == 1
+    refused = settle(client, code)
+    assert refused.status_code == 422, refused.get_json()
+    assert refused.get_json()["error"]["code"] == "VOUCHER_EXPIRED"
 
 
 # --- a stale read of the user overwrote a link made meanwhile -----------------------------------
