@@ -29,12 +29,13 @@ class DeliverySchema(Schema):
 class NotificationSchema(Schema):
     id = fields.Integer()
     kind = fields.String(metadata={"description": "deduction | refund | receipt; binding (a binding naming "
-                                                  "you changed) | identity (another account was linked to you)"})
+                                                  "you changed) | identity (another account was linked to you, "
+                                                  "or a link ended)"})
     settlement_no = fields.String(allow_none=True, metadata={"description": "money notices only"})
     amount_fen = fields.Integer(allow_none=True, metadata={"description": "money notices only"})
     event = fields.String(allow_none=True, metadata={
         "description": "binding notices: created | active | suspended | resumed | ended | rejected | declined; "
-                       "identity notices: linked"})
+                       "identity notices: linked | unlinked"})
     binding_id = fields.Integer(allow_none=True, metadata={"description": "binding notices only"})
     message = fields.String(allow_none=True, metadata={"description": "what happened, in Chinese, masked (R17)"})
     balance_after_fen = fields.Integer(allow_none=True)

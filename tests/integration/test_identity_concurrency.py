@@ -60,3 +60,44 @@ def test_phone_links_racing_a_new_reserved_number_never_outlive_it(app, client, 
     with app_session() as session, session.begin():
         still = session.scalar(select(func.count()).select_from(User).where(User.person_id.is_not(None)))
     assert still == 0, results
+
+
+
+def test_clerks_ending_links_while_accounts_link_and_a_new_number_lands_never_deadlock(app, client, sandbox, demo):
+    """Staff's end of a link takes the person row, then the user row (LOCK_ORDER), like linking and a
+    new reserved number: run together on one person, each ends or is refused, none waits on another
+    for ever; the same link ended twice at once is ended once (one audit row, one notice)."""
+    from models import AuditEvent
+
+    linked, joining = [], []
+    for i in range(ACCOUNTS):
+        openid = random_openid()
+        token = sign_in_wechat(client, sandbox, openid)["access_token"]
+        sandbox.set_wechat_identity(openid, "张伟", OWNER)
+        body = {"name": "张伟", "id_number": OWNER,
+                "proof": {"wechat_realname_code": sandbox.issue_wechat_realname_code(openid)}}
+        if i % 2 == 0:  # linked before: the clerks end these
+            assert client.post("/api/v1/me/identity", json=body, headers=bearer(token)).status_code == 200
+            linked.append(client.get("/api/v1/me", headers=bearer(token)).get_json()["user"]["id"])
+        else:  # they link while the clerks work
+            joining.append((token, body))
+    staff = bearer(demo.tokens["window1"])
+    calls = [("end", lambda c, u=u: c.post(f"/api/v1/staff/identity-links/{u}/end", json={"reason": "本人申请"},
+                                          headers=staff)) for u in linked + linked[:1]]
+    calls += [("link", lambda c, t=t, b=b: c.post("/api/v1/me/identity", json=b, headers=bearer(t)))
+              for t, b in joining]
+    calls.insert(3, ("phone", lambda c: c.post("/api/v1/staff/persons/phone",
+                                               json={"id_number": OWNER, "phone": "13900007777"}, headers=staff)))
+
+    results = list(zip([kind for kind, _ in calls], together(app, [call for _, call in calls]), strict=True))
+
+    assert sorted(status for kind, (status, _) in results if kind == "end") == [200] * len(linked) + [409], results
+    assert {status for kind, (status, _) in results if kind != "end"} == {200}, results
+    with app_session() as session, session.begin():
+        still = set(session.scalars(select(User.id).where(User.person_id.is_not(None))))
+        audited = session.scalar(select(func.count()).select_from(AuditEvent)
+                                 .where(AuditEvent.action == "identity.unlink"))
+        notices = session.scalars(select(Notice.content).where(Notice.kind == "identity")).all()
+    assert still.isdisjoint(linked) and len(still) == len(joining)
+    assert audited == len(linked)
+    assert sum(1 for content in notices if content.get("event") == "unlinked") == len(linked)

@@ -141,6 +141,7 @@ STAFF_API_ROUTES = {
     ("POST", "/api/v1/staff/suspensions/1/lift"): (A,),
     ("POST", "/api/v1/staff/offsite-filings"): (W, A), ("POST", "/api/v1/staff/chronic-certifications"): (W, A),
     ("POST", "/api/v1/staff/identity-links"): (W, A), ("POST", "/api/v1/staff/persons/phone"): (W, A),
+    ("POST", "/api/v1/staff/identity-links/search"): ANY, ("POST", "/api/v1/staff/identity-links/1/end"): (W, A),
     ("GET", "/api/v1/staff/notices"): ANY, ("POST", "/api/v1/staff/notices/1/retry"): (W, A),
     ("GET", "/api/v1/staff/audit-log"): (A, R),
 }
