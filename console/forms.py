@@ -88,6 +88,12 @@ class IdentityLinkForm(FlaskForm):
     link_code = StringField("小程序显示的窗口核验码", validators=[DataRequired(REQUIRED), Length(max=16)])
 
 
+class EndLinkForm(FlaskForm):
+    reason = TextAreaField("解除原因（已核验参保人身份证原件）", validators=[DataRequired(REQUIRED), Length(max=500)])
+    confirmed = BooleanField("确认解除：该账号将不能再使用此参保人的医保个人账户，须重新验证身份",
+                             validators=[InputRequired("须勾选确认")])
+
+
 class PasswordForm(FlaskForm):
     current_password = PasswordField("当前密码", validators=[DataRequired(REQUIRED)])
     new_password = PasswordField("新密码（至少 12 位）", validators=[DataRequired(REQUIRED), Length(max=256)])

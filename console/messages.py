@@ -30,6 +30,7 @@ BINDING_STATES = {"pending_review": "待审核", "pending_consent": "待家庭�
 DELIVERY_STATES = {"pending": "待发送", "sending": "发送中", "sent": "已送达", "failed": "发送失败",
                    "no_consent": "未订阅"}
 CHANNELS = {"wechat": "微信", "alipay": "支付宝", "window": "窗口", "system": "系统"}
+PROOFS = {"platform_realname": "微信/支付宝实名", "phone": "预留手机号", "window": "窗口核验"}
 SCOPES = {"owner": "账户所有人（全部共济）", "binding": "单个绑定", "beneficiary": "家庭成员"}
 ROLES = {"window": "窗口经办", "admin": "管理员", "auditor": "审计（只读）"}
 INSURANCE = {"employee": "职工医保", "resident": "居民医保"}

@@ -17,6 +17,7 @@ from app.services import (
     documents,
     filings,
     identity,
+    identity_links,
     overview,
     person_lookup,
     phones,
@@ -27,6 +28,7 @@ from app.web import session as db_session
 from console import charts, messages
 from console.forms import (
     CertificationForm,
+    EndLinkForm,
     FilingForm,
     IdentityLinkForm,
     LookupForm,
@@ -317,7 +319,27 @@ def persons() -> Any:
             db_session(), pii=d.pii, policy=d.policy, caller=user().principal, id_number=form.id_number.data.strip(),
             now=now(), ip=client_ip()))
     form.id_number.data = ""
-    return render_template("console/persons.html", form=form, r=result, error=error), 200 if error is None else 422
+    return render_template("console/persons.html", form=form, r=result, error=error, end_form=EndLinkForm(),
+                           ended=_int(request.args.get("ended"))), 200 if error is None else 422
+
+
+@bp.post("/identity-links/<int:user_id>/end")
+@roles(*WRITE)
+def end_identity_link(user_id: int) -> Any:
+    """解除关联 (R21): end the link of a sign-in listed on the person page, with a reason and a confirmation;
+    the same service as ``POST /api/v1/staff/identity-links/{user_id}/end``. The page then says so (the
+    person is looked up again by ID number: it is never carried in a URL)."""
+    form = EndLinkForm()
+    if not form.validate_on_submit():
+        error, status = "请填写解除原因并勾选确认。", 400
+    else:
+        _ended, error = attempt(lambda: identity_links.end_link(
+            db_session(), domain().pii, user().principal, user_id, form.reason.data, now(), client_ip()))
+        status = 422
+    if error:
+        return render_template("console/persons.html", form=LookupForm(), r=None, error=error, end_form=form,
+                               ended=None), status
+    return redirect(url_for("console.persons", ended=user_id), 303)
 
 
 # --- reserved phone numbers and window identity links (R21) ------------------------------------------

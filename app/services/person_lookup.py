@@ -23,6 +23,7 @@ from app.services.auth import Principal
 from app.services.authorizations import record_view
 from app.services.bindings import active_person_suspensions, binding_view
 from app.services.identity import person_view
+from app.services.identity_links import linked_accounts
 from app.services.suspensions import suspension_view
 from models import (
     Account,
@@ -86,6 +87,7 @@ def look_up_person(session: Session, *, pii: PiiCipher, policy: RegionPolicy, ca
                                       .order_by(Suspension.id.desc()).limit(LATEST)).all()
         events = session.scalars(select(AuthorizationEvent).where(AuthorizationEvent.binding_id.in_(binding_ids))
                                  .order_by(AuthorizationEvent.id.desc()).limit(LATEST)).all() if binding_ids else []
+        accounts = linked_accounts(session, pii, person.id)
     as_owner, as_beneficiary = [], []
     for binding, owner, member in binding_rows:
         view = binding_view(pii, binding, owner, member, suspensions=held)
@@ -113,4 +115,6 @@ def look_up_person(session: Session, *, pii: PiiCipher, policy: RegionPolicy, ca
                                                         None)["items"],
         "notices": inbox.list_notifications(session, person.id, None, LATEST)["items"],
         "authorizations": [record_view(e, for_staff=True) for e in events],
+        # R21: the sign-ins linked to this person (masked, no openid); the window may end one.
+        "linked_accounts": accounts,
     }

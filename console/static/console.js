@@ -7,6 +7,15 @@ document.addEventListener("DOMContentLoaded", function () {
       window.print();
     });
   }
+  // A form with data-confirm (解除关联) asks once more before it is sent; the server still requires
+  // its own confirmation box, so nothing rests on this script.
+  document.querySelectorAll("form[data-confirm]").forEach(function (form) {
+    form.addEventListener("submit", function (event) {
+      if (!window.confirm(form.getAttribute("data-confirm"))) {
+        event.preventDefault();
+      }
+    });
+  });
   var printedAt = document.getElementById("printed-at");
   if (printedAt) {
     printedAt.textContent = new Date().toLocaleString("zh-CN", { timeZone: "Asia/Shanghai", hour12: false });

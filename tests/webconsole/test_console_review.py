@@ -121,6 +121,7 @@ CONSOLE_ROUTES = {  # (method, path): roles allowed; every other signed-in role 
     ("GET", "/console/persons"): ANY, ("POST", "/console/persons"): ANY,
     ("GET", "/console/persons/phone"): (W, A), ("POST", "/console/persons/phone"): (W, A),
     ("GET", "/console/identity-links"): (W, A), ("POST", "/console/identity-links"): (W, A),
+    ("POST", "/console/identity-links/1/end"): (W, A),
     ("GET", "/console/suspensions"): ANY, ("POST", "/console/suspensions"): (A,),
     ("POST", "/console/suspensions/1/lift"): (A,),
     ("GET", "/console/filings"): ANY, ("POST", "/console/filings"): (W, A),
