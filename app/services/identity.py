@@ -87,14 +87,19 @@ def reserved_by_another(session: Session, phone_bidx: str, person_id: int) -> bo
 
 # Lock order of identity changes: the person row, then the user rows (linking here and at the
 # window, staff's new reserved number, which ends phone links: app.services.phones, and staff's end
-# of one link: app.services.identity_links). Ending a link then updates the user's live vouchers; a
-# settlement locks a voucher but never a person or a user row, so the two cannot wait on each other.
+# of one link: app.services.identity_links). Ending a link then updates the user's live vouchers. A
+# settlement locks its voucher first and then writes rows naming the holder's person and users (its
+# settlement, payments, notices, deliveries), each foreign key checked by PostgreSQL with FOR KEY
+# SHARE on that row: so these locks are FOR NO KEY UPDATE (``locked_afresh``), which excludes every
+# other identity change but not a key-share — with FOR UPDATE, a clerk ending a link while its code
+# is being settled waited on the voucher while the settlement waited on the person (a deadlock).
 LOCK_ORDER = ("persons", "users")
 
 
-def _fresh(query: Any) -> Any:
-    """``query`` FOR UPDATE, overwriting whatever the session already holds of those rows."""
-    return query.with_for_update().execution_options(populate_existing=True)
+def locked_afresh(query: Any) -> Any:
+    """``query`` FOR NO KEY UPDATE (LOCK_ORDER), overwriting whatever the session already holds of
+    those rows."""
+    return query.with_for_update(key_share=True).execution_options(populate_existing=True)
 
 
 def _proof_kind(proof: dict[str, Any] | None) -> tuple[str, str] | None:
@@ -140,8 +145,8 @@ def verify_identity(session: Session, pii: PiiCipher, policy: RegionPolicy, plat
         # FOR UPDATE does not refresh an object it holds) — a link made meanwhile, at the window or
         # by a parallel request, is seen, not overwritten.
         bidx = pii.blind_index(number, kind="id_number")
-        person = session.scalar(_fresh(select(Person).where(Person.id_number_bidx == bidx)))
-        user = session.scalars(_fresh(select(User).where(User.id == user_id))).one()
+        person = session.scalar(locked_afresh(select(Person).where(Person.id_number_bidx == bidx)))
+        user = session.scalars(locked_afresh(select(User).where(User.id == user_id))).one()
         matched = person is not None and names_match(pii.decrypt(person.name_enc, context="person.name"), name)
         details: dict[str, Any] = {"matched": matched, "proof": kind,
                                    "person_id": person.id if matched and person else None}
@@ -309,7 +314,7 @@ def link_at_window(session: Session, pii: PiiCipher, policy: RegionPolicy, staff
         # Two live codes alike (issued at the same instant): whose it is cannot be told — link nobody.
         row = live[0] if len(live) == 1 else None
         bidx = pii.blind_index(number, kind="id_number")
-        person = session.scalar(_fresh(select(Person).where(Person.id_number_bidx == bidx)))
+        person = session.scalar(locked_afresh(select(Person).where(Person.id_number_bidx == bidx)))
         ok = row is not None and person is not None
         failed: errors.DomainError | None = None
         if row is None:
@@ -317,7 +322,7 @@ def link_at_window(session: Session, pii: PiiCipher, policy: RegionPolicy, staff
         elif person is None:
             failed = errors.NotFound("No such person in the registry.")
         else:
-            user = session.scalars(_fresh(select(User).where(User.id == row.user_id))).one()
+            user = session.scalars(locked_afresh(select(User).where(User.id == row.user_id))).one()
             if user.person_id is not None and user.person_id != person.id:
                 failed = errors.InvalidState("This sign-in is already verified as another person.")
             else:

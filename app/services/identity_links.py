@@ -25,7 +25,7 @@ from app.security.pii import PiiCipher, mask_id_number, mask_mobile
 from app.services import audit
 from app.services.auth import Principal
 from app.services.bindings import clean_reason, require_staff_writer
-from app.services.identity import end_links, person_view
+from app.services.identity import end_links, locked_afresh, person_view
 from app.timefmt import iso
 from models import Person, User
 from notify.person_notices import add_person_notice
@@ -84,10 +84,8 @@ def end_link(session: Session, pii: PiiCipher, caller: Principal, user_id: int, 
             if session.scalar(select(User.id).where(User.id == user_id)) is None:
                 raise errors.NotFound("No such user.")
             raise errors.InvalidState("This sign-in is not linked to any person.")
-        person = session.scalars(select(Person).where(Person.id == person_id).with_for_update()
-                                 .execution_options(populate_existing=True)).one()
-        user = session.scalars(select(User).where(User.id == user_id).with_for_update()
-                               .execution_options(populate_existing=True)).one()
+        person = session.scalars(locked_afresh(select(Person).where(Person.id == person_id))).one()
+        user = session.scalars(locked_afresh(select(User).where(User.id == user_id))).one()
         if user.person_id != person.id:  # ended, or linked elsewhere, since the first read: look again
             raise errors.InvalidState("This sign-in's link changed meanwhile; look the person up again.")
         proof, channel = user.identity_proof, user.channel

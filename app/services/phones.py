@@ -28,7 +28,7 @@ from app.policy import RegionPolicy, shanghai_date
 from app.security.id_number import validate_id_number
 from app.security.pii import PiiCipher, mask_mobile
 from app.services import audit
-from app.services.identity import Platforms, end_links, person_view, reserved_by_another
+from app.services.identity import Platforms, end_links, locked_afresh, person_view, reserved_by_another
 from app.timefmt import iso
 from models import Person, PhoneProof, User
 from notify.person_notices import add_person_notice
@@ -158,14 +158,13 @@ def set_reserved_phone(session: Session, pii: PiiCipher, staff_id: int, id_numbe
         # The person first (LOCK_ORDER in app.services.identity): a link being judged by the old
         # number either committed before this lock — and the users read next include it — or waits
         # for it and is then judged by the new number.
-        person = session.scalar(select(Person).where(Person.id_number_bidx == pii.blind_index(number, kind="id_number"))
-                                .with_for_update().execution_options(populate_existing=True))
+        person = session.scalar(locked_afresh(
+            select(Person).where(Person.id_number_bidx == pii.blind_index(number, kind="id_number"))))
         if person is None:
             raise errors.NotFound("No such person in the registry.")
         new_bidx = phone_index(pii, mobile)
-        linked = session.scalars(select(User).where(User.person_id == person.id, User.identity_proof == "phone")
-                                 .order_by(User.id).with_for_update()
-                                 .execution_options(populate_existing=True)).all()
+        linked = session.scalars(locked_afresh(
+            select(User).where(User.person_id == person.id, User.identity_proof == "phone").order_by(User.id))).all()
         old = None if person.phone_enc is None else mask_mobile(pii.decrypt(person.phone_enc, context="person.phone"))
         person.phone_enc, person.phone_bidx = encrypt_person_phone(pii, mobile)
         person.updated_at = now

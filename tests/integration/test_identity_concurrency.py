@@ -3,13 +3,18 @@ finds the earlier ones, so the person's inbox gets one identity notice per furth
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+import threading
+import time
+
+import pytest
+from sqlalchemy import func, select, text
 
 from app.demo import OWNER
 from app.extensions import app_session
 from models import Notice, User
-from tests.helpers import bearer, random_openid, sign_in_wechat
+from tests.helpers import bearer, prove_identity_wechat, random_openid, sign_in_wechat
 from tests.integration.test_settlement_concurrency import together
+from tests.money_helpers import issue
 
 ACCOUNTS = 8
 
@@ -101,3 +106,41 @@ def test_clerks_ending_links_while_accounts_link_and_a_new_number_lands_never_de
     assert still.isdisjoint(linked) and len(still) == len(joining)
     assert audited == len(linked)
     assert sum(1 for content in notices if content.get("event") == "unlinked") == len(linked)
+
+
+def _waiting(query_like: str) -> bool:
+    """Whether another connection is waiting for a row lock in a statement like ``query_like``."""
+    with app_session() as watch, watch.begin():
+        return bool(watch.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                      "AND query LIKE :q"), {"q": query_like}))
+
+
+@pytest.mark.postgres(reason="row locks and foreign-key checks: PostgreSQL")
+def test_ending_a_link_while_its_code_is_being_settled_does_not_deadlock(app, client, sandbox, demo):
+    """A settlement locks the voucher first, then writes rows naming the holder's person (the
+    settlement, its payments, notices): PostgreSQL checks each such foreign key with FOR KEY SHARE on
+    the person row. A clerk ending the holder's link at that moment locks the person, then the user,
+    then ends the codes they hold — waiting on that voucher. The person lock must not block the
+    settlement's key-share, or the two wait on each other until PostgreSQL kills one (deadlock_detected)."""
+    openid = random_openid()
+    token = sign_in_wechat(client, sandbox, openid)["access_token"]
+    assert prove_identity_wechat(client, sandbox, token, openid, "张伟", OWNER).status_code == 200
+    issue(client, token)
+    user_id = client.get("/api/v1/me", headers=bearer(token)).get_json()["user"]["id"]
+
+    ended: list[int] = []
+    with app_session() as settling, settling.begin():
+        person_id = settling.scalar(select(User.person_id).where(User.id == user_id))
+        # The settlement's first lock: the voucher (FOR UPDATE).
+        settling.execute(text("SELECT id FROM vouchers WHERE holder_user_id = :u FOR UPDATE"), {"u": user_id})
+        clerk = threading.Thread(target=lambda: ended.append(app.test_client().post(
+            f"/api/v1/staff/identity-links/{user_id}/end", json={"reason": "本人申请"},
+            headers=bearer(demo.tokens["window1"])).status_code))
+        clerk.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not _waiting("UPDATE vouchers%"):  # the clerk waits on the voucher
+            time.sleep(0.05)
+        # Then the settlement writes a row naming the holder's person: the foreign key's check.
+        settling.execute(text("SELECT id FROM persons WHERE id = :p FOR KEY SHARE"), {"p": person_id})
+    clerk.join(20)
+    assert ended == [200]
