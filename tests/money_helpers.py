@@ -81,6 +81,35 @@ def issue(client: Any, token: str, person: int | None = None) -> str:
     return response.get_json()["code"]
 
 
+def suspending_family(app: Any, demo: Any, client: Any, sandbox: Any) -> type:
+    """For the suspension holes (R11): 张伟 (350000 fen) and 李娜 (120000 fen) signed in; 李娜 is bound
+    to their child (``spouse_binding``); the demo staff ``tokens``; the three persons' ids."""
+    fresh(app)
+
+    class Family:
+        owner_token = sign_in(client, sandbox, OWNER)
+        spouse_token = sign_in(client, sandbox, SPOUSE)
+        spouse_binding = make_binding(app, SPOUSE, CHILD, "child")
+        child = person_id(app, CHILD)
+        owner = person_id(app, OWNER)
+        spouse = person_id(app, SPOUSE)
+        tokens = demo.tokens
+
+    return Family
+
+
+def ok(response: Any, status: int = 200) -> Any:
+    """The answer's body, once its status is ``status``."""
+    assert response.status_code == status, response.get_json()
+    return response.get_json()
+
+
+def suspend_by_admin(client: Any, family: Any, reason: str, **body: Any) -> Any:
+    """An admin's R11 suspension (``owner_id_number=…``, ``binding_id=…``, …) of ``suspending_family``."""
+    return ok(client.post("/api/v1/staff/suspensions", json={"reason": reason, **body},
+                          headers=bearer(family.tokens["admin1"])), 201)
+
+
 def sign_headers(inst_code: str, secret: str, method: str, path: str, body: bytes, *,
                  timestamp: int | None = None, nonce: str | None = None) -> dict[str, str]:
     ts = str(int(time.time()) if timestamp is None else timestamp)

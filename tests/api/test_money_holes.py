@@ -17,15 +17,15 @@ from tests.money_helpers import (
     CHILD,
     OWNER,
     PARENT,
-    SPOUSE,
     balance,
     drug,
-    fresh,
     issue,
     make_binding,
-    person_id,
+    ok,
     settle,
     sign_in,
+    suspend_by_admin,
+    suspending_family,
 )
 
 # verify-ledger must be clean after every test that moves money (tests/conftest.py).
@@ -34,29 +34,11 @@ pytestmark = pytest.mark.usefixtures("ledger_stays_clean")
 
 @pytest.fixture
 def family(app, demo, client, sandbox):
-    """张伟 (350000 fen) signed in; 李娜 (120000 fen) bound to their child and signed in too."""
-    fresh(app)
-
-    class Family:
-        owner_token = sign_in(client, sandbox, OWNER)
-        spouse_token = sign_in(client, sandbox, SPOUSE)
-        spouse_binding = make_binding(app, SPOUSE, CHILD, "child")
-        child = person_id(app, CHILD)
-        owner = person_id(app, OWNER)
-        spouse = person_id(app, SPOUSE)
-        tokens = demo.tokens
-
-    return Family
-
-
-def ok(response, status=200):
-    assert response.status_code == status, response.get_json()
-    return response.get_json()
+    return suspending_family(app, demo, client, sandbox)
 
 
 def suspend(client, family, **body):
-    return ok(client.post("/api/v1/staff/suspensions", json={"reason": "套现", **body},
-                          headers=bearer(family.tokens["admin1"])), 201)
+    return suspend_by_admin(client, family, "套现", **body)
 
 
 def lift(client, family, suspension_id):

@@ -18,12 +18,12 @@ from tests.money_helpers import (
     SPOUSE,
     balance,
     drug,
-    fresh,
     issue,
     make_binding,
-    person_id,
+    ok,
     settle,
-    sign_in,
+    suspend_by_admin,
+    suspending_family,
 )
 
 # verify-ledger must be clean after every test that moves money (tests/conftest.py).
@@ -32,24 +32,7 @@ pytestmark = pytest.mark.usefixtures("ledger_stays_clean")
 
 @pytest.fixture
 def family(app, demo, client, sandbox):
-    """张伟 (350000 fen) and 李娜 (120000 fen) signed in; 李娜 is bound to their child."""
-    fresh(app)
-
-    class Family:
-        owner_token = sign_in(client, sandbox, OWNER)
-        spouse_token = sign_in(client, sandbox, SPOUSE)
-        spouse_binding = make_binding(app, SPOUSE, CHILD, "child")
-        child = person_id(app, CHILD)
-        owner = person_id(app, OWNER)
-        spouse = person_id(app, SPOUSE)
-        tokens = demo.tokens
-
-    return Family
-
-
-def ok(response, status=200):
-    assert response.status_code == status, response.get_json()
-    return response.get_json()
+    return suspending_family(app, demo, client, sandbox)
 
 
 def error_code(response, status):
@@ -58,8 +41,7 @@ def error_code(response, status):
 
 
 def suspend(client, family, **body):
-    return ok(client.post("/api/v1/staff/suspensions", json={"reason": "倒卖药品", **body},
-                          headers=bearer(family.tokens["admin1"])), 201)
+    return suspend_by_admin(client, family, "倒卖药品", **body)
 
 
 # --------------------------------------------------------------------------- R11 + R12: a suspended owner's 亲情码
