@@ -20,29 +20,12 @@ from notify.channels import wechat as wechat_channel
 from notify.retry import MAX_GAP_SECONDS, RETRY_WINDOW, after_transient_failure, retry_delay_seconds
 from sandbox.push import build_event_push, sent_event
 from tests.conftest import ALIPAY_TEMPLATE_DEDUCTION, TEMPLATE_DEDUCTION, TEMPLATE_RECEIPT
-from tests.notify_helpers import FakeClock, NotifyWorld
+from tests.notify_helpers import NotifyWorld
 
 CALLBACK = "/api/v1/callbacks/wechat"
 
 
-@pytest.fixture
-def clock(app, monkeypatch):
-    clock = FakeClock()
-    deliverer = app.extensions["domain"].notifier.deliverer
-    monkeypatch.setattr(deliverer, "clock", clock)
-    monkeypatch.setattr(deliverer, "rng", random.Random(15))
-    return clock
-
-
-@pytest.fixture
-def world(app, sandbox, clock):
-    yield NotifyWorld(app, sandbox, clock)
-    sandbox.clear_faults()
-
-
-@pytest.fixture
-def notifier(app):
-    return app.extensions["domain"].notifier
+# clock, world, notifier: tests/integration/conftest.py
 
 
 def family(world, *, owner_alipay=False):
@@ -451,12 +434,17 @@ def test_a_timed_out_send_that_did_not_go_through_is_retried(app, world, notifie
     assert world.delivery(delivery_id).state == "sent"
 
 
-def test_a_sent_event_reporting_a_failure_marks_the_delivery_failed(world, notifier, sandbox, client):
+def _pushed_to_the_owner(world, notifier):
+    """张伟 subscribed, a co-pay for the child, its WeChat message sent: (owner, delivery id, MsgID)."""
     owner, child = family(world)
     world.subscribe(owner, "wechat", TEMPLATE_DEDUCTION)
     (delivery_id,) = world.settle(child, [(owner, "copay", 100)]).delivery_ids
     notifier.drain()
-    msgid = world.delivery(delivery_id).msgid
+    return owner, delivery_id, world.delivery(delivery_id).msgid
+
+
+def test_a_sent_event_reporting_a_failure_marks_the_delivery_failed(world, notifier, sandbox, client):
+    owner, delivery_id, msgid = _pushed_to_the_owner(world, notifier)
 
     push_sent_event(client, owner.openid, TEMPLATE_DEDUCTION, msgid, error_code="10005")
 
@@ -467,12 +455,8 @@ def test_a_sent_event_reporting_a_failure_marks_the_delivery_failed(world, notif
 def test_a_sent_event_changes_only_the_deliveries_of_the_user_it_names(world, notifier, sandbox, client):
     """A sent event names its user (FromUserName); a MsgID of another user's message in it is not
     that user's delivery and is ignored, not marked failed or confirmed."""
-    owner, child = family(world)
+    _, delivery_id, msgid = _pushed_to_the_owner(world, notifier)
     stranger = world.person("李娜")
-    world.subscribe(owner, "wechat", TEMPLATE_DEDUCTION)
-    (delivery_id,) = world.settle(child, [(owner, "copay", 100)]).delivery_ids
-    notifier.drain()
-    msgid = world.delivery(delivery_id).msgid
 
     push_sent_event(client, stranger.openid, TEMPLATE_DEDUCTION, msgid, error_code="10005")
 

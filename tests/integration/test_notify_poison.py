@@ -8,9 +8,6 @@ sweep from then on. Runs on SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
-import random
-
-import pytest
 from sqlalchemy import update
 
 from app.extensions import app_session
@@ -18,27 +15,8 @@ from models import Notice
 from notify import consent as consent_module
 from notify import delivery as delivery_module
 from tests.conftest import TEMPLATE_DEDUCTION
-from tests.notify_helpers import FakeClock, NotifyWorld
 
-
-@pytest.fixture
-def clock(app, monkeypatch):
-    clock = FakeClock()
-    deliverer = app.extensions["domain"].notifier.deliverer
-    monkeypatch.setattr(deliverer, "clock", clock)
-    monkeypatch.setattr(deliverer, "rng", random.Random(15))
-    return clock
-
-
-@pytest.fixture
-def world(app, sandbox, clock):
-    yield NotifyWorld(app, sandbox, clock)
-    sandbox.clear_faults()
-
-
-@pytest.fixture
-def notifier(app):
-    return app.extensions["domain"].notifier
+# clock, world, notifier: tests/integration/conftest.py
 
 
 def _corrupt_content(notice_id: int, content) -> None:
