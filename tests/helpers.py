@@ -72,6 +72,25 @@ def signed_in_person(client: Any, sandbox: Any, name: str, id_number: str, openi
     return token
 
 
+def verify_identity(client: Any, token: str, name: str, id_number: str, proof: dict[str, Any] | None = None) -> Any:
+    """``POST /me/identity`` as (name, id_number) with ``proof`` (none: the body has no proof)."""
+    body = {"name": name, "id_number": id_number} | ({"proof": proof} if proof is not None else {})
+    return client.post("/api/v1/me/identity", json=body, headers=bearer(token))
+
+
+def me(client: Any, token: str) -> dict[str, Any]:
+    """``GET /me``'s body."""
+    return client.get("/api/v1/me", headers=bearer(token)).get_json()
+
+
+def reserve_phone(client: Any, demo: Any, id_number: str, phone: str) -> dict[str, Any]:
+    """Window staff set a person's reserved number (after checking the ID card)."""
+    response = client.post("/api/v1/staff/persons/phone", json={"id_number": id_number, "phone": phone},
+                           headers=bearer(demo.tokens["window1"]))
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
 @contextmanager
 def scratch_database(prefix: str = "copay_ops") -> Iterator[str]:
     """A new empty database on the TEST_DATABASE_URL server, dropped afterwards."""

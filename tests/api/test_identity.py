@@ -20,17 +20,14 @@ from tests.helpers import (
     prove_identity_wechat,
     prove_phone_wechat,
     random_openid,
+    reserve_phone,
     sign_in_alipay,
     sign_in_wechat,
     signed_in_person,
+    verify_identity,
 )
 
 ACCEPTED = ["platform_realname", "phone", "window"]
-
-
-def verify(client, token, name, id_number, proof=None):
-    body = {"name": name, "id_number": id_number} | ({"proof": proof} if proof is not None else {})
-    return client.post("/api/v1/me/identity", json=body, headers=bearer(token))
 
 
 def wechat_user(client, sandbox):
@@ -51,13 +48,13 @@ def test_name_and_id_number_from_a_second_account_link_nothing_and_spend_nothing
     sandbox.set_wechat_identity(openid, "李四", "532621198205202246")  # a real WeChat user, not 张伟
 
     for proof in (None, {}, {"phone": False}):
-        response = verify(client, attacker, "张伟", OWNER, proof)
+        response = verify_identity(client, attacker, "张伟", OWNER, proof)
         assert response.status_code == 422
         assert error(response)["code"] == "IDENTITY_NOT_PROVEN"
         assert error(response)["details"]["accepted_proofs"] == ACCEPTED
     # The attacker's own real-name check does not confirm 张伟.
     code = sandbox.issue_wechat_realname_code(openid)
-    stolen = verify(client, attacker, "张伟", OWNER, {"wechat_realname_code": code})
+    stolen = verify_identity(client, attacker, "张伟", OWNER, {"wechat_realname_code": code})
     assert error(stolen)["code"] == "IDENTITY_NOT_PROVEN"
 
     me = client.get("/api/v1/me", headers=bearer(attacker)).get_json()
@@ -71,8 +68,8 @@ def test_without_a_proof_the_registry_is_not_even_read(client, sandbox, demo):
     """IDENTITY_NOT_PROVEN comes before the look-up, so strangers cannot learn who is insured."""
     _, token = wechat_user(client, sandbox)
     unknown = make_id_number("532621", date(1999, 9, 9), 999)
-    assert error(verify(client, token, "张伟", OWNER))["code"] == "IDENTITY_NOT_PROVEN"
-    assert error(verify(client, token, "谁", unknown))["code"] == "IDENTITY_NOT_PROVEN"
+    assert error(verify_identity(client, token, "张伟", OWNER))["code"] == "IDENTITY_NOT_PROVEN"
+    assert error(verify_identity(client, token, "谁", unknown))["code"] == "IDENTITY_NOT_PROVEN"
 
 
 # --- platform_realname -------------------------------------------------------------------------
@@ -103,7 +100,7 @@ def test_wechat_real_name_needs_both_answers_to_match(client, sandbox, demo):
     openid, token = wechat_user(client, sandbox)
     sandbox.set_wechat_identity(openid, None)  # no WeChat Pay real name: V_OP_NA
     code = sandbox.issue_wechat_realname_code(openid)
-    response = verify(client, token, "张伟", OWNER, {"wechat_realname_code": code})
+    response = verify_identity(client, token, "张伟", OWNER, {"wechat_realname_code": code})
     assert error(response)["code"] == "IDENTITY_NOT_PROVEN"
     assert error(response)["details"]["reason"] == "platform_says_no"
 
@@ -112,8 +109,8 @@ def test_a_real_name_code_works_once(client, sandbox, demo):
     openid, token = wechat_user(client, sandbox)
     sandbox.set_wechat_identity(openid, "张伟", OWNER)
     code = sandbox.issue_wechat_realname_code(openid)
-    assert verify(client, token, "张伟", OWNER, {"wechat_realname_code": code}).status_code == 200
-    again = verify(client, token, "张伟", OWNER, {"wechat_realname_code": code})
+    assert verify_identity(client, token, "张伟", OWNER, {"wechat_realname_code": code}).status_code == 200
+    again = verify_identity(client, token, "张伟", OWNER, {"wechat_realname_code": code})
     assert error(again)["details"]["reason"] == "realname_code_invalid"
 
 
@@ -136,7 +133,7 @@ def test_alipay_certified_identity_links(client, sandbox, demo):
     token = sign_in_alipay(client, sandbox, user_id)["access_token"]
     sandbox.set_alipay_identity(user_id, "张伟", OWNER)
     code = sandbox.issue_alipay_auth_code(user_id=user_id)
-    response = verify(client, token, "张伟", OWNER, {"alipay_auth_code": code})
+    response = verify_identity(client, token, "张伟", OWNER, {"alipay_auth_code": code})
     assert response.status_code == 200, response.get_json()
     assert response.get_json()["proof"] == "platform_realname"
 
@@ -155,7 +152,7 @@ def test_alipay_certification_must_be_this_accounts_and_this_persons(client, san
         code = sandbox.issue_alipay_auth_code(user_id=other)
     if case == "wechat_user":
         _, token = wechat_user(client, sandbox)
-    response = verify(client, token, "张伟", OWNER, {"alipay_auth_code": code})
+    response = verify_identity(client, token, "张伟", OWNER, {"alipay_auth_code": code})
     assert error(response)["code"] == "IDENTITY_NOT_PROVEN"
 
 
@@ -165,7 +162,7 @@ def test_a_platform_outage_is_upstream_unavailable_and_links_nothing(client, san
     code = sandbox.issue_wechat_realname_code(openid)
     sandbox.set_down("wechat")
     try:
-        response = verify(client, token, "张伟", OWNER, {"wechat_realname_code": code})
+        response = verify_identity(client, token, "张伟", OWNER, {"wechat_realname_code": code})
     finally:
         sandbox.set_down("wechat", False)
     assert response.status_code == 503
@@ -178,19 +175,20 @@ def test_a_platform_outage_is_upstream_unavailable_and_links_nothing(client, san
 def test_the_proven_phone_equal_to_the_reserved_number_links(client, sandbox, demo):
     openid, token = wechat_user(client, sandbox)
     assert prove_phone_wechat(client, sandbox, token, openid, DEMO_PHONES[OWNER]).status_code == 200
-    response = verify(client, token, "张伟", OWNER, {"phone": True})
+    response = verify_identity(client, token, "张伟", OWNER, {"phone": True})
     assert response.status_code == 200 and response.get_json()["proof"] == "phone"
 
 
 def test_another_phone_or_no_proven_phone_is_not_proven(client, sandbox, demo):
     openid, token = wechat_user(client, sandbox)
-    assert error(verify(client, token, "张伟", OWNER, {"phone": True}))["details"]["reason"] == "phone_not_proven"
+    refused = verify_identity(client, token, "张伟", OWNER, {"phone": True})
+    assert error(refused)["details"]["reason"] == "phone_not_proven"
     prove_phone_wechat(client, sandbox, token, openid, "13811112222")
-    response = verify(client, token, "张伟", OWNER, {"phone": True})
+    response = verify_identity(client, token, "张伟", OWNER, {"phone": True})
     assert error(response)["code"] == "IDENTITY_NOT_PROVEN"
     assert error(response)["details"]["reason"] == "phone_does_not_prove_this_identity"
     # The child has no reserved number: the phone cannot prove who they are.
-    no_reserved = error(verify(client, token, "张小明", CHILD, {"phone": True}))
+    no_reserved = error(verify_identity(client, token, "张小明", CHILD, {"phone": True}))
     assert (no_reserved["code"], no_reserved["details"]["reason"]) == ("IDENTITY_NOT_PROVEN",
                                                                        "phone_does_not_prove_this_identity")
 
@@ -200,18 +198,10 @@ def test_a_proven_phone_cannot_be_used_to_ask_who_is_insured(client, sandbox, de
     # reserved number" and "no reserved number" must all give the same answer.
     openid, token = wechat_user(client, sandbox)
     prove_phone_wechat(client, sandbox, token, openid, "13811112222")
-    answers = [error(verify(client, token, name, number, {"phone": True}))
+    answers = [error(verify_identity(client, token, name, number, {"phone": True}))
                for name, number in (("张伟", OWNER), ("张小明", CHILD), ("王五", OWNER),
                                     ("张三", "11010519491231002X"))]
     assert len({(a["code"], a["message"], str(a["details"])) for a in answers}) == 1, answers
-
-
-def reserve(client, demo, id_number, phone):
-    """Window staff set a person's reserved number (after checking the ID card)."""
-    response = client.post("/api/v1/staff/persons/phone", json={"id_number": id_number, "phone": phone},
-                           headers=bearer(demo.tokens["window1"]))
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()
 
 
 def test_a_number_reserved_for_two_persons_proves_neither(client, sandbox, demo):
@@ -219,10 +209,10 @@ def test_a_number_reserved_for_two_persons_proves_neither(client, sandbox, demo)
     # number set to 张伟's: with a fresh WeChat sign-in that proved his own phone, 张伟 linked himself
     # as 李娜 by phone (200), then could bind her account to himself and spend it (Wenshan's phone
     # check passes on the same number; no consent is asked).
-    reserve(client, demo, SPOUSE, DEMO_PHONES[OWNER])
+    reserve_phone(client, demo, SPOUSE, DEMO_PHONES[OWNER])
     openid, token = wechat_user(client, sandbox)
     assert prove_phone_wechat(client, sandbox, token, openid, DEMO_PHONES[OWNER]).status_code == 200
-    answers = [verify(client, token, name, number, {"phone": True}) for name, number in (("李娜", SPOUSE),
+    answers = [verify_identity(client, token, name, number, {"phone": True}) for name, number in (("李娜", SPOUSE),
                                                                                         ("张伟", OWNER))]
     for response in answers:
         assert response.status_code == 422, response.get_json()
@@ -240,11 +230,11 @@ def test_a_number_reserved_for_two_persons_proves_neither(client, sandbox, demo)
 
 
 def test_a_number_reserved_by_exactly_one_person_still_proves(client, sandbox, demo):
-    reserve(client, demo, SPOUSE, DEMO_PHONES[OWNER])
-    reserve(client, demo, SPOUSE, "13800009999")  # the window gives 李娜 her own number again
+    reserve_phone(client, demo, SPOUSE, DEMO_PHONES[OWNER])
+    reserve_phone(client, demo, SPOUSE, "13800009999")  # the window gives 李娜 her own number again
     openid, token = wechat_user(client, sandbox)
     prove_phone_wechat(client, sandbox, token, openid, DEMO_PHONES[OWNER])
-    response = verify(client, token, "张伟", OWNER, {"phone": True})
+    response = verify_identity(client, token, "张伟", OWNER, {"phone": True})
     assert response.status_code == 200 and response.get_json()["proof"] == "phone"
 
 
@@ -254,16 +244,16 @@ def test_a_shared_number_is_told_only_to_whom_the_number_and_identity_match(app,
     from app.extensions import app_session
     from models import AuditEvent
 
-    reserve(client, demo, SPOUSE, DEMO_PHONES[OWNER])
+    reserve_phone(client, demo, SPOUSE, DEMO_PHONES[OWNER])
     openid, token = wechat_user(client, sandbox)
     prove_phone_wechat(client, sandbox, token, openid, "13811112222")
     for name, number in (("张伟", OWNER), ("李娜", SPOUSE), ("王五", OWNER)):
-        assert error(verify(client, token, name, number, {"phone": True}))["details"]["reason"] == (
+        assert error(verify_identity(client, token, name, number, {"phone": True}))["details"]["reason"] == (
             "phone_does_not_prove_this_identity")
     prove_phone_wechat(client, sandbox, token, openid, DEMO_PHONES[OWNER])
-    assert error(verify(client, token, "王五", OWNER, {"phone": True}))["details"]["reason"] == (
+    assert error(verify_identity(client, token, "王五", OWNER, {"phone": True}))["details"]["reason"] == (
         "phone_does_not_prove_this_identity")
-    assert error(verify(client, token, "李娜", SPOUSE, {"phone": True}))["details"]["reason"] == (
+    assert error(verify_identity(client, token, "李娜", SPOUSE, {"phone": True}))["details"]["reason"] == (
         "reserved_phone_shared")
     with app_session() as session, session.begin():
         last = session.scalars(select(AuditEvent).where(AuditEvent.action == "identity.verify")
@@ -348,7 +338,7 @@ def test_the_accounts_already_linked_hear_of_a_further_account(client, sandbox, 
     user_id = "2088000000009004"
     second = sign_in_alipay(client, sandbox, user_id)["access_token"]
     sandbox.set_alipay_identity(user_id, "张伟", OWNER)
-    assert verify(client, second, "张伟", OWNER,
+    assert verify_identity(client, second, "张伟", OWNER,
                   {"alipay_auth_code": sandbox.issue_alipay_auth_code(user_id=user_id)}).status_code == 200
     (notice,) = [n for n in client.get("/api/v1/notifications", headers=bearer(first)).get_json()["items"]
                  if n["kind"] == "identity"]
@@ -362,7 +352,7 @@ def test_the_accounts_already_linked_hear_of_a_further_account(client, sandbox, 
 def test_r18_a_bad_check_digit_is_id_number_invalid(client, sandbox, demo):
     _, token = wechat_user(client, sandbox)
     wrong = OWNER[:-1] + ("0" if OWNER[-1] != "0" else "1")
-    response = verify(client, token, "张伟", wrong, {"phone": True})
+    response = verify_identity(client, token, "张伟", wrong, {"phone": True})
     assert response.status_code == 422
     assert error(response)["code"] == "ID_NUMBER_INVALID"
 
@@ -373,8 +363,8 @@ def test_r17_a_raw_id_number_appears_in_no_response_body_and_no_log_line(client,
 
     openid, token = wechat_user(client, sandbox)
     bodies = [
-        verify(client, token, "李四", OWNER).get_data(as_text=True),
-        verify(client, token, "张伟", OWNER[:-1] + "0").get_data(as_text=True),
+        verify_identity(client, token, "李四", OWNER).get_data(as_text=True),
+        verify_identity(client, token, "张伟", OWNER[:-1] + "0").get_data(as_text=True),
         prove_identity_wechat(client, sandbox, token, openid, "张伟", OWNER).get_data(as_text=True),
         prove_phone_wechat(client, sandbox, token, openid, DEMO_PHONES[OWNER]).get_data(as_text=True),
         client.get("/api/v1/me", headers=bearer(token)).get_data(as_text=True),
@@ -395,9 +385,9 @@ def test_identity_verification_is_rate_limited_per_user(make_app, sandbox, demo)
     app = make_app(RATE_LIMIT_PER_USER="2/60")
     client = app.test_client()
     token = sign_in_wechat(client, sandbox)["access_token"]
-    assert verify(client, token, "李四", OWNER).status_code == 422
-    assert verify(client, token, "李四", OWNER).status_code == 422
-    limited = verify(client, token, "张伟", OWNER)
+    assert verify_identity(client, token, "李四", OWNER).status_code == 422
+    assert verify_identity(client, token, "李四", OWNER).status_code == 422
+    limited = verify_identity(client, token, "张伟", OWNER)
     assert limited.status_code == 429
     assert "Retry-After" in limited.headers
 

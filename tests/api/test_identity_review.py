@@ -10,25 +10,17 @@ from sqlalchemy import select
 
 from app.demo import DEMO_PHONES, NEIGHBOUR, OWNER, SPOUSE
 from tests.binding_helpers import PDF, bind, sign_in, upload
-from tests.helpers import bearer, prove_identity_wechat, prove_phone_wechat, random_openid, sign_in_wechat
+from tests.helpers import (
+    bearer,
+    me,
+    prove_identity_wechat,
+    prove_phone_wechat,
+    random_openid,
+    reserve_phone,
+    sign_in_wechat,
+    verify_identity,
+)
 from tests.money_helpers import issue, settle
-
-
-def verify(client, token, name, id_number, proof):
-    return client.post("/api/v1/me/identity", json={"name": name, "id_number": id_number, "proof": proof},
-                       headers=bearer(token))
-
-
-def me(client, token):
-    return client.get("/api/v1/me", headers=bearer(token)).get_json()
-
-
-def reserve(client, demo, id_number, phone):
-    response = client.post("/api/v1/staff/persons/phone", json={"id_number": id_number, "phone": phone},
-                           headers=bearer(demo.tokens["window1"]))
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()
-
 
 # --- a phone link outlives the reserved number it was made with ---------------------------------
 
@@ -43,10 +35,10 @@ def test_a_phone_link_ends_when_the_window_gives_the_person_another_reserved_num
     openid = random_openid()
     stranger = sign_in_wechat(client, sandbox, openid)["access_token"]
     assert prove_phone_wechat(client, sandbox, stranger, openid, DEMO_PHONES[OWNER]).status_code == 200
-    assert verify(client, stranger, "张伟", OWNER, {"phone": True}).status_code == 200
+    assert verify_identity(client, stranger, "张伟", OWNER, {"phone": True}).status_code == 200
     assert client.post("/api/v1/vouchers", json={}, headers=bearer(stranger)).status_code == 201
 
-    answer = reserve(client, demo, OWNER, "13900007777")
+    answer = reserve_phone(client, demo, OWNER, "13900007777")
 
     seen = me(client, stranger)
     assert seen["user"]["verified"] is False and seen["person"] is None
@@ -57,7 +49,7 @@ def test_a_phone_link_ends_when_the_window_gives_the_person_another_reserved_num
     assert client.get("/api/v1/bindings", headers=bearer(stranger)).status_code == 403
     # 张伟's own sign-in (real-name proof) is untouched; the stranger's phone proves nothing any more.
     assert me(client, victim)["user"]["verified"] is True
-    again = verify(client, stranger, "张伟", OWNER, {"phone": True})
+    again = verify_identity(client, stranger, "张伟", OWNER, {"phone": True})
     assert again.get_json()["error"]["details"]["reason"] == "phone_does_not_prove_this_identity"
 
 
@@ -65,17 +57,17 @@ def test_a_phone_link_on_the_new_number_and_links_by_other_proofs_stay(client, s
     openid = random_openid()
     holder = sign_in_wechat(client, sandbox, openid)["access_token"]
     assert prove_phone_wechat(client, sandbox, holder, openid, DEMO_PHONES[OWNER]).status_code == 200
-    assert verify(client, holder, "张伟", OWNER, {"phone": True}).status_code == 200
+    assert verify_identity(client, holder, "张伟", OWNER, {"phone": True}).status_code == 200
     realname = sign_in(client, sandbox, OWNER)
     # The same number saved again (a clerk re-typing it) ends nothing.
-    assert reserve(client, demo, OWNER, DEMO_PHONES[OWNER])["phone_links_ended"] == 0
+    assert reserve_phone(client, demo, OWNER, DEMO_PHONES[OWNER])["phone_links_ended"] == 0
     assert me(client, holder)["user"]["verified"] is True
     # 李娜 reserves the same number too: 张伟's link made while it was his alone stays (docs/identity.md).
-    assert reserve(client, demo, SPOUSE, DEMO_PHONES[OWNER])["phone_links_ended"] == 0
+    assert reserve_phone(client, demo, SPOUSE, DEMO_PHONES[OWNER])["phone_links_ended"] == 0
     assert me(client, holder)["user"]["verified"] is True
     # A new number for 张伟 that the phone-linked user has proven since: that link stays too.
     assert prove_phone_wechat(client, sandbox, holder, openid, "13900007777").status_code == 200
-    assert reserve(client, demo, OWNER, "13900007777")["phone_links_ended"] == 0
+    assert reserve_phone(client, demo, OWNER, "13900007777")["phone_links_ended"] == 0
     assert me(client, holder)["user"]["verified"] is True
     assert me(client, realname)["user"]["verified"] is True
 
@@ -87,9 +79,9 @@ def test_an_ended_phone_link_is_audited_and_the_person_is_told(app, client, sand
     openid = random_openid()
     stranger = sign_in_wechat(client, sandbox, openid)["access_token"]
     prove_phone_wechat(client, sandbox, stranger, openid, DEMO_PHONES[OWNER])
-    assert verify(client, stranger, "张伟", OWNER, {"phone": True}).status_code == 200
+    assert verify_identity(client, stranger, "张伟", OWNER, {"phone": True}).status_code == 200
     stranger_id = me(client, stranger)["user"]["id"]
-    reserve(client, demo, OWNER, "13900007777")
+    reserve_phone(client, demo, OWNER, "13900007777")
     with app_session() as session, session.begin():
         event = session.scalar(select(AuditEvent).where(AuditEvent.action == "person.phone"))
         assert event.details["phone_links_ended"] == [stranger_id]
@@ -104,9 +96,9 @@ def test_a_voucher_issued_before_a_new_reserved_number_ended_the_phone_link_no_l
     openid = random_openid()
     holder = sign_in_wechat(client, sandbox, openid)["access_token"]
     assert prove_phone_wechat(client, sandbox, holder, openid, DEMO_PHONES[OWNER]).status_code == 200
-    assert verify(client, holder, "张伟", OWNER, {"phone": True}).status_code == 200
+    assert verify_identity(client, holder, "张伟", OWNER, {"phone": True}).status_code == 200
     code = issue(client, holder)
-    assert reserve(client, demo, OWNER, "13900007777")["phone_links_ended"] == 1
+    assert reserve_phone(client, demo, OWNER, "13900007777")["phone_links_ended"] == 1
     refused = settle(client, code)
     assert refused.status_code == 422, refused.get_json()
     assert refused.get_json()["error"]["code"] == "VOUCHER_EXPIRED"

@@ -16,6 +16,7 @@ from app.extensions import app_session
 from models import AuditEvent, User
 from tests.helpers import (
     bearer,
+    me,
     prove_identity_wechat,
     prove_phone_wechat,
     random_openid,
@@ -31,10 +32,6 @@ SEARCH = "/api/v1/staff/identity-links/search"
 def end(client, staff_token, user_id, reason="本人称该账号非本人操作，已核验身份证"):
     body = {} if reason is None else {"reason": reason}
     return client.post(f"/api/v1/staff/identity-links/{user_id}/end", json=body, headers=bearer(staff_token))
-
-
-def me(client, token):
-    return client.get("/api/v1/me", headers=bearer(token)).get_json()
 
 
 def taken_over(client, sandbox):
