@@ -273,7 +273,8 @@ def _person_with_account(session: Session, where: Any, *, lock: bool = False) ->
         .execution_options(populate_existing=True)
     )
     if lock:
-        query = query.with_for_update(of=Person)
+        # FOR NO KEY UPDATE, as every person lock (see suspensions._live_pair_binding).
+        query = query.with_for_update(of=Person, key_share=True)
     row = session.execute(query).first()
     return None if row is None else (row[0], row[1] is not None)
 

@@ -139,7 +139,8 @@ def upload_document(session: Session, root: str | Path, max_bytes: int, caller: 
         try:
             with session.begin():
                 if caller.kind == "user":
-                    session.execute(select(Person.id).where(Person.id == caller.person_id).with_for_update())
+                    session.execute(select(Person.id).where(Person.id == caller.person_id)
+                                    .with_for_update(key_share=True))
                 found = session.scalar(select(Document).where(_uploader_filter(caller), Document.sha256 == sha256))
                 if found is not None:
                     return document_view(found), False

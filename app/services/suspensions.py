@@ -47,8 +47,11 @@ def _live_pair_binding(session: Session, suspended_binding_id: int) -> Binding |
     if pair is None:
         return None
     # The owner's person row first, as binding does: a binding being created for this pair right now
-    # commits before we look (and is found) or waits for the lift (and is created active).
-    session.execute(select(Person.id).where(Person.id == pair.owner_person_id).with_for_update())
+    # commits before we look (and is found) or waits for the lift (and is created active). FOR NO KEY
+    # UPDATE, as every person lock: a settlement holding this pair's binding FOR SHARE checks the
+    # foreign keys of the rows it writes with FOR KEY SHARE on the owner's person row, which FOR
+    # UPDATE would block while we wait for that binding — a deadlock, and a 503 for one of the two.
+    session.execute(select(Person.id).where(Person.id == pair.owner_person_id).with_for_update(key_share=True))
     live_id = session.scalar(select(Binding.id).where(
         Binding.owner_person_id == pair.owner_person_id, Binding.beneficiary_person_id == pair.beneficiary_person_id,
         Binding.status.in_(LIVE_BINDING_STATES)))

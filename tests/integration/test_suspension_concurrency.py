@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 import app.services.bindings as bindings_service
 from app.demo import CHILD, OWNER
@@ -55,3 +55,39 @@ def test_binding_again_while_the_pair_suspension_is_lifted_ends_active(app, clie
     with app_session() as session, session.begin():
         statuses = session.scalars(select(Binding.status).where(Binding.id != first["id"])).all()
     assert statuses == ["active"]  # not `suspended` with nothing left to lift
+
+
+def _waiting(query_like: str) -> bool:
+    """Whether another connection is waiting for a row lock in a statement like ``query_like``."""
+    with app_session() as watch, watch.begin():
+        return bool(watch.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                      "AND query LIKE :q"), {"q": query_like}))
+
+
+def test_lifting_a_pair_suspension_while_the_pair_is_being_settled_does_not_deadlock(app, client, sandbox, demo):
+    """A settlement share-locks the beneficiary's bindings, then writes rows naming the owners' persons
+    (payments, notices): PostgreSQL checks each such foreign key with FOR KEY SHARE on the person row.
+    Lifting a pair's suspension locks the owner's person row, then the pair's live binding — waiting
+    on the settlement's share lock. The person lock must not block the settlement's key-share, or the
+    two wait on each other until PostgreSQL kills one (deadlock_detected: a 503 for one of them)."""
+    owner = sign_in(client, sandbox, OWNER)
+    binding = created(bind(client, owner, CHILD, "child"))
+    admin = bearer(demo.tokens["admin1"])
+    suspension = client.post("/api/v1/staff/suspensions", json={"binding_id": binding["id"], "reason": "套现"},
+                             headers=admin).get_json()
+    lifted: list[int] = []
+    with app_session() as settling, settling.begin():
+        owner_person = settling.scalar(select(Binding.owner_person_id).where(Binding.id == binding["id"]))
+        # The settlement's share lock on the bindings of the family member.
+        settling.execute(text("SELECT id FROM bindings WHERE id = :b FOR SHARE"), {"b": binding["id"]})
+        clerk = threading.Thread(target=lambda: lifted.append(app.test_client().post(
+            f"/api/v1/staff/suspensions/{suspension['id']}/lift", json={}, headers=admin).status_code))
+        clerk.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not _waiting("%FROM bindings%FOR UPDATE%"):  # the lift waits
+            time.sleep(0.05)
+        assert _waiting("%FROM bindings%FOR UPDATE%")
+        # Then the settlement writes a row naming the owner's person: the foreign key's check.
+        settling.execute(text("SELECT id FROM persons WHERE id = :p FOR KEY SHARE"), {"p": owner_person})
+    clerk.join(20)
+    assert lifted == [200]
