@@ -2,7 +2,7 @@
 confirm, review, unbind, the owner's yearly limit, and look-ups.
 
 Each public function is one use case in one transaction. Creating or activating a binding first
-locks the owner's person row (``SELECT … FOR UPDATE``), so counting the owner's live bindings and
+locks the owner's person row (``SELECT … FOR NO KEY UPDATE``), so counting the owner's live bindings and
 adding one are serialised per owner and ``max_beneficiaries`` holds under concurrency; the partial
 unique index ``uq_bindings_live_pair`` backs up "no duplicate live binding of a pair" and its
 violation is reported as ALREADY_BOUND. Lock order everywhere: owner person row, then binding row.
