@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis.errors import Flaky, Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi import stateful as schemathesis_stateful
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -49,6 +51,7 @@ SEED = int(os.environ.get("FUZZ_SEED") or random.SystemRandom().randrange(2**32)
 ROLES = ("user", "window", "admin", "auditor", "institution", "anonymous")
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 ROLE_HEADER = "HTTP_X_FUZZ_ROLE"
+_ID_PART = re.compile(r"/(?!v1(?:/|$))[^/]*[0-9][^/]*")  # a path part with a digit, but /api/v1
 
 
 class SigningHook:
@@ -59,6 +62,7 @@ class SigningHook:
         self.app, self.code, self.secret = app, code, secret
         self.requests = 0
         self.by_status: dict[int, int] = {}
+        self.created: dict[str, int] = {}  # 201 answers by operation (ids in the path as {})
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         self.requests += 1
@@ -76,6 +80,9 @@ class SigningHook:
         def counting_start_response(status: str, headers: Any, *args: Any) -> Any:
             code = int(status.split()[0])
             self.by_status[code] = self.by_status.get(code, 0) + 1
+            if code == 201:
+                operation = environ["REQUEST_METHOD"] + " " + _ID_PART.sub("/{}", environ.get("PATH_INFO", ""))
+                self.created[operation] = self.created.get(operation, 0) + 1
             return start_response(status, headers, *args)
 
         return self.app(environ, counting_start_response)
@@ -176,14 +183,43 @@ def role_for(path: str) -> str:
     return "user"
 
 
-def test_stateful_flows_follow_the_documents_links(fuzz_schema, fuzz_env):
+def _link_sources(raw_schema: dict[str, Any]) -> set[str]:
+    """The operations whose answers the document links from (``POST /api/v1/bindings``…)."""
+    return {f"{method.upper()} {path}" for path, item in raw_schema["paths"].items()
+            for method, operation in item.items() if isinstance(operation, dict)
+            and any(response.get("links") for response in operation.get("responses", {}).values())}
+
+
+def _state_machine(schema: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The schema's state machine, with every operation the document links from as an entry point.
+
+    Schemathesis starts flows only from operations it guesses will succeed with generated data, and
+    it guesses from field names: ``proof_document_ids`` names a "ProofDocument" and ``person_id`` a
+    "Person" that no operation creates, so it never calls POST /bindings, POST /staff/bindings or
+    POST /vouchers — and no flow would ever bind, issue a voucher, settle it or refund it. The
+    document's links say where flows start; the guess is only for operations it does not name."""
+    sources = _link_sources(schema.raw_schema)
+    guess = schemathesis_stateful.is_likely_root_transition
+
+    def likely_root(operation: Any, *args: Any, **kwargs: Any) -> bool:
+        return operation.label in sources or guess(operation, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(schemathesis_stateful, "is_likely_root_transition", likely_root)
+        machine = schema.as_state_machine()
+    missing = sources - machine._root_labels
+    assert not missing, f"operations the document links from that no flow starts with: {sorted(missing)}"
+    return machine
+
+
+def test_stateful_flows_follow_the_documents_links(fuzz_schema, fuzz_env, monkeypatch):
     _app, hook, tokens_for = fuzz_env
     links = sum(len(response.get("links", {})) for item in fuzz_schema.raw_schema["paths"].values()
                 for operation in item.values() if isinstance(operation, dict)
                 for response in operation.get("responses", {}).values())
     assert links >= 15
 
-    class Flows(fuzz_schema.as_state_machine()):  # type: ignore[misc]
+    class Flows(_state_machine(fuzz_schema, monkeypatch)):  # type: ignore[misc]
         def get_call_kwargs(self, case: Any) -> dict[str, Any]:
             path = case.operation.path
             return {"headers": headers_for(role_for(path), tokens_for(path))}
@@ -211,7 +247,7 @@ def test_stateful_flows_follow_the_documents_links(fuzz_schema, fuzz_env):
             super().setup()
             flows["done"] += 1
 
-    before = hook.requests
+    before, created_before = hook.requests, dict(hook.created)
     run_seed = SEED
     while flows["done"] < STATEFUL:
         try:
@@ -230,3 +266,6 @@ def test_stateful_flows_follow_the_documents_links(fuzz_schema, fuzz_env):
             run_seed = (run_seed * 6364136223846793005 + 1442695040888963407) % 2**32
     print(f"\nfuzz (stateful): {flows['done']} flows, {hook.requests - before} requests along {links} links, "
           f"{flows['restarts']} restarts after Flaky, seed {SEED}")
+    created = {operation: count - created_before.get(operation, 0) for operation, count in hook.created.items()
+               if count > created_before.get(operation, 0)}
+    print(f"fuzz (stateful): created {dict(sorted(created.items()))}")
