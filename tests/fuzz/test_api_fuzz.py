@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis.errors import Flaky, Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi import stateful as schemathesis_stateful
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -51,6 +52,8 @@ SEED = int(os.environ.get("FUZZ_SEED") or random.SystemRandom().randrange(2**32)
 ROLES = ("user", "window", "admin", "auditor", "institution", "anonymous")
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 ROLE_HEADER = "HTTP_X_FUZZ_ROLE"
+# What a failed check raises: schemathesis's FailureGroup is a BaseExceptionGroup, not an Exception.
+FAILED = (Exception, FailureGroup)
 _ID_PART = re.compile(r"/(?!v1(?:/|$))[^/]*[0-9][^/]*")  # a path part with a digit, but /api/v1
 
 
@@ -166,7 +169,7 @@ def test_every_operation_as_every_caller(fuzz_schema, fuzz_env):
                 _fuzz_operation(operation, mode, tokens_for, max(1, round(EXAMPLES * share)))
             except Unsatisfiable:
                 assert mode is GenerationMode.NEGATIVE  # nothing to get wrong: no parameters, no body
-            except Exception as failure:  # noqa: BLE001 — every operation is tried; all failures reported
+            except FAILED as failure:  # every operation is tried; all failures reported
                 failures.append(f"{operation.label} ({mode.value}): {failure}")
     print(f"\nfuzz: {len(operations)} operations, {hook.requests} requests so far, {len(failures)} failing, "
           f"seed {SEED}")
@@ -212,6 +215,54 @@ def _state_machine(schema: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     return machine
 
 
+def run_flows(machine: Any, call_kwargs: Any, budget: int, first_seed: int) -> dict[str, int]:
+    """Run ``budget`` flows of the state machine, each request made with ``call_kwargs(case)``.
+
+    The flows run against one database that every step changes, and the values the links carry
+    (binding ids, voucher codes…) and the statuses that allow a link come from it. Hypothesis keeps
+    a tree of what each sequence of choices drew; the same choices meeting another database state
+    draw something else, and it stops with ``Flaky`` — no answer of the service was wrong (the
+    schemathesis runner itself counts such a suite as passed and carries on). So: an answer that
+    fails a check is kept and reported with the seed; a ``Flaky`` without one starts a new run,
+    until the budget of flows is spent."""
+    first_failures: list[str] = []
+    flows = {"done": 0, "restarts": 0}
+
+    class Flows(machine):  # type: ignore[misc, valid-type]
+        def setup(self) -> None:
+            super().setup()
+            flows["done"] += 1
+
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return call_kwargs(case)
+
+        def validate_response(self, response: Any, case: Any, additional_checks: Any = None, **kwargs: Any) -> None:
+            try:
+                case.validate_response(response, checks=CHECKS, transport_kwargs=kwargs)
+            except FAILED as failure:
+                first_failures.append(f"{case.method} {case.formatted_path} -> {response.status_code}: {failure}\n"
+                                      f"request: {case.as_curl_command()}\nresponse: {response.text[:2000]}")
+                raise
+
+    run_seed = first_seed
+    while flows["done"] < budget:
+        try:
+            seed(run_seed)(Flows).run(settings=settings(
+                max_examples=budget - flows["done"], deadline=None, suppress_health_check=list(HealthCheck),
+                stateful_step_count=12, database=None, print_blob=True, phases=[Phase.explicit, Phase.generate]))
+            break
+        except FAILED as failure:
+            if first_failures:
+                raise AssertionError(f"seed {first_seed} (rerun with FUZZ_SEED={first_seed}), first failing answer:\n"
+                                     + first_failures[0]) from failure
+            if not isinstance(failure, Flaky) or flows["restarts"] >= 25:
+                failure.add_note(f"seed {first_seed}: rerun with FUZZ_SEED={first_seed}")
+                raise
+            flows["restarts"] += 1
+            run_seed = (run_seed * 6364136223846793005 + 1442695040888963407) % 2**32
+    return flows
+
+
 def test_stateful_flows_follow_the_documents_links(fuzz_schema, fuzz_env, monkeypatch):
     _app, hook, tokens_for = fuzz_env
     links = sum(len(response.get("links", {})) for item in fuzz_schema.raw_schema["paths"].values()
@@ -219,51 +270,12 @@ def test_stateful_flows_follow_the_documents_links(fuzz_schema, fuzz_env, monkey
                 for response in operation.get("responses", {}).values())
     assert links >= 15
 
-    class Flows(_state_machine(fuzz_schema, monkeypatch)):  # type: ignore[misc]
-        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
-            path = case.operation.path
-            return {"headers": headers_for(role_for(path), tokens_for(path))}
-
-        def validate_response(self, response: Any, case: Any, additional_checks: Any = None, **kwargs: Any) -> None:
-            try:
-                case.validate_response(response, checks=CHECKS, transport_kwargs=kwargs)
-            except Exception as failure:
-                first_failures.append(f"{case.method} {case.formatted_path} -> {response.status_code}: {failure}\n"
-                                      f"request: {case.as_curl_command()}\nresponse: {response.text[:2000]}")
-                raise
-
-    # The flows run against one database that every step changes, and the values the links carry
-    # (binding ids, voucher codes…) and the statuses that allow a link come from it. Hypothesis keeps
-    # a tree of what each sequence of choices drew; the same choices meeting another database state
-    # draw something else, and it stops with ``Flaky`` — no answer of the service was wrong (the
-    # schemathesis runner itself counts such a suite as passed and carries on). So: an answer that
-    # fails a check is kept here and reported; a ``Flaky`` without one starts a new run, until the
-    # budget of flows is spent.
-    first_failures: list[str] = []
-    flows = {"done": 0, "restarts": 0}
-
-    class CountedFlows(Flows):
-        def setup(self) -> None:
-            super().setup()
-            flows["done"] += 1
+    def call_kwargs(case: Any) -> dict[str, Any]:
+        path = case.operation.path
+        return {"headers": headers_for(role_for(path), tokens_for(path))}
 
     before, created_before = hook.requests, dict(hook.created)
-    run_seed = SEED
-    while flows["done"] < STATEFUL:
-        try:
-            seed(run_seed)(CountedFlows).run(settings=settings(
-                max_examples=STATEFUL - flows["done"], deadline=None, suppress_health_check=list(HealthCheck),
-                stateful_step_count=12, database=None, print_blob=True, phases=[Phase.explicit, Phase.generate]))
-            break
-        except Exception as failure:
-            if first_failures:
-                raise AssertionError(f"seed {SEED} (rerun with FUZZ_SEED={SEED}), first failing answer:\n"
-                                     + first_failures[0]) from failure
-            if not isinstance(failure, Flaky) or flows["restarts"] >= 25:
-                failure.add_note(f"seed {SEED}: rerun with FUZZ_SEED={SEED}")
-                raise
-            flows["restarts"] += 1
-            run_seed = (run_seed * 6364136223846793005 + 1442695040888963407) % 2**32
+    flows = run_flows(_state_machine(fuzz_schema, monkeypatch), call_kwargs, STATEFUL, SEED)
     print(f"\nfuzz (stateful): {flows['done']} flows, {hook.requests - before} requests along {links} links, "
           f"{flows['restarts']} restarts after Flaky, seed {SEED}")
     created = {operation: count - created_before.get(operation, 0) for operation, count in hook.created.items()
