@@ -82,6 +82,9 @@ OPERATION_CODES: dict[str, dict[int, list[str]]] = {
         409: ["IDEMPOTENCY_CONFLICT"],
         422: ["VOUCHER_INVALID", "VOUCHER_EXPIRED", "VOUCHER_USED", "BINDING_NOT_ACTIVE", "BENEFICIARY_NOT_ELIGIBLE",
               "SERVICE_TIME_OUT_OF_RANGE", "CARD_INVALID"],
+        # R12: failed card look-ups are limited per institution (app/services/card_guard.py), not
+        # by the request rate limiter that documents 429 for the operations it guards.
+        429: ["RATE_LIMITED"],
     },
     "institution_settlements.refund": {409: ["IDEMPOTENCY_CONFLICT"], 422: ["REFUND_EXCEEDS_PAID"]},
     "documents.upload": {409: [], 422: []},

@@ -133,6 +133,9 @@ def test_failed_card_look_ups_are_limited_per_institution(make_app, sandbox, dem
     limited = settle_by_card(client, CARDS[OWNER], OWNER)  # even a right card, once the limit is used up
     assert limited.status_code == 429 and limited.get_json()["error"]["code"] == "RATE_LIMITED"
     assert "Retry-After" in limited.headers
+    # …and the document says so (the deep fuzz run got this 429 where the operation listed none).
+    answers = client.get("/api/openapi.json").get_json()["paths"][URL]["post"]["responses"]
+    assert "RATE_LIMITED" in answers["429"]["content"]["application/json"]["examples"]
     # A replay of a request settled before the limit was reached still gets its original answer (R13).
     replay = settle_by_card(client, CARDS[OWNER], OWNER, [drug(100)], out_no="CARD-EARLY")
     assert replay.status_code == 201 and replay.get_json() == early.get_json()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,8 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis.errors import Flaky, Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
+from schemathesis.specs.openapi import stateful as schemathesis_stateful
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -49,6 +52,9 @@ SEED = int(os.environ.get("FUZZ_SEED") or random.SystemRandom().randrange(2**32)
 ROLES = ("user", "window", "admin", "auditor", "institution", "anonymous")
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 ROLE_HEADER = "HTTP_X_FUZZ_ROLE"
+# What a failed check raises: schemathesis's FailureGroup is a BaseExceptionGroup, not an Exception.
+FAILED = (Exception, FailureGroup)
+_ID_PART = re.compile(r"/(?!v1(?:/|$))[^/]*[0-9][^/]*")  # a path part with a digit, but /api/v1
 
 
 class SigningHook:
@@ -59,6 +65,7 @@ class SigningHook:
         self.app, self.code, self.secret = app, code, secret
         self.requests = 0
         self.by_status: dict[int, int] = {}
+        self.created: dict[str, int] = {}  # 201 answers by operation (ids in the path as {})
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         self.requests += 1
@@ -76,6 +83,9 @@ class SigningHook:
         def counting_start_response(status: str, headers: Any, *args: Any) -> Any:
             code = int(status.split()[0])
             self.by_status[code] = self.by_status.get(code, 0) + 1
+            if code == 201:
+                operation = environ["REQUEST_METHOD"] + " " + _ID_PART.sub("/{}", environ.get("PATH_INFO", ""))
+                self.created[operation] = self.created.get(operation, 0) + 1
             return start_response(status, headers, *args)
 
         return self.app(environ, counting_start_response)
@@ -159,7 +169,7 @@ def test_every_operation_as_every_caller(fuzz_schema, fuzz_env):
                 _fuzz_operation(operation, mode, tokens_for, max(1, round(EXAMPLES * share)))
             except Unsatisfiable:
                 assert mode is GenerationMode.NEGATIVE  # nothing to get wrong: no parameters, no body
-            except Exception as failure:  # noqa: BLE001 — every operation is tried; all failures reported
+            except FAILED as failure:  # every operation is tried; all failures reported
                 failures.append(f"{operation.label} ({mode.value}): {failure}")
     print(f"\nfuzz: {len(operations)} operations, {hook.requests} requests so far, {len(failures)} failing, "
           f"seed {SEED}")
@@ -176,57 +186,98 @@ def role_for(path: str) -> str:
     return "user"
 
 
-def test_stateful_flows_follow_the_documents_links(fuzz_schema, fuzz_env):
+def _link_sources(raw_schema: dict[str, Any]) -> set[str]:
+    """The operations whose answers the document links from (``POST /api/v1/bindings``…)."""
+    return {f"{method.upper()} {path}" for path, item in raw_schema["paths"].items()
+            for method, operation in item.items() if isinstance(operation, dict)
+            and any(response.get("links") for response in operation.get("responses", {}).values())}
+
+
+def _state_machine(schema: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The schema's state machine, with every operation the document links from as an entry point.
+
+    Schemathesis starts flows only from operations it guesses will succeed with generated data, and
+    it guesses from field names: ``proof_document_ids`` names a "ProofDocument" and ``person_id`` a
+    "Person" that no operation creates, so it never calls POST /bindings, POST /staff/bindings or
+    POST /vouchers — and no flow would ever bind, issue a voucher, settle it or refund it. The
+    document's links say where flows start; the guess is only for operations it does not name."""
+    sources = _link_sources(schema.raw_schema)
+    guess = schemathesis_stateful.is_likely_root_transition
+
+    def likely_root(operation: Any, *args: Any, **kwargs: Any) -> bool:
+        return operation.label in sources or guess(operation, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(schemathesis_stateful, "is_likely_root_transition", likely_root)
+        machine = schema.as_state_machine()
+    missing = sources - machine._root_labels
+    assert not missing, f"operations the document links from that no flow starts with: {sorted(missing)}"
+    return machine
+
+
+def run_flows(machine: Any, call_kwargs: Any, budget: int, first_seed: int) -> dict[str, int]:
+    """Run ``budget`` flows of the state machine, each request made with ``call_kwargs(case)``.
+
+    The flows run against one database that every step changes, and the values the links carry
+    (binding ids, voucher codes…) and the statuses that allow a link come from it. Hypothesis keeps
+    a tree of what each sequence of choices drew; the same choices meeting another database state
+    draw something else, and it stops with ``Flaky`` — no answer of the service was wrong (the
+    schemathesis runner itself counts such a suite as passed and carries on). So: an answer that
+    fails a check is kept and reported with the seed; a ``Flaky`` without one starts a new run,
+    until the budget of flows is spent."""
+    first_failures: list[str] = []
+    flows = {"done": 0, "restarts": 0}
+
+    class Flows(machine):  # type: ignore[misc, valid-type]
+        def setup(self) -> None:
+            super().setup()
+            flows["done"] += 1
+
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return call_kwargs(case)
+
+        def validate_response(self, response: Any, case: Any, additional_checks: Any = None, **kwargs: Any) -> None:
+            try:
+                case.validate_response(response, checks=CHECKS, transport_kwargs=kwargs)
+            except FAILED as failure:
+                first_failures.append(f"{case.method} {case.formatted_path} -> {response.status_code}: {failure}\n"
+                                      f"request: {case.as_curl_command()}\nresponse: {response.text[:2000]}")
+                raise
+
+    run_seed = first_seed
+    while flows["done"] < budget:
+        try:
+            seed(run_seed)(Flows).run(settings=settings(
+                max_examples=budget - flows["done"], deadline=None, suppress_health_check=list(HealthCheck),
+                stateful_step_count=12, database=None, print_blob=True, phases=[Phase.explicit, Phase.generate]))
+            break
+        except FAILED as failure:
+            if first_failures:
+                raise AssertionError(f"seed {first_seed} (rerun with FUZZ_SEED={first_seed}), first failing answer:\n"
+                                     + first_failures[0]) from failure
+            if not isinstance(failure, Flaky) or flows["restarts"] >= 25:
+                failure.add_note(f"seed {first_seed}: rerun with FUZZ_SEED={first_seed}")
+                raise
+            flows["restarts"] += 1
+            run_seed = (run_seed * 6364136223846793005 + 1442695040888963407) % 2**32
+    return flows
+
+
+def test_stateful_flows_follow_the_documents_links(fuzz_schema, fuzz_env, monkeypatch):
     _app, hook, tokens_for = fuzz_env
     links = sum(len(response.get("links", {})) for item in fuzz_schema.raw_schema["paths"].values()
                 for operation in item.values() if isinstance(operation, dict)
                 for response in operation.get("responses", {}).values())
     assert links >= 15
 
-    class Flows(fuzz_schema.as_state_machine()):  # type: ignore[misc]
-        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
-            path = case.operation.path
-            return {"headers": headers_for(role_for(path), tokens_for(path))}
+    def call_kwargs(case: Any) -> dict[str, Any]:
+        path = case.operation.path
+        return {"headers": headers_for(role_for(path), tokens_for(path))}
 
-        def validate_response(self, response: Any, case: Any, additional_checks: Any = None, **kwargs: Any) -> None:
-            try:
-                case.validate_response(response, checks=CHECKS, transport_kwargs=kwargs)
-            except Exception as failure:
-                first_failures.append(f"{case.method} {case.formatted_path} -> {response.status_code}: {failure}\n"
-                                      f"request: {case.as_curl_command()}\nresponse: {response.text[:2000]}")
-                raise
-
-    # The flows run against one database that every step changes, and the values the links carry
-    # (binding ids, voucher codes…) and the statuses that allow a link come from it. Hypothesis keeps
-    # a tree of what each sequence of choices drew; the same choices meeting another database state
-    # draw something else, and it stops with ``Flaky`` — no answer of the service was wrong (the
-    # schemathesis runner itself counts such a suite as passed and carries on). So: an answer that
-    # fails a check is kept here and reported; a ``Flaky`` without one starts a new run, until the
-    # budget of flows is spent.
-    first_failures: list[str] = []
-    flows = {"done": 0, "restarts": 0}
-
-    class CountedFlows(Flows):
-        def setup(self) -> None:
-            super().setup()
-            flows["done"] += 1
-
-    before = hook.requests
-    run_seed = SEED
-    while flows["done"] < STATEFUL:
-        try:
-            seed(run_seed)(CountedFlows).run(settings=settings(
-                max_examples=STATEFUL - flows["done"], deadline=None, suppress_health_check=list(HealthCheck),
-                stateful_step_count=12, database=None, print_blob=True, phases=[Phase.explicit, Phase.generate]))
-            break
-        except Exception as failure:
-            if first_failures:
-                raise AssertionError(f"seed {SEED} (rerun with FUZZ_SEED={SEED}), first failing answer:\n"
-                                     + first_failures[0]) from failure
-            if not isinstance(failure, Flaky) or flows["restarts"] >= 25:
-                failure.add_note(f"seed {SEED}: rerun with FUZZ_SEED={SEED}")
-                raise
-            flows["restarts"] += 1
-            run_seed = (run_seed * 6364136223846793005 + 1442695040888963407) % 2**32
+    before, created_before = hook.requests, dict(hook.created)
+    flows = run_flows(_state_machine(fuzz_schema, monkeypatch), call_kwargs, STATEFUL, SEED)
     print(f"\nfuzz (stateful): {flows['done']} flows, {hook.requests - before} requests along {links} links, "
           f"{flows['restarts']} restarts after Flaky, seed {SEED}")
+    created = {operation: count - created_before.get(operation, 0) for operation, count in hook.created.items()
+               if count > created_before.get(operation, 0)}
+    print(f"fuzz (stateful): created {dict(sorted(created.items()))}")
