@@ -105,3 +105,12 @@ def scratch_database(prefix: str = "copay_ops") -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def waiting_for_lock(query_like: str) -> bool:
+    """PostgreSQL: whether another connection waits for a row lock in a statement like ``query_like``."""
+    from app.extensions import app_session
+
+    with app_session() as watch, watch.begin():
+        return bool(watch.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                      "AND query LIKE :q"), {"q": query_like}))

@@ -12,7 +12,7 @@ from sqlalchemy import func, select, text
 from app.demo import OWNER
 from app.extensions import app_session
 from models import Notice, User
-from tests.helpers import bearer, prove_identity_wechat, random_openid, sign_in_wechat
+from tests.helpers import bearer, prove_identity_wechat, random_openid, sign_in_wechat, waiting_for_lock
 from tests.integration.test_settlement_concurrency import together
 from tests.money_helpers import issue
 
@@ -108,13 +108,6 @@ def test_clerks_ending_links_while_accounts_link_and_a_new_number_lands_never_de
     assert sum(1 for content in notices if content.get("event") == "unlinked") == len(linked)
 
 
-def _waiting(query_like: str) -> bool:
-    """Whether another connection is waiting for a row lock in a statement like ``query_like``."""
-    with app_session() as watch, watch.begin():
-        return bool(watch.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                      "AND query LIKE :q"), {"q": query_like}))
-
-
 @pytest.mark.postgres(reason="row locks and foreign-key checks: PostgreSQL")
 def test_ending_a_link_while_its_code_is_being_settled_does_not_deadlock(app, client, sandbox, demo):
     """A settlement locks the voucher first, then writes rows naming the holder's person (the
@@ -138,7 +131,7 @@ def test_ending_a_link_while_its_code_is_being_settled_does_not_deadlock(app, cl
             headers=bearer(demo.tokens["window1"])).status_code))
         clerk.start()
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not _waiting("UPDATE vouchers%"):  # the clerk waits on the voucher
+        while time.monotonic() < deadline and not waiting_for_lock("UPDATE vouchers%"):  # the clerk waits
             time.sleep(0.05)
         # Then the settlement writes a row naming the holder's person: the foreign key's check.
         settling.execute(text("SELECT id FROM persons WHERE id = :p FOR KEY SHARE"), {"p": person_id})

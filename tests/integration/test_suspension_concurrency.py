@@ -18,7 +18,7 @@ from app.demo import CHILD, OWNER
 from app.extensions import app_session
 from models import Binding
 from tests.binding_helpers import bind, created, sign_in
-from tests.helpers import bearer
+from tests.helpers import bearer, waiting_for_lock
 
 pytestmark = pytest.mark.postgres(
     reason="needs PostgreSQL (TEST_DATABASE_URL): SQLite serialises writers, so the race cannot happen")
@@ -57,13 +57,6 @@ def test_binding_again_while_the_pair_suspension_is_lifted_ends_active(app, clie
     assert statuses == ["active"]  # not `suspended` with nothing left to lift
 
 
-def _waiting(query_like: str) -> bool:
-    """Whether another connection is waiting for a row lock in a statement like ``query_like``."""
-    with app_session() as watch, watch.begin():
-        return bool(watch.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                      "AND query LIKE :q"), {"q": query_like}))
-
-
 def test_lifting_a_pair_suspension_while_the_pair_is_being_settled_does_not_deadlock(app, client, sandbox, demo):
     """A settlement share-locks the beneficiary's bindings, then writes rows naming the owners' persons
     (payments, notices): PostgreSQL checks each such foreign key with FOR KEY SHARE on the person row.
@@ -84,9 +77,9 @@ def test_lifting_a_pair_suspension_while_the_pair_is_being_settled_does_not_dead
             f"/api/v1/staff/suspensions/{suspension['id']}/lift", json={}, headers=admin).status_code))
         clerk.start()
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not _waiting("%FROM bindings%FOR UPDATE%"):  # the lift waits
+        while time.monotonic() < deadline and not waiting_for_lock("%FROM bindings%FOR UPDATE%"):  # the lift waits
             time.sleep(0.05)
-        assert _waiting("%FROM bindings%FOR UPDATE%")
+        assert waiting_for_lock("%FROM bindings%FOR UPDATE%")
         # Then the settlement writes a row naming the owner's person: the foreign key's check.
         settling.execute(text("SELECT id FROM persons WHERE id = :p FOR KEY SHARE"), {"p": owner_person})
     clerk.join(20)
