@@ -189,7 +189,8 @@ LINKS: dict[str, tuple[str, dict[str, tuple[str, dict[str, str], dict[str, Any] 
 
 _STATUS_TEXT = {400: "Malformed request", 401: "Not authenticated", 403: "Not allowed", 404: "Not found",
                 409: "Conflict with the current state", 413: "Body too large", 415: "Unsupported media type",
-                422: "Rule violation", 429: "Too many requests", 503: "Platform unavailable"}
+                422: "Rule violation", 429: "Too many requests",
+                503: "A platform, the database or Redis is briefly unavailable; retry after Retry-After"}
 
 
 def _up_to(limit: int) -> str:
@@ -378,7 +379,6 @@ def _operation_errors(endpoint: str, view: Any, method: str, has_path_params: bo
     elif auth_kind == "institution":
         found[401] = ["SIGNATURE_INVALID", "TIMESTAMP_OUT_OF_WINDOW", "NONCE_REUSED"]
         found[403] = ["INSTITUTION_NOT_DESIGNATED"]
-        found[503] = ["UPSTREAM_UNAVAILABLE"]
     if has_path_params or auth_kind is not None:
         found[404] = ["NOT_FOUND"]
     if method in BODY_METHODS:
@@ -392,6 +392,8 @@ def _operation_errors(endpoint: str, view: Any, method: str, has_path_params: bo
                     found[status] = list(codes)
     if getattr(view, "api_rate_limited", None):
         found[429] = ["RATE_LIMITED"]
+    # Any operation: the database or Redis away answers 503 with Retry-After (app/errors_http.py).
+    found[503] = ["UPSTREAM_UNAVAILABLE"]
     for status, codes in known.items():
         if codes:
             found[status] = sorted(set(found.get(status, [])) | set(codes))

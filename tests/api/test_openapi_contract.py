@@ -110,6 +110,14 @@ def test_every_signed_in_operation_with_a_body_lists_only_its_own_rule_codes(app
     assert missing == []
 
 
+def test_every_operation_documents_the_503_of_a_database_or_redis_outage(document):
+    """Any operation answers 503 UPSTREAM_UNAVAILABLE with Retry-After when the database or Redis is
+    away (app/errors_http.py; tests/faults): a client must learn from the document that it may retry."""
+    for path, method, operation in operations(document):
+        examples = operation["responses"].get("503", {}).get("content", {}).get("application/json", {})
+        assert "UPSTREAM_UNAVAILABLE" in examples.get("examples", {}), (method, path)
+
+
 def test_the_phone_proof_documents_only_its_own_codes(document):
     responses = document["paths"]["/api/v1/me/phone"]["post"]["responses"]
     assert sorted(responses["422"]["content"]["application/json"]["examples"]) == ["PHONE_NOT_VERIFIED"]
