@@ -101,8 +101,7 @@ def prove_phone(session: Session, pii: PiiCipher, platforms: Platforms, user_id:
         with session.begin():
             session.add(PhoneProof(digest=digest, user_id=user_id, channel=via, created_at=now))
             session.flush()
-            user = session.scalars(select(User).where(User.id == user_id).with_for_update()
-                                   .execution_options(populate_existing=True)).one()
+            user = session.scalars(locked_afresh(select(User).where(User.id == user_id))).one()
             user.phone_enc = pii.encrypt(number, context="user.phone")
             user.phone_bidx = phone_index(pii, number)
             user.phone_proof, user.phone_proven_at = via, now
