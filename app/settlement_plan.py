@@ -827,8 +827,14 @@ def _check_aware(value: object, name: str) -> None:
         raise ValueError(f"{name} must be a timezone-aware datetime, got {value!r}")
 
 
+def is_region_code(value: object) -> bool:
+    """Six ASCII digits (an administrative region code): "５３２６２１" passes str.isdigit(), but
+    codes are compared as ASCII."""
+    return isinstance(value, str) and len(value) == 6 and value.isascii() and value.isdigit()
+
+
 def _check_region_code(value: object, name: str) -> None:
-    if not (isinstance(value, str) and len(value) == 6 and value.isascii() and value.isdigit()):
+    if not is_region_code(value):
         raise ValueError(f"{name} must be a 6-digit administrative code, got {value!r}")
 
 

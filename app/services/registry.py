@@ -34,6 +34,7 @@ from app.security.id_number import validate_id_number
 from app.security.pii import PiiCipher
 from app.services import audit
 from app.services.ledger import post_journal, system_account_id
+from app.settlement_plan import is_region_code
 from app.timefmt import iso, parse_aware
 from models import Account, Household, Institution, Journal, LedgerEntry, Person
 
@@ -155,7 +156,7 @@ def validate(data: Any, today: date) -> tuple[list[str], dict[str, str]]:
         if row.get("insurance_type") not in ("employee", "resident"):
             _problem(problems, where, "insurance_type: must be employee or resident")
         region = row.get("region_code")
-        if not _region_code(region):
+        if not is_region_code(region):
             _problem(problems, where, "region_code: must be 6 digits")
         if row.get("status", "active") not in ("active", "inactive"):
             _problem(problems, where, "status: must be active or inactive")
@@ -183,16 +184,11 @@ def validate(data: Any, today: date) -> tuple[list[str], dict[str, str]]:
         if row.get("kind") not in INSTITUTION_KINDS:
             _problem(problems, where, "kind: must be hospital, clinic or pharmacy")
         region = row.get("region_code")
-        if not _region_code(region):
+        if not is_region_code(region):
             _problem(problems, where, "region_code: must be 6 digits")
         if not isinstance(row.get("designated", True), bool):
             _problem(problems, where, "designated: must be true or false")
     return problems, numbers
-
-
-def _region_code(value: Any) -> bool:
-    """Six ASCII digits: "５３２６２１" passes str.isdigit(), but the rules compare codes as ASCII."""
-    return isinstance(value, str) and len(value) == 6 and value.isascii() and value.isdigit()
 
 
 def _mobile(value: Any) -> str | None:
