@@ -43,11 +43,17 @@ def sign_in_alipay(client: Any, sandbox: Any, user_id: str | None = None) -> dic
     return response.get_json()
 
 
+def realname_identity_body(sandbox: Any, openid: str, name: str, id_number: str) -> dict[str, Any]:
+    """A ``POST /me/identity`` body proven by WeChat's real-name check: the emulator knows the user
+    with this openid as (name, id_number) and has issued the code."""
+    sandbox.set_wechat_identity(openid, name, id_number)
+    return {"name": name, "id_number": id_number,
+            "proof": {"wechat_realname_code": sandbox.issue_wechat_realname_code(openid)}}
+
+
 def prove_identity_wechat(client: Any, sandbox: Any, token: str, openid: str, name: str, id_number: str) -> Any:
     """WeChat's real-name check for this user as (name, id_number): the emulator knows the user as them."""
-    sandbox.set_wechat_identity(openid, name, id_number)
-    proof = {"wechat_realname_code": sandbox.issue_wechat_realname_code(openid)}
-    return client.post("/api/v1/me/identity", json={"name": name, "id_number": id_number, "proof": proof},
+    return client.post("/api/v1/me/identity", json=realname_identity_body(sandbox, openid, name, id_number),
                        headers=bearer(token))
 
 

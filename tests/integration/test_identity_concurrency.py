@@ -12,7 +12,14 @@ from sqlalchemy import func, select, text
 from app.demo import OWNER
 from app.extensions import app_session
 from models import Notice, User
-from tests.helpers import bearer, prove_identity_wechat, random_openid, sign_in_wechat, waiting_for_lock
+from tests.helpers import (
+    bearer,
+    prove_identity_wechat,
+    random_openid,
+    realname_identity_body,
+    sign_in_wechat,
+    waiting_for_lock,
+)
 from tests.integration.test_settlement_concurrency import together
 from tests.money_helpers import issue
 
@@ -24,9 +31,7 @@ def test_accounts_linking_one_person_at_once_each_leave_a_notice_but_the_first(a
     for _ in range(ACCOUNTS):
         openid = random_openid()
         token = sign_in_wechat(client, sandbox, openid)["access_token"]
-        sandbox.set_wechat_identity(openid, "张伟", OWNER)
-        body = {"name": "张伟", "id_number": OWNER,
-                "proof": {"wechat_realname_code": sandbox.issue_wechat_realname_code(openid)}}
+        body = realname_identity_body(sandbox, openid, "张伟", OWNER)
         requests.append((token, body))
 
     results = together(app, [lambda c, t=t, b=b: c.post("/api/v1/me/identity", json=b, headers=bearer(t))
@@ -78,9 +83,7 @@ def test_clerks_ending_links_while_accounts_link_and_a_new_number_lands_never_de
     for i in range(ACCOUNTS):
         openid = random_openid()
         token = sign_in_wechat(client, sandbox, openid)["access_token"]
-        sandbox.set_wechat_identity(openid, "张伟", OWNER)
-        body = {"name": "张伟", "id_number": OWNER,
-                "proof": {"wechat_realname_code": sandbox.issue_wechat_realname_code(openid)}}
+        body = realname_identity_body(sandbox, openid, "张伟", OWNER)
         if i % 2 == 0:  # linked before: the clerks end these
             assert client.post("/api/v1/me/identity", json=body, headers=bearer(token)).status_code == 200
             linked.append(client.get("/api/v1/me", headers=bearer(token)).get_json()["user"]["id"])
