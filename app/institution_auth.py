@@ -64,7 +64,7 @@ class InstitutionIdentity:
     region_code: str
     designated: bool
     active: bool
-    clearing_account_id: int | None
+    clearing_account_ids: tuple[int, ...]  # by shard; empty until the first settlement creates them
 
 
 @dataclass(frozen=True)
@@ -132,15 +132,17 @@ class InstitutionAuthenticator:
             row = session.execute(
                 select(Institution.id, Institution.code, Institution.name, Institution.kind,
                        Institution.region_code, Institution.designated, Institution.active,
-                       Institution.api_secret_enc, Account.id.label("clearing_account_id"))
-                .outerjoin(Account, (Account.institution_id == Institution.id) & (Account.kind == "institution"))
+                       Institution.api_secret_enc)
                 .where(Institution.code == code)
             ).first()
+            clearing = () if row is None else tuple(session.scalars(
+                select(Account.id).where(Account.institution_id == row.id, Account.kind == "institution")
+                .order_by(Account.shard)))
         if row is None:
             entry = _Cached(None, None, self.clock())
         else:
             identity = InstitutionIdentity(row.id, row.code, row.name, row.kind, row.region_code, row.designated,
-                                           row.active, row.clearing_account_id)
+                                           row.active, clearing)
             secret = self.pii.decrypt(row.api_secret_enc, context="institution.api_secret")
             entry = _Cached(identity, secret, self.clock())
         with self._lock:

@@ -162,14 +162,16 @@ def seed(env: dict[str, str], families: int, vouchers: int) -> dict[str, list]:
     pairs, codes = seed_families(app, families, 2 * vouchers, 1_000_000_000, now)
     out["codes"] = codes[:vouchers]
     with app.app_context():
-        from app.services.ledger import system_account_id
+        from app.services.ledger import clearing_account_ids
         from models import Institution
 
         with app_session() as session, session.begin():
             institution_id = session.scalar(select(Institution.id).where(Institution.code == HOSPITAL))
-            clearing_id = system_account_id(session, "institution", institution_id)
+            clearing_ids = clearing_account_ids(session, institution_id)
         codec = app.extensions["domain"].money.vouchers
-        out["floor"] = [(codec.code_hash(code), institution_id, clearing_id) for code in codes[vouchers:]]
+        # Spread over the institution's clearing accounts as the service's settlements are.
+        out["floor"] = [(codec.code_hash(code), institution_id, clearing_ids[i % len(clearing_ids)])
+                        for i, code in enumerate(codes[vouchers:])]
         with app_session() as session, session.begin():
             user_ids = [session.execute(insert(User).values(
                 channel="wechat", wechat_openid=f"o-bench-owner-{i}", person_id=owner_id, verified_at=now,

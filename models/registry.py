@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, CreatedMixin, IdMixin, utcnow
@@ -45,19 +55,28 @@ class Account(IdMixin, CreatedMixin, Base):
     """A ledger account. ``personal`` accounts belong to a person (个人账户) and never go below
     zero; ``institution`` accounts collect what institutions are owed; the ``registry`` account
     is the counterpart of balances loaded from the insurance registry. Balance = sum of entries.
+
+    An institution has ``CLEARING_SHARDS`` clearing accounts (``shard`` 0, 1, …; migration 0009),
+    one row each: every settlement credits one of them, so settlements at one hospital do not all
+    queue for the same row lock until their commit. What the institution is owed is their sum.
     """
 
     __tablename__ = "accounts"
 
     kind: Mapped[str] = mapped_column(String(16))  # personal | institution | registry
     person_id: Mapped[int | None] = mapped_column(ForeignKey("persons.id"), unique=True)
-    institution_id: Mapped[int | None] = mapped_column(ForeignKey("institutions.id"), unique=True)
+    institution_id: Mapped[int | None] = mapped_column(ForeignKey("institutions.id"))
+    shard: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
     balance_fen: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     __table_args__ = (
         CheckConstraint("kind IN ('personal', 'institution', 'registry')", name="kind"),
         CheckConstraint("kind <> 'personal' OR balance_fen >= 0", name="personal_not_negative"),
+        # Partial: the accounts table is one row per insured person, and only institutions' rows
+        # have an institution_id (built CONCURRENTLY by migration 0009).
+        Index("ux_accounts_institution_shard", "institution_id", "shard", unique=True,
+              postgresql_where=text("institution_id IS NOT NULL"), sqlite_where=text("institution_id IS NOT NULL")),
     )
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import BigInteger, bindparam, column, func, insert, literal_column, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -81,15 +83,54 @@ def post_journal(
     return journal_id
 
 
+CLEARING_SHARDS = 16
+"""Clearing accounts per institution (``accounts.shard`` 0..15, migration 0009). Every settlement
+credits one, and its row lock is held until the commit: with one row, all settlements at an
+institution queued there. Sixteen rows let sixteen commit side by side; the institution is owed
+their sum. (Changing it later: shards are created for every institution, the choice below spreads
+over however many an institution has.)"""
+
+
 def system_account_id(session: Session, kind: str, institution_id: int | None = None) -> int:
-    """The id of the ``registry`` account or of an institution's clearing account (created once)."""
+    """The id of the ``registry`` account, or of an institution's first clearing account (shard 0;
+    created once, with the others)."""
+    if kind == "institution":
+        assert institution_id is not None
+        return clearing_account_ids(session, institution_id)[0]
     query = select(Account.id).where(Account.kind == kind)
-    if institution_id is not None:
-        query = query.where(Account.institution_id == institution_id)
     found = session.scalar(query)
     if found is not None:
         return found
-    account = Account(kind=kind, institution_id=institution_id, balance_fen=0)
+    account = Account(kind=kind, balance_fen=0)
     session.add(account)
     session.flush()
     return account.id
+
+
+_CLEARING_IDS = (select(Account.id).where(Account.kind == "institution", Account.institution_id == bindparam("iid"))
+                 .order_by(Account.shard))
+
+
+def clearing_account_ids(session: Session, institution_id: int) -> tuple[int, ...]:
+    """An institution's clearing accounts, by shard; the missing ones are created (an institution
+    made before its accounts — by the registry load, which creates them, or by a test)."""
+    found = tuple(session.scalars(_CLEARING_IDS, {"iid": institution_id}))
+    if len(found) >= CLEARING_SHARDS:
+        return found
+    dialect = session.get_bind().dialect.name
+    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(
+        insert_(Account.__table__)
+        .values([{"kind": "institution", "institution_id": institution_id, "shard": shard, "balance_fen": 0}
+                 for shard in range(CLEARING_SHARDS)])
+        # A concurrent creator of the same shard wins; we read its row below.
+        .on_conflict_do_nothing(index_elements=["institution_id", "shard"],
+                                index_where=Account.__table__.c.institution_id.isnot(None)))
+    return tuple(session.scalars(_CLEARING_IDS, {"iid": institution_id}))
+
+
+def clearing_account_for(clearing_ids: tuple[int, ...], settlement_no: str) -> int:
+    """The clearing account a settlement credits: one of its institution's, picked by its settlement
+    number (the service's own, unpredictable to the institution), so both write paths, and any
+    replay, pick the same. A refund debits the account its settlement credited (``refunds``)."""
+    return clearing_ids[zlib.crc32(settlement_no.encode()) % len(clearing_ids)]

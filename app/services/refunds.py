@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -23,8 +23,9 @@ from app import errors
 from app.institution_auth import InstitutionIdentity
 from app.policy import year_of
 from app.security.pii import PiiCipher
-from app.services.ledger import post_journal, system_account_id
+from app.services.ledger import post_journal
 from app.services.settlements import (
+    LedgerInvariantBroken,
     MoneyDeps,
     Outcome,
     binding_usage_t,
@@ -38,7 +39,7 @@ from app.services.settlements import (
 )
 from app.settlement_plan import PaidPart, RefundPlan, plan_refund
 from app.timefmt import iso
-from models import Binding, Person, Refund, RefundPart, Settlement
+from models import Binding, Journal, LedgerEntry, Person, Refund, RefundPart, Settlement
 from notify.outbox import AccountMovement, MoneyEvent, add_money_notices
 
 refunds_t, settlements_t = Refund.__table__, Settlement.__table__
@@ -150,7 +151,7 @@ def _apply(session: Session, deps: MoneyDeps, institution: InstitutionIdentity, 
         movements.append(AccountMovement(payment.owner_person_id, credit.kind, credit.amount_fen, balance_after))
     session.execute(insert(RefundPart.__table__), parts)
     credited_fen = plan.own_account_fen + plan.copay_fen
-    clearing_id = institution.clearing_account_id or system_account_id(session, "institution", institution.id)
+    clearing_id = _credited_clearing_account(session, settlement.id)
     entries = [*((p.account_id, c.amount_fen) for p, c in credited), (clearing_id, -credited_fen)]
     post_journal(session, "refund", entries, now, settlement_id=settlement.id, refund_id=refund_id,
                  memo=body["refund_no"])
@@ -178,6 +179,23 @@ def _apply(session: Session, deps: MoneyDeps, institution: InstitutionIdentity, 
     )
     move_balance(session, clearing_id, -credited_fen, now)  # last: the institution's row is the hottest
     return Outcome(201, body), delivery_ids
+
+
+_CREDITED_CLEARING = (
+    select(LedgerEntry.account_id)
+    .join(Journal, Journal.id == LedgerEntry.journal_id)
+    .where(Journal.settlement_id == bindparam("settlement_id"), Journal.kind == "settlement",
+           LedgerEntry.amount_fen > 0)
+)
+
+
+def _credited_clearing_account(session: Session, settlement_id: int) -> int:
+    """The clearing account the settlement credited (its journal's one credit; an institution has
+    several, ``ledger.CLEARING_SHARDS``): the refund takes the money back from that one."""
+    credited = session.scalars(_CREDITED_CLEARING, {"settlement_id": settlement_id}).all()
+    if len(credited) != 1:
+        raise LedgerInvariantBroken(f"settlement {settlement_id}: {len(credited)} credits in its journal, not 1")
+    return credited[0]
 
 
 def _masked_people(session: Session, pii: PiiCipher, person_ids: set[int]) -> dict[int, dict[str, Any]]:

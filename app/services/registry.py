@@ -33,7 +33,7 @@ from app.policy import shanghai_date
 from app.security.id_number import validate_id_number
 from app.security.pii import PiiCipher
 from app.services import audit
-from app.services.ledger import post_journal, system_account_id
+from app.services.ledger import clearing_account_ids, post_journal, system_account_id
 from app.settlement_plan import is_region_code
 from app.timefmt import iso, parse_aware
 from models import Account, Household, Institution, Journal, LedgerEntry, Person
@@ -461,4 +461,4 @@ def _upsert_institution(session: Session, pii: PiiCipher, insert: Any, row: dict
                                                 "api_secret_enc", "updated_at")},
         ).returning(Institution.id)
     ).scalar_one()
-    system_account_id(session, "institution", institution_id)
+    clearing_account_ids(session, institution_id)

@@ -17,8 +17,10 @@ The path reads straight through (ARCHITECTURE, "One settlement, end to end"):
 
 Lock order — the same in refunds, so that no two money transactions deadlock: the voucher (or, in
 a refund, the settlement) → the cap_usage row → personal accounts in ascending id → binding_usage
-→ the institution's clearing account, always last because it is the hottest row (every settlement
-at that institution updates it), so it is held for the shortest time.
+→ the institution's clearing account, always last because it is the hottest row (settlements at
+that institution update it), so it is held for the shortest time. An institution has
+``ledger.CLEARING_SHARDS`` of them and a settlement credits the one its number picks, so
+settlements there do not all queue for one row lock until their commit.
 """
 
 from __future__ import annotations
@@ -62,7 +64,13 @@ from app.institution_auth import InstitutionIdentity
 from app.policy import SHANGHAI, RegionPolicy, owner_ineligibility, shanghai_date
 from app.security.id_number import validate_id_number
 from app.security.pii import PiiCipher, mask_id_number, mask_name
-from app.services.ledger import journal_rows, post_journal, system_account_id
+from app.services.ledger import (
+    CLEARING_SHARDS,
+    clearing_account_for,
+    clearing_account_ids,
+    journal_rows,
+    post_journal,
+)
 from app.services.vouchers import VoucherCodec, check_usable, well_formed
 from app.settlement_plan import (
     AccountFacts,
@@ -580,7 +588,7 @@ def _apply(session: Session, deps: MoneyDeps, institution: InstitutionIdentity, 
     for account_id, amount_fen in debits.items():
         move_balance(session, account_id, -amount_fen, now, expected_after=facts.accounts[account_id] - amount_fen)
     paid_fen = plan.own_account_fen + plan.copay_fen
-    clearing_id = institution.clearing_account_id or system_account_id(session, "institution", institution.id)
+    clearing_id = _clearing_account(session, institution, body["settlement_no"])
     post_journal(session, "settlement", [*((a, -x) for a, x in debits.items()), (clearing_id, paid_fen)], now,
                  settlement_id=settlement_id, memo=body["settlement_no"])
 
@@ -634,7 +642,7 @@ def _apply_in_one_statement(session: Session, deps: MoneyDeps, institution: Inst
     entries: list[tuple[int, int]] = []
     drafts: list[Any] = []
     if payments:
-        clearing_id = institution.clearing_account_id or system_account_id(session, "institution", institution.id)
+        clearing_id = _clearing_account(session, institution, body["settlement_no"])
         entries = journal_rows("settlement", [*((a, -x) for a, x in debits.items()), (clearing_id, paid_fen)])
         drafts = money_notice_drafts(
             MoneyEvent(settlement_id=0, settlement_no=body["settlement_no"],  # the id is the statement's
@@ -672,6 +680,14 @@ def _apply_in_one_statement(session: Session, deps: MoneyDeps, institution: Inst
     if payments and row.clearing_after is None:
         raise LedgerInvariantBroken(f"account {clearing_id}: the clearing account was not credited")
     return list(row.delivery_ids or [])
+
+
+def _clearing_account(session: Session, institution: InstitutionIdentity, settlement_no: str) -> int:
+    """Which of the institution's clearing accounts this settlement credits (``ledger.CLEARING_SHARDS``)."""
+    ids = institution.clearing_account_ids
+    if len(ids) < CLEARING_SHARDS:  # none yet, or made by the release before migration 0009: create the rest
+        ids = clearing_account_ids(session, institution.id)
+    return clearing_account_for(ids, settlement_no)
 
 
 def move_balance(session: Session, account_id: int, delta_fen: int, now: datetime,

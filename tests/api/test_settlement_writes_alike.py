@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 
 from app.extensions import app_session
 from app.services import settlements
+from app.services.ledger import clearing_account_for, clearing_account_ids
 from models import (
     Account,
     Binding,
@@ -66,23 +67,35 @@ def _written(app, settlement_no: str) -> dict:
                                   .order_by(Notice.kind, Notice.person_id)).all()
         journal = session.execute(select(Journal.__table__).where(Journal.settlement_id == sid,
                                                                   Journal.kind == "settlement")).one()
+        clearing = clearing_account_ids(session, settlement.institution_id)
         return {
             "settlement": _plain(settlement, at),
             "voucher_used": session.scalar(select(Voucher.used_at).where(Voucher.id == settlement.voucher_id)) == at,
             "payments": [_plain(r, at) for r in session.execute(
                 select(Payment.__table__).where(Payment.settlement_id == sid).order_by(Payment.sequence))],
             "journal": _plain(journal, at) | {"memo": journal.memo == settlement_no},
-            "entries": sorted((r.account_id, r.amount_fen) for r in session.execute(
-                select(LedgerEntry.__table__).where(LedgerEntry.journal_id == journal.id))),
+            # The institution's clearing account is the one the settlement number picks (of 16):
+            # compared as "the picked one", since the two settlements' numbers differ.
+            "entries": sorted((str(_clearing_or_id(r.account_id, clearing, settlement_no)), r.amount_fen)
+                              for r in session.execute(select(LedgerEntry.__table__)
+                                                       .where(LedgerEntry.journal_id == journal.id))),
             "accounts": [{k: v for k, v in _plain(r, at).items() if k != "created_at"} for r in session.execute(
                 select(Account.__table__).where(Account.id.in_(
-                    select(LedgerEntry.account_id).where(LedgerEntry.journal_id == journal.id)))
+                    select(LedgerEntry.account_id).where(LedgerEntry.journal_id == journal.id)),
+                    Account.kind != "institution")
                 .order_by(Account.id))],
             "notices": [_plain(r, at) | {"movement_key": r.movement_key == f"s{sid}"} for r in notices],
             "deliveries": sorted(
                 str(_plain(r, at)) for r in session.execute(select(Delivery.__table__).where(
                     Delivery.notice_id.in_([n.id for n in notices])))),
         }
+
+
+def _clearing_or_id(account_id: int, clearing: tuple[int, ...], settlement_no: str) -> object:
+    if account_id not in clearing:
+        return account_id
+    assert account_id == clearing_account_for(clearing, settlement_no), "credited another clearing account"
+    return "clearing"
 
 
 def _usage(app, child: int) -> tuple:

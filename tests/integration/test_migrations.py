@@ -120,3 +120,46 @@ def test_0007_unlinks_users_whose_phone_proof_was_a_number_another_person_reserv
                                         (4, 1, None, "window", False, False), (5, None, None, None, False, False),
                                         (6, None, 2, None, True, True), (7, 3, None, "phone", False, False)]
     engine.dispose()
+
+
+def test_0009_gives_each_institution_16_clearing_accounts_and_its_downgrade_folds_them_back(empty_database):
+    """An institution's clearing account keeps its id, balance and entries as shard 0 and gets 15
+    empty siblings; going back, the siblings' entries and balances return to shard 0 (the
+    institution's total and every journal's sum unchanged) and the siblings go."""
+    engine = create_engine(empty_database)
+    _upgrade(engine, "0008")
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO institutions (id, code, name, kind, region_code, designated, active, api_secret_enc,"
+            " created_at, updated_at) VALUES (5, 'H1', 'h', 'hospital', '532601', true, true, 's',"
+            " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        conn.execute(text(
+            "INSERT INTO accounts (id, kind, institution_id, balance_fen, updated_at, created_at) VALUES"
+            " (40, 'institution', 5, 700, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP),"
+            " (41, 'registry', NULL, -700, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        conn.execute(text("INSERT INTO journals (id, kind, created_at) VALUES (1, 'registry', CURRENT_TIMESTAMP),"
+                          " (2, 'registry', CURRENT_TIMESTAMP)"))
+        conn.execute(text("INSERT INTO ledger_entries (journal_id, account_id, amount_fen) VALUES"
+                          " (1, 40, 700), (1, 41, -700)"))
+    _upgrade(engine, "0009")
+    with engine.begin() as conn:
+        shards = conn.execute(text(
+            "SELECT shard, id, balance_fen FROM accounts WHERE institution_id = 5 ORDER BY shard")).all()
+        assert [s for s, _, _ in shards] == list(range(16))
+        assert (shards[0][1], shards[0][2]) == (40, 700)
+        assert {b for _, _, b in shards[1:]} == {0}
+        assert conn.execute(text("SELECT shard FROM accounts WHERE id = 41")).scalar_one() == 0
+        # Money that reached shard 3 after the upgrade.
+        third = shards[3][1]
+        conn.execute(text("UPDATE accounts SET balance_fen = 250 WHERE id = :id"), {"id": third})
+        conn.execute(text("UPDATE accounts SET balance_fen = -950 WHERE id = 41"))
+        conn.execute(text("INSERT INTO ledger_entries (journal_id, account_id, amount_fen) VALUES"
+                          " (2, :third, 250), (2, 41, -250)"), {"third": third})
+    with engine.connect() as conn:
+        command.downgrade(_alembic(conn), "0008")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT id, balance_fen FROM accounts WHERE institution_id = 5")).all() == [(40, 950)]
+        entries = conn.execute(text(
+            "SELECT journal_id, account_id, amount_fen FROM ledger_entries ORDER BY journal_id, amount_fen")).all()
+        assert [tuple(e) for e in entries] == [(1, 41, -700), (1, 40, 700), (2, 41, -250), (2, 40, 250)]
+    engine.dispose()
