@@ -484,9 +484,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--client", choices=("wrk", "python"), default=None,
                         help="the load generator (default: wrk when installed, else python)")
     parser.add_argument("--client-processes", type=int, default=4, help="processes of the python client")
-    parser.add_argument("--workers", type=int, default=4)
-    # deploy/gunicorn.conf.py's setting on two cores (4 workers x 4 threads), for the service and the
-    # reference alike; --worker-class sync --threads 1 gives the figures of the first two sessions.
+    parser.add_argument("--workers", type=int, default=2)
+    # deploy/gunicorn.conf.py's setting on two cores (2 workers x 4 threads since session 6, 4 x 4
+    # before), for the service and the reference alike; --workers 4 gives sessions 3-5's setting,
+    # --worker-class sync --threads 1 the figures of the first two sessions.
     parser.add_argument("--worker-class", default="gthread")
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--families", type=int, default=2000)

@@ -3,7 +3,12 @@
 Every value can be changed from the environment (the systemd unit and compose.yaml set them):
 
 - ``BIND`` (default ``127.0.0.1:8000``; nginx in front) — or a ``unix:/run/copay/web.sock`` path;
-- ``WEB_CONCURRENCY`` workers (default: 2 per core, at least 2) × ``GUNICORN_THREADS`` (default 4);
+- ``WEB_CONCURRENCY`` workers (default: one per core, at least 2) × ``GUNICORN_THREADS`` (default 4).
+  One per core, not two: each worker's threads share one interpreter lock, so a worker uses at most
+  one core, and more workers than cores only take turns on them — measured on two cores
+  (docs/PERFORMANCE.md, session 6), 2 workers × 4 threads against 4 × 4 over 13 runs: p99 of a
+  settlement 94–154 ms against 140–250, of a 亲情码 44–95 ms against 94–129, of ``GET /me`` 36–74 ms
+  against 69–88, and 2.2–2.9 ms of server CPU per settlement against 2.7–3.9;
 - ``GUNICORN_TIMEOUT`` (default 30 s: a settlement takes milliseconds; a platform call is bounded
   by ``PLATFORM_TIMEOUT_SECONDS``), ``GUNICORN_GRACEFUL_TIMEOUT`` (default 30 s);
 - ``PROMETHEUS_MULTIPROC_DIR``: where each worker keeps its metric files (prometheus_client's
@@ -22,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 bind = os.environ.get("BIND", "127.0.0.1:8000").split(",")
-workers = int(os.environ.get("WEB_CONCURRENCY") or max(2, 2 * multiprocessing.cpu_count()))
+workers = int(os.environ.get("WEB_CONCURRENCY") or max(2, multiprocessing.cpu_count()))
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 worker_class = "gthread"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
