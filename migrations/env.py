@@ -12,15 +12,31 @@ target_metadata = Base.metadata
 
 
 def _run(connection) -> None:
-    context.configure(
-        connection=connection,
-        target_metadata=target_metadata,
-        compare_type=True,
-        render_as_batch=connection.dialect.name == "sqlite",
-        user_module_prefix="models.base.",
-    )
-    with context.begin_transaction():
-        context.run_migrations()
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        # A batch migration rebuilds a table (copy, drop, rename). The service's engine enforces
+        # foreign keys on SQLite, and dropping a table other tables reference then fails ("FOREIGN
+        # KEY constraint failed") on any database with rows. SQLite ignores this pragma inside a
+        # transaction, so it is set before the migration's and the keys are checked at its end.
+        raw = connection.connection.driver_connection
+        raw.execute("PRAGMA foreign_keys=OFF")
+    try:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            compare_type=True,
+            render_as_batch=sqlite,
+            user_module_prefix="models.base.",
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+            if sqlite:
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise RuntimeError(f"the migration broke foreign keys (rolled back): {broken[:5]}")
+    finally:
+        if sqlite:
+            raw.execute("PRAGMA foreign_keys=ON")
 
 
 def run_migrations_online() -> None:

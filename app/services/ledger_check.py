@@ -13,6 +13,8 @@ the same transactions as the ledger, under row locks; this check proves they sti
   payments from that account say, and a refund's journal gave back to each exactly its refund parts
   of that account's payments (a journal that moved the right total on the wrong account, or a refund
   that credited more than its parts, is caught even though every balance equals its ledger);
+- a settlement's and a refund's journal move money only between personal accounts and clearing
+  accounts of the institution that settled (not another institution's, not the registry's);
 - every ``cap_usage`` row equals the co-pay payments less co-pay refunds of that beneficiary in
   that Asia/Shanghai service year, and every ``binding_usage`` row likewise for its binding.
 
@@ -24,7 +26,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, func, literal, select, union_all
+from sqlalchemy import and_, func, literal, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from app.policy import year_of
@@ -66,6 +68,7 @@ def verify_ledger(session: Session) -> LedgerReport:
         _settlements(session, report)
         _payments_and_refunds(session, report)
         _movements_per_account(session, report)
+        _counterparts(session, report)
         _usage(session, report)
     return report
 
@@ -220,3 +223,23 @@ def _movements_per_account(session: Session, report: LedgerReport) -> None:
             report.differences.append(
                 f"{kind} {names.get(row.owner_id, f'id {row.owner_id}')}: its journal moved {row.moved} on account "
                 f"{row.account_id}, its {what} {row.recorded}")
+
+
+def _counterparts(session: Session, report: LedgerReport) -> None:
+    """The non-personal entries of settlement and refund journals: each must be on a clearing
+    account (one of ``ledger.CLEARING_SHARDS``) of the institution that settled. Refund journals
+    carry their settlement's id too."""
+    rows = session.execute(
+        select(Journal.kind, Journal.id, Settlement.settlement_no, LedgerEntry.account_id,
+               Account.kind.label("account_kind"))
+        .join(LedgerEntry, LedgerEntry.journal_id == Journal.id)
+        .join(Account, Account.id == LedgerEntry.account_id)
+        .join(Settlement, Settlement.id == Journal.settlement_id)
+        .where(Journal.kind.in_(("settlement", "refund")), Account.kind != "personal",
+               or_(Account.kind != "institution", Account.institution_id.is_distinct_from(Settlement.institution_id)))
+        .order_by(Journal.id, LedgerEntry.account_id)
+    )
+    for row in rows:
+        report.differences.append(
+            f"{row.kind} journal {row.id} of settlement {row.settlement_no}: account {row.account_id} "
+            f"({row.account_kind}) is not a clearing account of the institution that settled")

@@ -39,7 +39,7 @@ from app.services.settlements import (
 )
 from app.settlement_plan import PaidPart, RefundPlan, plan_refund
 from app.timefmt import iso
-from models import Binding, Journal, LedgerEntry, Person, Refund, RefundPart, Settlement
+from models import Account, Binding, Journal, LedgerEntry, Person, Refund, RefundPart, Settlement
 from notify.outbox import AccountMovement, MoneyEvent, add_money_notices
 
 refunds_t, settlements_t = Refund.__table__, Settlement.__table__
@@ -151,7 +151,7 @@ def _apply(session: Session, deps: MoneyDeps, institution: InstitutionIdentity, 
         movements.append(AccountMovement(payment.owner_person_id, credit.kind, credit.amount_fen, balance_after))
     session.execute(insert(RefundPart.__table__), parts)
     credited_fen = plan.own_account_fen + plan.copay_fen
-    clearing_id = _credited_clearing_account(session, settlement.id)
+    clearing_id = _credited_clearing_account(session, settlement.id, institution.id)
     entries = [*((p.account_id, c.amount_fen) for p, c in credited), (clearing_id, -credited_fen)]
     post_journal(session, "refund", entries, now, settlement_id=settlement.id, refund_id=refund_id,
                  memo=body["refund_no"])
@@ -184,15 +184,19 @@ def _apply(session: Session, deps: MoneyDeps, institution: InstitutionIdentity, 
 _CREDITED_CLEARING = (
     select(LedgerEntry.account_id)
     .join(Journal, Journal.id == LedgerEntry.journal_id)
+    .join(Account, Account.id == LedgerEntry.account_id)
     .where(Journal.settlement_id == bindparam("settlement_id"), Journal.kind == "settlement",
-           LedgerEntry.amount_fen > 0)
+           LedgerEntry.amount_fen > 0, Account.kind == "institution",
+           Account.institution_id == bindparam("institution_id"))
 )
 
 
-def _credited_clearing_account(session: Session, settlement_id: int) -> int:
+def _credited_clearing_account(session: Session, settlement_id: int, institution_id: int) -> int:
     """The clearing account the settlement credited (its journal's one credit; an institution has
-    several, ``ledger.CLEARING_SHARDS``): the refund takes the money back from that one."""
-    credited = session.scalars(_CREDITED_CLEARING, {"settlement_id": settlement_id}).all()
+    several, ``ledger.CLEARING_SHARDS``): the refund takes the money back from that one. Only one
+    of the settling institution's own accounts is taken (verify-ledger flags any other)."""
+    credited = session.scalars(_CREDITED_CLEARING, {"settlement_id": settlement_id,
+                                                    "institution_id": institution_id}).all()
     if len(credited) != 1:
         raise LedgerInvariantBroken(f"settlement {settlement_id}: {len(credited)} credits in its journal, not 1")
     return credited[0]

@@ -64,13 +64,7 @@ from app.institution_auth import InstitutionIdentity
 from app.policy import SHANGHAI, RegionPolicy, owner_ineligibility, shanghai_date
 from app.security.id_number import validate_id_number
 from app.security.pii import PiiCipher, mask_id_number, mask_name
-from app.services.ledger import (
-    CLEARING_SHARDS,
-    clearing_account_for,
-    clearing_account_ids,
-    journal_rows,
-    post_journal,
-)
+from app.services.ledger import clearing_account_for, clearing_account_ids, journal_rows, post_journal
 from app.services.vouchers import VoucherCodec, check_usable, well_formed
 from app.settlement_plan import (
     AccountFacts,
@@ -684,9 +678,10 @@ def _apply_in_one_statement(session: Session, deps: MoneyDeps, institution: Inst
 
 def _clearing_account(session: Session, institution: InstitutionIdentity, settlement_no: str) -> int:
     """Which of the institution's clearing accounts this settlement credits (``ledger.CLEARING_SHARDS``)."""
-    ids = institution.clearing_account_ids
-    if len(ids) < CLEARING_SHARDS:  # none yet, or made by the release before migration 0009: create the rest
-        ids = clearing_account_ids(session, institution.id)
+    ids = institution.clearing_account_ids or clearing_account_ids(session, institution.id)
+    # Fewer than CLEARING_SHARDS (an institution the release before migration 0009 created) is
+    # still right, only less spread: the registry load creates the rest, outside this transaction's
+    # locks (creating them here would take new rows' locks while the accounts are held).
     return clearing_account_for(ids, settlement_no)
 
 

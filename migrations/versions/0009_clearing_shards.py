@@ -38,13 +38,15 @@ SHARDS = 16  # frozen here: app.services.ledger.CLEARING_SHARDS may change later
 def upgrade():
     postgres = op.get_bind().dialect.name == "postgresql"
     if postgres:
-        op.execute("ALTER TABLE accounts ADD COLUMN shard SMALLINT DEFAULT 0 NOT NULL")
+        # Every step can be run again: the index build commits the column, so a run that gives up
+        # later (lock_timeout on the constraint, say) leaves the column behind for the next run.
+        op.execute("ALTER TABLE accounts ADD COLUMN IF NOT EXISTS shard SMALLINT DEFAULT 0 NOT NULL")
         with op.get_context().autocommit_block():
             # An earlier run stopped by lock_timeout can leave an INVALID index of this name behind.
             op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {INDEX}")
             op.create_index(INDEX, 'accounts', ['institution_id', 'shard'], unique=True,
                             postgresql_where=sa.text("institution_id IS NOT NULL"), postgresql_concurrently=True)
-        op.drop_constraint('uq_accounts_institution_id', 'accounts', type_='unique')
+        op.execute("ALTER TABLE accounts DROP CONSTRAINT IF EXISTS uq_accounts_institution_id")
     else:
         with op.batch_alter_table('accounts', schema=None) as batch_op:
             batch_op.add_column(sa.Column('shard', sa.SmallInteger(), server_default='0', nullable=False))
@@ -56,10 +58,16 @@ def upgrade():
         op.execute(
             "INSERT INTO accounts (kind, institution_id, shard, balance_fen, updated_at, created_at)"
             f" SELECT 'institution', institution_id, {shard}, 0, updated_at, created_at FROM accounts"
-            " WHERE kind = 'institution' AND institution_id IS NOT NULL AND shard = 0")
+            " WHERE kind = 'institution' AND institution_id IS NOT NULL AND shard = 0"
+            " AND NOT EXISTS (SELECT 1 FROM accounts o WHERE o.institution_id = accounts.institution_id"
+            f" AND o.shard = {shard})")
 
 
 def downgrade():
+    # Stop the code first (a settlement of the new code may credit shards 1-15 between the steps
+    # below). On PostgreSQL the tables are also locked against writers for the fold.
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("LOCK TABLE accounts, ledger_entries IN SHARE ROW EXCLUSIVE MODE")
     # Each shard's entries and balance go to shard 0 of the same institution.
     op.execute(
         "UPDATE ledger_entries SET account_id = ("

@@ -4,11 +4,15 @@ settlement credited; what the institution is owed is their sum, and verify-ledge
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from sqlalchemy import delete, select, update
 
+from app.demo import DEMO_INSTITUTION_SECRET
 from app.extensions import app_session
 from app.services.ledger import CLEARING_SHARDS, clearing_account_for, clearing_account_ids
+from app.services.registry import load_registry
 from models import Account, Institution, Journal, LedgerEntry
 from tests.money_helpers import (
     HOSPITAL,
@@ -93,20 +97,27 @@ def test_settlements_spread_over_the_clearing_accounts_and_refunds_take_back_fro
     assert {a: moved[a] - final[a] for a in ids if final[a] != moved[a]} == {ids[0]: 1_000}
 
 
-def test_an_institution_with_only_its_first_clearing_account_gets_the_others_at_its_next_settlement(
+def test_an_institution_with_only_its_first_clearing_account_settles_there_and_the_registry_load_adds_the_rest(
         app, demo, client, sandbox):
-    """As the release before migration 0009 leaves a new institution: shard 0 alone. The next
-    settlement there creates the other shards (and credits the one its number picks)."""
+    """As the release before migration 0009 leaves an institution it creates: shard 0 alone. Its
+    settlements credit shard 0 (right, only not spread) — no accounts are created inside a
+    settlement while it holds the payers' rows — and the next registry load creates the others."""
     fresh(app)
     set_balance(app, OWNER, 100_000)
     with app_session() as s, s.begin():
         institution_id = s.scalar(select(Institution.id).where(Institution.code == HOSPITAL))
         s.execute(delete(Account).where(Account.institution_id == institution_id, Account.shard > 0))
     app.extensions["domain"].institutions._cache.clear()  # the authenticator's 30 s cache of them
-    assert len(clearing(app)) == 1
+    (only,) = clearing(app)
     token = sign_in(client, sandbox, OWNER)
     response = settle(client, issue(client, token, person_id(app, OWNER)), [drug(1_000)])
     assert response.status_code == 201, response.get_json()
+    assert clearing(app) == {only: 1_000}
+
+    row = {"code": HOSPITAL, "name": "文山州人民医院", "kind": "hospital", "region_code": "532601",
+           "designated": True, "api_secret": DEMO_INSTITUTION_SECRET}
+    with app_session() as session:
+        load_registry(session, app.extensions["domain"].pii,
+                      {"persons": [], "accounts": [], "households": [], "institutions": [row]}, datetime.now(UTC))
     after = clearing(app)
-    assert len(after) == CLEARING_SHARDS
-    assert after[clearing_account_for(tuple(after), response.get_json()["settlement_no"])] == 1_000
+    assert len(after) == CLEARING_SHARDS and after[only] == 1_000

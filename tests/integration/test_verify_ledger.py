@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import insert, select, update
 
 from app.extensions import app_session
-from models import Account, BindingUsage, CapUsage, Journal, LedgerEntry, Payment
+from models import Account, BindingUsage, CapUsage, Journal, LedgerEntry, Payment, Settlement
 from tests.money_helpers import (
     CHILD,
     OWNER,
@@ -124,3 +124,23 @@ def test_a_refund_journal_that_credited_more_than_its_parts_fails_the_check(app,
     result = verify_ledger(app)
     assert result.exit_code == 1, result.output
     assert f"its journal moved 2500 on account {owner_account}, its refund parts 2000" in result.output
+
+
+@pytest.mark.parametrize("kind", ["settlement", "refund"])
+def test_a_journal_whose_institution_side_is_another_institutions_account_fails_the_check(app, money_moved, kind):
+    """The money of a settlement (or a refund) must go to (come from) a clearing account of the
+    institution that settled, not another institution's nor the registry's — every balance still
+    equal to its entries and every personal movement right, so only this check sees it."""
+    with app_session() as s, s.begin():
+        settled_at = s.scalar(select(Settlement.institution_id).where(
+            Settlement.settlement_no == money_moved["settlement_no"]))
+        clearing = s.scalar(select(LedgerEntry.account_id).join(Journal, Journal.id == LedgerEntry.journal_id)
+                            .join(Account, Account.id == LedgerEntry.account_id)
+                            .where(Journal.kind == kind, Account.kind == "institution"))
+        elsewhere = s.scalar(select(Account.id).where(Account.kind == "institution",
+                                                      Account.institution_id != settled_at).order_by(Account.id))
+    journal = _move_entry(app, kind, clearing, elsewhere)
+    result = verify_ledger(app)
+    assert result.exit_code == 1, result.output
+    assert f"{kind} journal {journal} of settlement {money_moved['settlement_no']}: account {elsewhere}" \
+        in result.output
