@@ -16,9 +16,12 @@ def _run(connection) -> None:
     if sqlite:
         # A batch migration rebuilds a table (copy, drop, rename). The service's engine enforces
         # foreign keys on SQLite, and dropping a table other tables reference then fails ("FOREIGN
-        # KEY constraint failed") on any database with rows. SQLite ignores this pragma inside a
-        # transaction, so it is set before the migration's and the keys are checked at its end.
+        # KEY constraint failed") as soon as rows reference it. SQLite ignores this pragma inside a
+        # transaction, so it is set before the migrations' transaction — one transaction for all of
+        # them (SQLite's DDL is transactional; Alembic assumes otherwise unless told), so that the
+        # foreign-key check at its end can still roll everything back — and put back after it.
         raw = connection.connection.driver_connection
+        enforced = raw.execute("PRAGMA foreign_keys").fetchone()[0]
         raw.execute("PRAGMA foreign_keys=OFF")
     try:
         context.configure(
@@ -26,6 +29,7 @@ def _run(connection) -> None:
             target_metadata=target_metadata,
             compare_type=True,
             render_as_batch=sqlite,
+            transactional_ddl=True,  # PostgreSQL's default; SQLite: see above
             user_module_prefix="models.base.",
         )
         with context.begin_transaction():
@@ -36,7 +40,9 @@ def _run(connection) -> None:
                     raise RuntimeError(f"the migration broke foreign keys (rolled back): {broken[:5]}")
     finally:
         if sqlite:
-            raw.execute("PRAGMA foreign_keys=ON")
+            if connection.in_transaction():
+                connection.rollback()
+            raw.execute(f"PRAGMA foreign_keys={'ON' if enforced else 'OFF'}")
 
 
 def run_migrations_online() -> None:

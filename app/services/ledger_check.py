@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, func, literal, or_, select, union_all
+from sqlalchemy import and_, case, func, literal, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from app.policy import year_of
@@ -227,19 +227,23 @@ def _movements_per_account(session: Session, report: LedgerReport) -> None:
 
 def _counterparts(session: Session, report: LedgerReport) -> None:
     """The non-personal entries of settlement and refund journals: each must be on a clearing
-    account (one of ``ledger.CLEARING_SHARDS``) of the institution that settled. Refund journals
-    carry their settlement's id too."""
+    account (one of ``ledger.CLEARING_SHARDS``) of the institution that settled — for a refund, the
+    refund's own institution; a journal that names no settlement (or refund) has none, so any
+    such entry of it is a difference."""
+    settled_by = case((Journal.kind == "refund", Refund.institution_id), else_=Settlement.institution_id)
     rows = session.execute(
         select(Journal.kind, Journal.id, Settlement.settlement_no, LedgerEntry.account_id,
                Account.kind.label("account_kind"))
         .join(LedgerEntry, LedgerEntry.journal_id == Journal.id)
         .join(Account, Account.id == LedgerEntry.account_id)
-        .join(Settlement, Settlement.id == Journal.settlement_id)
+        .outerjoin(Settlement, Settlement.id == Journal.settlement_id)
+        .outerjoin(Refund, Refund.id == Journal.refund_id)
         .where(Journal.kind.in_(("settlement", "refund")), Account.kind != "personal",
-               or_(Account.kind != "institution", Account.institution_id.is_distinct_from(Settlement.institution_id)))
+               or_(Account.kind != "institution", settled_by.is_(None),
+                   Account.institution_id.is_distinct_from(settled_by)))
         .order_by(Journal.id, LedgerEntry.account_id)
     )
     for row in rows:
         report.differences.append(
-            f"{row.kind} journal {row.id} of settlement {row.settlement_no}: account {row.account_id} "
-            f"({row.account_kind}) is not a clearing account of the institution that settled")
+            f"{row.kind} journal {row.id} of settlement {row.settlement_no or '(none)'}: account "
+            f"{row.account_id} ({row.account_kind}) is not a clearing account of the institution that settled")

@@ -198,7 +198,8 @@ def _credited_clearing_account(session: Session, settlement_id: int, institution
     credited = session.scalars(_CREDITED_CLEARING, {"settlement_id": settlement_id,
                                                     "institution_id": institution_id}).all()
     if len(credited) != 1:
-        raise LedgerInvariantBroken(f"settlement {settlement_id}: {len(credited)} credits in its journal, not 1")
+        raise LedgerInvariantBroken(f"settlement {settlement_id}: {len(credited)} credits to this institution's "
+                                    "clearing accounts in its journal, not 1")
     return credited[0]
 
 

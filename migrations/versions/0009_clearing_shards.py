@@ -65,9 +65,10 @@ def upgrade():
 
 def downgrade():
     # Stop the code first (a settlement of the new code may credit shards 1-15 between the steps
-    # below). On PostgreSQL the tables are also locked against writers for the fold.
+    # below). On PostgreSQL the tables are also locked for the fold, at once in the mode the index
+    # and column changes at the end need (taking a weaker lock first could deadlock with a writer).
     if op.get_bind().dialect.name == "postgresql":
-        op.execute("LOCK TABLE accounts, ledger_entries IN SHARE ROW EXCLUSIVE MODE")
+        op.execute("LOCK TABLE accounts, ledger_entries IN ACCESS EXCLUSIVE MODE")
     # Each shard's entries and balance go to shard 0 of the same institution.
     op.execute(
         "UPDATE ledger_entries SET account_id = ("

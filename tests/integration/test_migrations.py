@@ -189,3 +189,15 @@ def test_0009_can_be_run_again_after_a_run_that_gave_up_half_way(empty_database)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM accounts WHERE institution_id = 5")).scalar_one() == 16
     engine.dispose()
+
+
+@pytest.mark.parametrize("service_engine", [True, False], ids=["make_engine", "create_engine"])
+def test_a_sqlite_migration_gives_the_connection_back_with_foreign_keys_as_it_found_them(tmp_path, service_engine):
+    """env.py turns SQLite's foreign keys off for a migration (a batch rebuild drops a referenced
+    table); the connection must come back as it was: on for the service's engine, off for a plain one."""
+    url = f"sqlite:///{tmp_path / 'fk.sqlite3'}"
+    engine = make_engine(url) if service_engine else create_engine(url)
+    with engine.connect() as conn:
+        command.upgrade(_alembic(conn), "head")
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == (1 if service_engine else 0)
+    engine.dispose()

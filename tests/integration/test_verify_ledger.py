@@ -144,3 +144,17 @@ def test_a_journal_whose_institution_side_is_another_institutions_account_fails_
     assert result.exit_code == 1, result.output
     assert f"{kind} journal {journal} of settlement {money_moved['settlement_no']}: account {elsewhere}" \
         in result.output
+
+
+def test_a_settlement_journal_that_names_no_settlement_but_moves_clearing_money_fails_the_check(app, money_moved):
+    with app_session() as s, s.begin():
+        clearing = s.scalar(select(Account.id).where(Account.kind == "institution").order_by(Account.id))
+        registry = s.scalar(select(Account.id).where(Account.kind == "registry"))
+        journal = s.execute(insert(Journal).values(kind="settlement", memo="forged").returning(Journal.id)).scalar_one()
+        s.execute(insert(LedgerEntry), [{"journal_id": journal, "account_id": clearing, "amount_fen": 700},
+                                        {"journal_id": journal, "account_id": registry, "amount_fen": -700}])
+        s.execute(update(Account).where(Account.id == clearing).values(balance_fen=Account.balance_fen + 700))
+        s.execute(update(Account).where(Account.id == registry).values(balance_fen=Account.balance_fen - 700))
+    result = verify_ledger(app)
+    assert result.exit_code == 1, result.output
+    assert f"settlement journal {journal} of settlement (none): account {clearing} (institution)" in result.output
