@@ -123,6 +123,17 @@ def test_0007_unlinks_users_whose_phone_proof_was_a_number_another_person_reserv
     engine.dispose()
 
 
+def _institution_5_with_its_clearing_account_40(conn, balance_fen: int) -> None:
+    """As revision 0008 keeps them: institution 5 and its one clearing account, id 40."""
+    conn.execute(text(
+        "INSERT INTO institutions (id, code, name, kind, region_code, designated, active, api_secret_enc,"
+        " created_at, updated_at) VALUES (5, 'H1', 'h', 'hospital', '532601', true, true, 's',"
+        " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+    conn.execute(text("INSERT INTO accounts (id, kind, institution_id, balance_fen, updated_at, created_at)"
+                      " VALUES (40, 'institution', 5, :balance, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"),
+                 {"balance": balance_fen})
+
+
 def test_0009_gives_each_institution_16_clearing_accounts_and_its_downgrade_folds_them_back(empty_database):
     """An institution's clearing account keeps its id, balance and entries as shard 0 and gets 15
     empty siblings; going back, the siblings' entries and balances return to shard 0 (the
@@ -131,14 +142,9 @@ def test_0009_gives_each_institution_16_clearing_accounts_and_its_downgrade_fold
     engine = make_engine(empty_database)
     _upgrade(engine, "0008")
     with engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO institutions (id, code, name, kind, region_code, designated, active, api_secret_enc,"
-            " created_at, updated_at) VALUES (5, 'H1', 'h', 'hospital', '532601', true, true, 's',"
-            " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
-        conn.execute(text(
-            "INSERT INTO accounts (id, kind, institution_id, balance_fen, updated_at, created_at) VALUES"
-            " (40, 'institution', 5, 700, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP),"
-            " (41, 'registry', NULL, -700, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        _institution_5_with_its_clearing_account_40(conn, 700)
+        conn.execute(text("INSERT INTO accounts (id, kind, balance_fen, updated_at, created_at)"
+                          " VALUES (41, 'registry', -700, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
         conn.execute(text("INSERT INTO journals (id, kind, created_at) VALUES (1, 'registry', CURRENT_TIMESTAMP),"
                           " (2, 'registry', CURRENT_TIMESTAMP)"))
         conn.execute(text("INSERT INTO ledger_entries (journal_id, account_id, amount_fen) VALUES"
@@ -175,12 +181,7 @@ def test_0009_can_be_run_again_after_a_run_that_gave_up_half_way(empty_database)
     engine = make_engine(empty_database)
     _upgrade(engine, "0008")
     with engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO institutions (id, code, name, kind, region_code, designated, active, api_secret_enc,"
-            " created_at, updated_at) VALUES (5, 'H1', 'h', 'hospital', '532601', true, true, 's',"
-            " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
-        conn.execute(text("INSERT INTO accounts (id, kind, institution_id, balance_fen, updated_at, created_at)"
-                          " VALUES (40, 'institution', 5, 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        _institution_5_with_its_clearing_account_40(conn, 0)
         # What the first run had done before giving up.
         conn.execute(text("ALTER TABLE accounts ADD COLUMN shard SMALLINT DEFAULT 0 NOT NULL"))
         conn.execute(text("CREATE UNIQUE INDEX ux_accounts_institution_shard ON accounts (institution_id, shard)"
