@@ -39,8 +39,9 @@ from sqlalchemy.orm import Session
 from app import errors
 from app.security.pii import PiiCipher
 from app.security.request_signing import verify_signature
+from app.services.ledger import existing_clearing_account_ids
 from app.web import now, session
-from models import Account, Institution, InstitutionNonce
+from models import Institution, InstitutionNonce
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -64,7 +65,7 @@ class InstitutionIdentity:
     region_code: str
     designated: bool
     active: bool
-    clearing_account_ids: tuple[int, ...]  # by shard; empty until the first settlement creates them
+    clearing_account_ids: tuple[int, ...]  # by shard; empty until created (registry load, or a first settlement)
 
 
 @dataclass(frozen=True)
@@ -135,9 +136,7 @@ class InstitutionAuthenticator:
                        Institution.api_secret_enc)
                 .where(Institution.code == code)
             ).first()
-            clearing = () if row is None else tuple(session.scalars(
-                select(Account.id).where(Account.institution_id == row.id, Account.kind == "institution")
-                .order_by(Account.shard)))
+            clearing = () if row is None else existing_clearing_account_ids(session, row.id)
         if row is None:
             entry = _Cached(None, None, self.clock())
         else:

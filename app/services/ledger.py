@@ -91,12 +91,9 @@ their sum. (Changing it later: shards are created for every institution, the cho
 over however many an institution has.)"""
 
 
-def system_account_id(session: Session, kind: str, institution_id: int | None = None) -> int:
-    """The id of the ``registry`` account, or of an institution's first clearing account (shard 0;
-    created once, with the others)."""
-    if kind == "institution":
-        assert institution_id is not None
-        return clearing_account_ids(session, institution_id)[0]
+def system_account_id(session: Session, kind: str) -> int:
+    """The id of the one account of ``kind`` (the ``registry`` account; created once). An
+    institution's clearing accounts are ``clearing_account_ids``."""
     query = select(Account.id).where(Account.kind == kind)
     found = session.scalar(query)
     if found is not None:
@@ -111,10 +108,15 @@ _CLEARING_IDS = (select(Account.id).where(Account.kind == "institution", Account
                  .order_by(Account.shard))
 
 
+def existing_clearing_account_ids(session: Session, institution_id: int) -> tuple[int, ...]:
+    """An institution's clearing accounts as they are, by shard (none created)."""
+    return tuple(session.scalars(_CLEARING_IDS, {"iid": institution_id}))
+
+
 def clearing_account_ids(session: Session, institution_id: int) -> tuple[int, ...]:
     """An institution's clearing accounts, by shard; the missing ones are created (an institution
     made before its accounts — by the registry load, which creates them, or by a test)."""
-    found = tuple(session.scalars(_CLEARING_IDS, {"iid": institution_id}))
+    found = existing_clearing_account_ids(session, institution_id)
     if len(found) >= CLEARING_SHARDS:
         return found
     dialect = session.get_bind().dialect.name
@@ -126,7 +128,7 @@ def clearing_account_ids(session: Session, institution_id: int) -> tuple[int, ..
         # A concurrent creator of the same shard wins; we read its row below.
         .on_conflict_do_nothing(index_elements=["institution_id", "shard"],
                                 index_where=Account.__table__.c.institution_id.isnot(None)))
-    return tuple(session.scalars(_CLEARING_IDS, {"iid": institution_id}))
+    return existing_clearing_account_ids(session, institution_id)
 
 
 def clearing_account_for(clearing_ids: tuple[int, ...], settlement_no: str) -> int:
