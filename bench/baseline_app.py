@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from flask import Flask, jsonify, request
 from sqlalchemy import text
 
+from app import hot_sql
 from app.config import normalize_database_url
 from app.extensions import make_engine
 from app.policy import SHANGHAI
@@ -102,18 +103,19 @@ def settle_rows():
     amount_fen, now = int(body["amount_fen"]), datetime.now(UTC)
     on = now.astimezone(SHANGHAI).date()
     with engine.begin() as conn:
-        voucher = conn.execute(s._VOUCHER_WITH_FACTS[1], {"code_hash": body["code_hash"], "service_time": now,
-                                                          "now": now, "on": on}).one()
-        binding = conn.execute(s._BINDINGS_SHARED, {"beneficiary_id": voucher.person_id, "service_time": now,
-                                                    "now": now}).first()
-        used_fen = conn.execute(s._CAP_LOCK["postgresql"], {"beneficiary_person_id": voucher.person_id,
-                                                            "year": on.year, "used_fen": 0}).scalar_one()
-        account = conn.execute(s._LOCK_ACCOUNTS_WITH_USAGE, {"ids": [binding.account_id], "limited": [],
-                                                             "year": on.year}).one()
+        run = hot_sql.execute  # as the service runs them (app/hot_sql.py)
+        voucher = run(conn, s._VOUCHER_WITH_FACTS[1], {"code_hash": body["code_hash"], "service_time": now,
+                                                       "now": now, "on": on}).one()
+        binding = run(conn, s._BINDINGS_SHARED, {"beneficiary_id": voucher.person_id, "service_time": now,
+                                                 "now": now}).first()
+        used_fen = run(conn, s._CAP_LOCK["postgresql"], {"beneficiary_person_id": voucher.person_id,
+                                                         "year": on.year, "used_fen": 0}).scalar_one()
+        account = run(conn, s._LOCK_ACCOUNTS_WITH_USAGE, {"ids": [binding.account_id], "limited": [],
+                                                          "year": on.year}).one()
         settlement_no = f"F{secrets.randbelow(10**12):012d}"
         after = account.balance_fen - amount_fen
         content = {"amount_fen": amount_fen, "settlement_no": settlement_no}
-        row = conn.execute(s._WRITE_ALL, {
+        row = run(conn, s._WRITE_ALL, {
             "settlement_no": settlement_no, "institution_id": body["institution_id"],
             "out_settlement_no": settlement_no, "request_hash": "0" * 64, "voucher_id": voucher.id,
             "beneficiary_person_id": voucher.person_id, "service_time": now, "auth_method": "voucher",

@@ -39,7 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import errors
+from app import errors, hot_sql
 from app.request_context import current_request_id
 from app.services import audit
 from models import AuthToken, StaffUser, User
@@ -316,12 +316,12 @@ def resolve_token(session: Session, token: str, now: datetime, query: Select[Any
     also reads the view's facts (``Principal.facts``); a staff token never reads them."""
     hashed = token_hash(token)
     if token.startswith("st_"):
-        staff = session.connection().execute(_STAFF_BY_TOKEN, {"token_hash": hashed, "now": now}).first()
+        staff = hot_sql.execute(session.connection(), _STAFF_BY_TOKEN, {"token_hash": hashed, "now": now}).first()
         if staff is not None:
             return Principal(kind="staff", id=staff.id, role=staff.role)
     elif token.startswith("at_"):
-        row = session.connection().execute(query if query is not None else _USER_BY_TOKEN,
-                                           {"token_hash": hashed, "now": now}).first()
+        row = hot_sql.execute(session.connection(), query if query is not None else _USER_BY_TOKEN,
+                              {"token_hash": hashed, "now": now}).first()
         if row is not None:
             return Principal(kind="user", id=row.user_id, person_id=row.person_id, channel=row.channel,
                              chain_id=row.chain_id, facts=row)

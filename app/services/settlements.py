@@ -59,7 +59,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import errors
+from app import errors, hot_sql
 from app.institution_auth import InstitutionIdentity
 from app.policy import SHANGHAI, RegionPolicy, owner_ineligibility, shanghai_date
 from app.security.id_number import validate_id_number
@@ -344,8 +344,8 @@ def _status_for_code(binding: Any) -> str:
 
 
 def _replay(session: Session, institution_id: int, request: SettlementRequest) -> Outcome | None:
-    row = session.connection().execute(_REPLAY, {"institution_id": institution_id,
-                                    "out_settlement_no": request.out_settlement_no}).first()
+    row = hot_sql.execute(session.connection(), _REPLAY, {"institution_id": institution_id,
+                                                        "out_settlement_no": request.out_settlement_no}).first()
     if row is None:
         return None
     if row.request_hash != request.request_hash:
@@ -386,7 +386,7 @@ def _card(session: Session, deps: MoneyDeps, request: SettlementRequest, service
     except errors.IdNumberInvalid:
         number = None
     if number is not None:
-        row = session.connection().execute(_CARD_WITH_FACTS if folded else _CARD,
+        row = hot_sql.execute(session.connection(), _CARD_WITH_FACTS if folded else _CARD,
                               {"id_bidx": deps.pii.blind_index(number, kind="id_number"),
                                "service_time": service_time, "now": now, "on": shanghai_date(service_time)}).first()
     if row is not None:
@@ -404,7 +404,7 @@ def _voucher(session: Session, code_hash: str, service_time: datetime, now: date
     """The voucher, the person it names (with their own account) and whether they are suspended (R11);
     on PostgreSQL also their filings and certifications valid on the service date (``facts``)."""
     statements = _VOUCHER_WITH_FACTS if _folded(session) else (_VOUCHER, _VOUCHER_LOCKED)
-    return session.connection().execute(statements[lock], {
+    return hot_sql.execute(session.connection(), statements[lock], {
         "code_hash": code_hash, "service_time": service_time, "now": now, "on": shanghai_date(service_time)}).first()
 
 
@@ -419,7 +419,7 @@ def _load_facts(session: Session, deps: MoneyDeps, institution: InstitutionIdent
     beneficiary_id = voucher.person_id
     service_date = shanghai_date(service_time)
     year = service_date.year
-    bindings = session.connection().execute(_BINDINGS_SHARED if lock else _BINDINGS,
+    bindings = hot_sql.execute(session.connection(), _BINDINGS_SHARED if lock else _BINDINGS,
                                {"beneficiary_id": beneficiary_id, "service_time": service_time, "now": now}).all()
     if voucher.binding_id is not None:
         # R12 again, on the share-locked rows: the voucher statement read the binding's status
@@ -441,8 +441,8 @@ def _load_facts(session: Session, deps: MoneyDeps, institution: InstitutionIdent
     if lock and folded and account_ids:
         # The accounts locked in id order and, read after the cap row's lock (which serialises every
         # writer of this beneficiary's binding usage), what each limited binding paid this year.
-        rows = session.connection().execute(_LOCK_ACCOUNTS_WITH_USAGE, {"ids": sorted(account_ids), "limited": limited,
-                                                           "year": year}).all()
+        rows = hot_sql.execute(session.connection(), _LOCK_ACCOUNTS_WITH_USAGE,
+                               {"ids": sorted(account_ids), "limited": limited, "year": year}).all()
         balances = {r.id: r.balance_fen for r in rows}
         paid_by_binding = {int(b): paid for b, paid in (rows[0].usage or {}).items()} if rows else {}
     else:
@@ -529,8 +529,8 @@ def lock_cap_row(session: Session, beneficiary_id: int, year: int) -> int:
     of the same beneficiary to commit) and ``RETURNING`` reads the value that one left.
     """
     stmt = _CAP_LOCK[session.get_bind().dialect.name]
-    return session.connection().execute(
-        stmt, {"beneficiary_person_id": beneficiary_id, "year": year, "used_fen": 0}).scalar_one()
+    return hot_sql.execute(
+        session.connection(), stmt, {"beneficiary_person_id": beneficiary_id, "year": year, "used_fen": 0}).scalar_one()
 
 
 def lock_accounts(session: Session, account_ids: Iterable[int]) -> dict[int, int]:
@@ -647,7 +647,7 @@ def _apply_in_one_statement(session: Session, deps: MoneyDeps, institution: Inst
             [AccountMovement(owner_id, p.kind, p.amount_fen, p.balance_after_fen) for _, owner_id, _, p in payments],
             receipt_channels=deps.receipt_channels)
     dumps = json.dumps
-    row = session.connection().execute(_WRITE_ALL, {
+    row = hot_sql.execute(session.connection(), _WRITE_ALL, {
         "settlement_no": body["settlement_no"], "institution_id": institution.id,
         "out_settlement_no": request.out_settlement_no, "request_hash": request.request_hash,
         "voucher_id": voucher.id, "beneficiary_person_id": voucher.person_id, "service_time": service_time,

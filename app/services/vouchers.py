@@ -24,7 +24,7 @@ import segno
 from sqlalchemy import Select, and_, bindparam, exists, insert, or_, select
 from sqlalchemy.orm import Session
 
-from app import errors
+from app import errors, hot_sql
 from app.security.id_number import PROVINCE_CODES
 from app.security.pii import PiiCipher, decode_config_key
 from app.services import audit
@@ -101,7 +101,7 @@ def issue_voucher(
     target_id = person_id if person_id is not None else holder_person_id
     with session.begin():
         connection = session.connection()
-        facts = connection.execute(_FACTS, {"target_id": target_id, "holder_id": holder_person_id}).first()
+        facts = hot_sql.execute(connection, _FACTS, {"target_id": target_id, "holder_id": holder_person_id}).first()
         binding_id = None
         if target_id != holder_person_id:
             # A binding's beneficiary is a person (foreign key): no row here means no binding either.
@@ -124,7 +124,7 @@ def issue_voucher(
         row = audit.values(actor_kind="user", actor_id=user_id, action="voucher.issue", at=now, ip=ip,
                            target_kind="voucher", details={"person_id": target_id, "binding_id": binding_id})
         if connection.dialect.name == "postgresql":
-            connection.execute(_INSERT_WITH_AUDIT, {**voucher, **{f"audit_{k}": v for k, v in row.items()}})
+            hot_sql.execute(connection, _INSERT_WITH_AUDIT, {**voucher, **{f"audit_{k}": v for k, v in row.items()}})
         else:
             voucher_id = connection.execute(_INSERT, voucher).scalar_one()
             connection.execute(audit.INSERT, row | {"target_id": voucher_id})
