@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint install migrate migration bench bench-records clean screenshots
+.PHONY: run test lint install migrate migration bench bench-instructions bench-records clean screenshots
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,16 @@ bench: install
 	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
 	    echo "!! wrk could not be installed"; }
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The Python instructions per request of the same paths, counted by valgrind: the same figure however
+# busy the machine is (compare commits with it). make bench-instructions BENCH_ARGS="--only settlement"
+bench-instructions: install
+	@command -v callgrind_control >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || \
+	  { echo "== installing valgrind, the instruction counter of make bench-instructions"; \
+	    { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; } || \
+	    echo "!! valgrind could not be installed"; }
+	$(BIN)/python -m bench.instructions $(BENCH_ARGS)
 
 # Records pages at 10^4 / 10^6 / 10^7 settlement rows (long: the 10^7 load alone takes many minutes).
 bench-records: install
