@@ -18,12 +18,14 @@ profiles (docs/PERFORMANCE.md).
   ``Connection`` whose transaction is not active (failed, or none) goes the ordinary way, which
   raises what SQLAlchemy raises;
 * the engine's ``before_cursor_execute`` / ``after_cursor_execute`` listeners see the statement
-  (the statement-count tests and the fault tests rely on them);
+  (the statement-count tests and the fault tests rely on them) — with no ``ExecutionContext``
+  (``context`` is None); ``before_execute`` / ``after_execute`` and ``echo`` logging are not run;
 * a driver error goes through ``Connection._handle_dbapi_exception``: the same SQLAlchemy exception
   (``IntegrityError``, ``OperationalError`` …), the same invalidation of a connection that was cut,
   the same ``handle_error`` listeners (the replica's health check).
 
-Rows have the attribute and index access of SQLAlchemy's ``Row`` (named tuples with the same keys);
+Rows have the attribute and index access of SQLAlchemy's ``Row`` (named tuples with the same keys:
+a statement whose column names are not identifiers, or repeat, is refused rather than renamed);
 the result offers the calls the hot paths use (``first``, ``one``, ``one_or_none``, ``all``,
 ``scalar``, ``scalar_one``, iteration). On any other database (SQLite, the embedded default) a
 statement simply runs through ``Connection.execute``. ``tests/integration/test_hot_sql.py`` compares
@@ -32,7 +34,7 @@ every hot statement's rows and types with ``Connection.execute``'s, and the erro
 
 from __future__ import annotations
 
-import weakref
+import logging
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -43,6 +45,8 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql import ClauseElement
 
 _TUPLES_OK = ExecStatus.TUPLES_OK
+_CACHE_ATTRIBUTE = "_copay_hot_statements"
+log = logging.getLogger(__name__)
 
 
 class HotResult:
@@ -90,7 +94,7 @@ class _Compiled:
                             "and none rendered at execution")
         self.sql: str = compiled.string
         self.fixed: dict[str, Any] = {}
-        self.bind_processors: list[tuple[str, Callable[[Any], Any]]] = []
+        processors: dict[str, Callable[[Any], Any] | None] = {}
         for bind, name in compiled.bind_names.items():
             if bind.expanding or bind.literal_execute:
                 raise TypeError(f"hot statements take no expanding or literal parameters ({bind.key})")
@@ -100,9 +104,9 @@ class _Compiled:
                 if callable(bind.callable):
                     raise TypeError(f"hot statements take no callable parameters ({bind.key})")
                 self.fixed[name] = bind.effective_value
-            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
-            if processor is not None:
-                self.bind_processors.append((name, processor))
+            # One processor per name, as SQLAlchemy applies them (two binds of one name are one value).
+            processors[name] = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        self.bind_processors = [(name, p) for name, p in processors.items() if p is not None]
         self.result_columns = [(column.keyname, column.type) for column in compiled._result_columns]
         self.maker: Callable[[Sequence[Any]], Any] | None = None
         self.width = -1
@@ -120,7 +124,7 @@ class _Compiled:
         Made at the first execution (the result's types come with it) and kept: a statement's
         columns do not change between executions (reading ``cursor.description`` each time cost
         ≈ 20 µs)."""
-        if self.maker is not None:
+        if self.maker is not None and self.width == len(description):
             return self.maker
         if len(self.result_columns) == len(description):
             keys = [key for key, _ in self.result_columns]
@@ -129,7 +133,10 @@ class _Compiled:
         else:  # a text() statement: untyped, named by the database
             keys = [column.name for column in description]
             processors = [None] * len(description)
-        row = namedtuple("Row", keys, rename=True)  # type: ignore[misc]
+        try:
+            row = namedtuple("Row", keys)  # type: ignore[misc]
+        except ValueError as refused:  # a key that is not an identifier, or twice: Row would differ
+            raise TypeError(f"hot statements name their columns as identifiers, once each: {keys}") from refused
         make = row._make
         if not any(processors):
             maker = make
@@ -145,24 +152,28 @@ class _Compiled:
 class HotStatement:
     """A Core statement the hot paths run many times a second; ``execute`` as ``Connection.execute``."""
 
-    __slots__ = ("statement", "_compiled", "__weakref__")
+    __slots__ = ("statement",)
 
     def __init__(self, statement: ClauseElement) -> None:
         self.statement = statement
-        self._compiled: weakref.WeakKeyDictionary[Dialect, _Compiled] = weakref.WeakKeyDictionary()
 
     def compiled(self, dialect: Dialect) -> _Compiled:
-        compiled = self._compiled.get(dialect)
+        """The statement compiled for this dialect, kept on the dialect (an engine's): it goes with
+        its engine (a weak-keyed cache would not let go — the processors refer to the dialect)."""
+        cache = dialect.__dict__.get(_CACHE_ATTRIBUTE)
+        if cache is None:
+            cache = dialect.__dict__.setdefault(_CACHE_ATTRIBUTE, {})
+        compiled = cache.get(self)
         if compiled is None:
-            compiled = self._compiled[dialect] = _Compiled(self.statement, dialect)
+            compiled = cache[self] = _Compiled(self.statement, dialect)
         return compiled
 
     def execute(self, connection: Connection, values: Mapping[str, Any] | None = None) -> Any:
         dialect = connection.dialect
-        transaction = connection.get_transaction()
+        transaction, nested = connection.get_transaction(), connection.get_nested_transaction()
         if dialect.driver != "psycopg" or transaction is None or not transaction.is_active \
-                or connection.invalidated:
-            return connection.execute(self.statement, values or {})
+                or (nested is not None and not nested.is_active) or connection.invalidated:
+            return connection.execute(self.statement, values or {})  # which raises what it raises
         compiled = self.compiled(dialect)
         sql, parameters, cursor = compiled.sql, values or {}, None
         try:
@@ -178,7 +189,7 @@ class HotStatement:
                 rows: list[Any] = []
             else:
                 make = compiled.maker if result.nfields == compiled.width else None
-                make = make or compiled.row_maker(cursor.description, dialect)
+                make = make or compiled.row_maker(cursor.description, dialect)  # first time, or a new shape
                 rows = list(map(make, cursor.fetchall()))
             cursor.close()
         except BaseException as error:  # noqa: BLE001 — as SQLAlchemy: the handler re-raises what it is given
@@ -188,6 +199,7 @@ class HotStatement:
 
 _STATEMENTS: dict[int, HotStatement] = {}
 _MAX_STATEMENTS = 256  # the hot paths name a few dozen module-level statements; anything past this is a misuse
+_warned: list[bool] = []
 
 
 def execute(connection: Connection, statement: ClauseElement, values: Mapping[str, Any] | None = None) -> Any:
@@ -196,6 +208,10 @@ def execute(connection: Connection, statement: ClauseElement, values: Mapping[st
     hot = _STATEMENTS.get(id(statement))
     if hot is None:
         if len(_STATEMENTS) >= _MAX_STATEMENTS:
+            if not _warned:
+                _warned.append(True)
+                log.warning("hot_sql: more than %d statements; a statement built per call? The rest run "
+                            "through Connection.execute", _MAX_STATEMENTS)
             return connection.execute(statement, values or {})
         hot = _STATEMENTS.setdefault(id(statement), HotStatement(statement))
     return hot.execute(connection, values)

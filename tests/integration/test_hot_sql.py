@@ -145,7 +145,8 @@ def test_results_answer_like_sqlalchemys(app):
             none.execute(connection).one()
         assert none.execute(connection).first() is None and none.execute(connection).scalar() is None
         assert none.execute(connection).one_or_none() is None
-        assert dict(two.execute(connection).all() and [(1, "a")]) == {1: "a"}
+        pairs = hot_sql.HotStatement(text("SELECT 1 AS k, 'a' AS v UNION ALL SELECT 2, 'b' ORDER BY k"))
+        assert dict(pairs.execute(connection).all()) == {1: "a", 2: "b"}  # as lock_accounts reads them
 
 
 def test_statements_it_cannot_run_as_they_are_are_refused_when_first_compiled(app):
@@ -175,3 +176,69 @@ def test_a_parameter_named_otherwise_in_the_text_is_refused_when_first_compiled(
     escaped = select(Person.id).where(Person.id == bindparam("the id%"))  # SQLAlchemy renames it in the text
     with engine.connect() as connection, connection.begin(), pytest.raises(TypeError):
         hot_sql.HotStatement(escaped).execute(connection, {"the id%": 1})
+
+
+def test_the_text_sent_is_the_text_sqlalchemy_sends(app, demo):
+    """The same text, so the same server-side prepared statement: captured from both ways of running
+    each hot read."""
+    engine = app.extensions["db.engine"]
+    sent = []
+
+    def record(_conn, _cursor, sql, *_args):
+        sent.append(sql)
+
+    values = {"token_hash": "x", "now": datetime.now(UTC), "code_hash": "y", "service_time": datetime.now(UTC),
+              "on": datetime.now(UTC).date(), "beneficiary_id": 1, "target_id": 1, "holder_id": 1}
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        for statement in (auth._USER_BY_TOKEN, auth._STAFF_BY_TOKEN, identity.ME_BY_TOKEN, vouchers._FACTS,
+                          settlements._VOUCHER_WITH_FACTS[1], settlements._BINDINGS_SHARED):
+            with engine.connect() as connection, connection.begin():
+                hot_sql.execute(connection, statement, values).all()
+                connection.execute(statement, values).all()
+            assert sent[-2] == sent[-1], statement
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def test_two_binds_of_one_name_are_processed_once(app):
+    """SQLAlchemy applies one bind processor per name; two binds of one name must not be processed twice."""
+    from sqlalchemy import bindparam, literal_column
+    from sqlalchemy.dialects.postgresql import JSONB
+    engine = app.extensions["db.engine"]
+    one = bindparam("x", type_=JSONB)
+    again = bindparam("x", type_=JSONB)
+    statement = select(literal_column("1").label("one")).where(one == again)
+    with engine.connect() as connection, connection.begin():
+        assert hot_sql.HotStatement(statement).execute(connection, {"x": {"a": 1}}).one().one == 1
+
+
+def test_a_new_row_shape_gets_a_new_row(app):
+    engine = app.extensions["db.engine"]
+    with engine.connect() as connection, connection.begin():
+        connection.execute(text("CREATE TEMPORARY TABLE shape (a int) ON COMMIT DROP"))
+        connection.execute(text("INSERT INTO shape VALUES (1)"))
+        everything = hot_sql.HotStatement(text("SELECT * FROM shape"))
+        assert everything.execute(connection).one() == (1,)
+        connection.execute(text("ALTER TABLE shape ADD COLUMN b int DEFAULT 2"))
+        row = everything.execute(connection).one()
+        assert row == (1, 2) and row.b == 2
+
+
+def test_columns_a_row_cannot_name_are_refused(app):
+    engine = app.extensions["db.engine"]
+    with engine.connect() as connection, connection.begin(), pytest.raises(exc.StatementError):
+        hot_sql.HotStatement(text('SELECT 1 AS "from", 2 AS "from"')).execute(connection)
+
+
+def test_compiled_forms_go_with_their_engine(app):
+    import gc
+    import weakref
+    engine = create_engine(app.config["DATABASE_URL"])
+    with engine.connect() as connection, connection.begin():
+        hot_sql.execute(connection, auth._USER_BY_TOKEN, {"token_hash": "x", "now": datetime.now(UTC)}).all()
+    dialect = weakref.ref(engine.dialect)
+    engine.dispose()
+    del engine, connection
+    gc.collect()
+    assert dialect() is None

@@ -9,6 +9,7 @@ import pytest
 from psycopg import _queries
 from sqlalchemy.dialects import postgresql
 
+from app import hot_sql
 from app.services import auth, identity, settlements, vouchers
 
 HOT = {
@@ -16,6 +17,7 @@ HOT = {
     "settlement: voucher (locked)": settlements._VOUCHER_WITH_FACTS[1],
     "settlement: card": settlements._CARD_WITH_FACTS,
     "settlement: bindings": settlements._BINDINGS_SHARED,
+    "settlement: cap row": settlements._CAP_LOCK["postgresql"],
     "settlement: accounts": settlements._LOCK_ACCOUNTS_WITH_USAGE,
     "settlement: the write": settlements._WRITE_ALL,
     "settlement: replay": settlements._REPLAY,
@@ -47,3 +49,12 @@ def test_a_hot_statement_has_one_text(name):
 def test_squeezing_keeps_the_statement():
     sql = "SELECT a,\n       b -- the second\n  FROM t\n\n WHERE x = 'y'\n"
     assert settlements._squeezed(sql) == "SELECT a, b FROM t WHERE x = 'y'"
+
+
+@pytest.mark.parametrize("name", sorted(HOT))
+def test_a_hot_statement_can_run_on_the_cursor(name):
+    """``app.hot_sql`` refuses, when it first compiles a statement, what it cannot run as SQLAlchemy
+    would (parameters rendered at execution, renamed in the text, positional): found here, not at
+    the first request in production."""
+    compiled = hot_sql._Compiled(HOT[name], postgresql.psycopg.dialect())
+    assert compiled.sql == str(HOT[name].compile(dialect=postgresql.psycopg.dialect())), name
