@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app import errors
 from app.extensions import db
-from app.services.auth import Principal, authenticate, resolve_token
+from app.services.auth import Principal, authenticate, authenticate_alone, resolve_token
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,7 +63,12 @@ def _authenticate(query: Select[Any] | None = None) -> Principal:
         raise errors.Unauthenticated()
     request_session = session()
     begin_envelope = getattr(request_session, "begin_envelope", None)
-    if begin_envelope is not None and begin_envelope():
+    engine = request_session.get_bind()
+    if query is not None and engine.dialect.name == "postgresql":
+        # A view that reads nothing but its token look-up (``user_required_with``): one statement,
+        # no transaction around it (on SQLite a transaction is as cheap: it stays as it was).
+        found = authenticate_alone(engine, token, now(), query)
+    elif begin_envelope is not None and begin_envelope():
         # The look-up runs in a transaction the use case takes over (one commit per request).
         found = resolve_token(request_session, token, now(), query)
     else:
@@ -101,7 +106,9 @@ def user_required(fn: F) -> F:
 def user_required_with(query: Select[Any]) -> Callable[[F], F]:
     """``user_required`` whose token look-up is ``query`` (an ``app.services.auth.user_by_token(...)``):
     it reads the view's facts about the caller in the same statement as the token, and the view
-    finds them in ``principal().facts``. Same refusals as ``user_required``."""
+    finds them in ``principal().facts``. Same refusals as ``user_required``. For a view that reads
+    nothing else (on PostgreSQL the look-up runs on its own, in autocommit, outside the request's
+    session: a statement the view made would be in a transaction of its own)."""
 
     def decorator(fn: F) -> F:
         @functools.wraps(fn)

@@ -36,6 +36,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -310,17 +311,30 @@ def authenticate(session: Session, token: str, now: datetime, query: Select[Any]
         return resolve_token(session, token, now, query)
 
 
+def authenticate_alone(engine: Engine, token: str, now: datetime, query: Select[Any]) -> Principal:
+    """``authenticate`` for a view that reads nothing but what ``query`` reads with the token
+    (``GET /me``): the one statement runs in autocommit — PostgreSQL makes it a transaction of its
+    own, with one snapshot — so no ``BEGIN`` goes before it and no ``ROLLBACK`` after it: two round
+    trips of three (issue 13)."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection, connection.begin():
+        return _resolve(connection, token, now, query)
+
+
 def resolve_token(session: Session, token: str, now: datetime, query: Select[Any] | None = None) -> Principal:
     """``authenticate`` inside a transaction the caller opened (the request envelope's, which the
     use case then commits: one transaction per request). ``query``: a ``user_by_token(...)`` that
     also reads the view's facts (``Principal.facts``); a staff token never reads them."""
+    return _resolve(session.connection(), token, now, query)
+
+
+def _resolve(connection: Connection, token: str, now: datetime, query: Select[Any] | None) -> Principal:
     hashed = token_hash(token)
     if token.startswith("st_"):
-        staff = hot_sql.execute(session.connection(), _STAFF_BY_TOKEN, {"token_hash": hashed, "now": now}).first()
+        staff = hot_sql.execute(connection, _STAFF_BY_TOKEN, {"token_hash": hashed, "now": now}).first()
         if staff is not None:
             return Principal(kind="staff", id=staff.id, role=staff.role)
     elif token.startswith("at_"):
-        row = hot_sql.execute(session.connection(), query if query is not None else _USER_BY_TOKEN,
+        row = hot_sql.execute(connection, query if query is not None else _USER_BY_TOKEN,
                               {"token_hash": hashed, "now": now}).first()
         if row is not None:
             return Principal(kind="user", id=row.user_id, person_id=row.person_id, channel=row.channel,
