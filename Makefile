@@ -13,6 +13,16 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 
 install: $(BIN)/.installed
 
+# $(call apt_install,COMMAND,PACKAGE,WHAT IT IS FOR): install a Debian package when COMMAND is missing and
+# make runs as root with apt-get; otherwise the target goes on and the tool says what is missing.
+define apt_install
+	@command -v $(1) >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || \
+	  { echo "== installing $(2), $(3)"; \
+	    { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; } || \
+	    echo "!! $(2) could not be installed"; }
+endef
+
 run: install
 	$(BIN)/python -m scripts.run_demo
 
@@ -29,21 +39,13 @@ migrate: install
 # The load generator is wrk (Debian package): installed here when missing and running as root; without
 # it bench.run falls back to its Python client and says so. make bench BENCH_ARGS="--only me --seconds 8"
 bench: install
-	@command -v wrk >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || \
-	  { echo "== installing wrk, the load generator of make bench"; \
-	    { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
-	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
-	    echo "!! wrk could not be installed"; }
+	$(call apt_install,wrk,wrk,the load generator of make bench)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # The Python instructions per request of the same paths, counted by valgrind: the same figure however
 # busy the machine is (compare commits with it). make bench-instructions BENCH_ARGS="--only settlement"
 bench-instructions: install
-	@command -v callgrind_control >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || \
-	  { echo "== installing valgrind, the instruction counter of make bench-instructions"; \
-	    { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
-	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; } || \
-	    echo "!! valgrind could not be installed"; }
+	$(call apt_install,callgrind_control,valgrind,the instruction counter of make bench-instructions)
 	$(BIN)/python -m bench.instructions $(BENCH_ARGS)
 
 # Records pages at 10^4 / 10^6 / 10^7 settlement rows (long: the 10^7 load alone takes many minutes).
