@@ -34,9 +34,11 @@ def test_a_lost_database_is_a_retryable_503_never_a_500(app, client, sandbox, mo
     def fail(*_args, **_kwargs):
         raise _lost(kind)
 
-    # The token look-up of every signed-in request (in the request's transaction, or its own).
+    # The token look-up of every signed-in request (in the request's transaction, or its own, or —
+    # GET /me — its one statement in autocommit).
     monkeypatch.setattr("app.web.resolve_token", fail)
     monkeypatch.setattr("app.web.authenticate", fail)
+    monkeypatch.setattr("app.web.authenticate_alone", fail)
     with caplog.at_level(logging.WARNING):
         response = client.get("/api/v1/me", headers=bearer(token))
     assert response.status_code == 503
@@ -54,9 +56,11 @@ def test_another_database_error_is_still_a_500(app, client, sandbox, monkeypatch
     def fail(*_args, **_kwargs):
         raise DBAPIError("SELECT 1", {}, ValueError("bug"), connection_invalidated=False)
 
-    # The token look-up of every signed-in request (in the request's transaction, or its own).
+    # The token look-up of every signed-in request (in the request's transaction, or its own, or —
+    # GET /me — its one statement in autocommit).
     monkeypatch.setattr("app.web.resolve_token", fail)
     monkeypatch.setattr("app.web.authenticate", fail)
+    monkeypatch.setattr("app.web.authenticate_alone", fail)
     assert client.get("/api/v1/me", headers=bearer(token)).status_code == 500
 
 
