@@ -1,19 +1,20 @@
-"""``make bench-instructions``: the Python instructions one request costs, counted by valgrind —
-the same figure however busy the machine is.
+"""``make bench-instructions``: the instructions one request costs the Python process (valgrind).
+
+The same figure however busy the machine is.
 
 ``make bench``'s rates and CPU times move by a quarter or more from one run to the next on a shared
-machine (docs/PERFORMANCE.md), so a change worth 5–10 % cannot be seen there. This counts instead:
+machine (docs/PERFORMANCE.md), so a change worth 5–15 % cannot be seen there. This counts instead:
 each path and its reference runs in a process of its own under ``valgrind --tool=callgrind`` with
 instrumentation off; after a warm-up (imports, first compilations, the pool's connections, psycopg's
 prepared statements) the benchmark switches it on with ``callgrind_control``, the process sends
 ``--requests`` requests through Flask's test client, and it is switched off again. The instructions
 counted, divided by the requests, are the Python process's own cost per request: the application,
-Flask, SQLAlchemy, psycopg's client side and the Redis client — not PostgreSQL's or Redis's
-servers, not gunicorn's HTTP parsing (the test client stands in for it, for the service and the
-reference alike). The same code gives the same count to within about 1 % (hash seeds, garbage
+Flask, SQLAlchemy, psycopg and libpq's client side and the Redis client (C extensions included) —
+not PostgreSQL's or Redis's servers, not gunicorn's HTTP parsing (the test client stands in for it,
+for the service and the reference alike). The same code gives the same count to within 0.5 % (hash seeds, garbage
 collection); compare commits with it, and take the time figures from ``make bench``.
 
-    .venv/bin/python -m bench.instructions                       # settlement, voucher, me: ≈ 4 min
+    .venv/bin/python -m bench.instructions                       # settlement, voucher, me: ≈ 2 min
     .venv/bin/python -m bench.instructions --only settlement --requests 100
 
 It needs valgrind (Debian package ``valgrind``; ``callgrind_control`` comes with it), the local
@@ -144,9 +145,10 @@ def measure(kind: str, data_file: str, requests: int, env: dict[str, str]) -> fl
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default=",".join(PATHS))
-    parser.add_argument("--requests", type=int, default=60, help="measured requests per path")
-    parser.add_argument("--families", type=int, default=50)
+    parser.add_argument("--only", default=",".join(PATHS),
+                        help=f"paths, comma-separated, of {', '.join(PATHS)} (default: all; each with its reference)")
+    parser.add_argument("--requests", type=int, default=60, help="measured requests per path (default 60)")
+    parser.add_argument("--families", type=int, default=50, help="families seeded (default 50)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
@@ -156,7 +158,10 @@ def main(argv: list[str] | None = None) -> None:
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed (Debian package valgrind)")
-    only = [p for p in PATHS if p in options.only.split(",")]
+    asked = [p.strip() for p in options.only.split(",") if p.strip()]
+    if not asked or set(asked) - set(PATHS):
+        parser.error(f"--only takes {', '.join(PATHS)}; got {options.only!r}")
+    only = [p for p in PATHS if p in asked]
     scratch = ScratchDatabase(bench_server())
     import redis as redis_lib
 
