@@ -35,6 +35,7 @@ every hot statement's rows and types with ``Connection.execute``'s, and the erro
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -43,6 +44,7 @@ from psycopg.pq import ExecStatus
 from sqlalchemy import exc
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.dml import ValuesBase
 
 _TUPLES_OK = ExecStatus.TUPLES_OK
 _CACHE_ATTRIBUTE = "_copay_hot_statements"
@@ -88,13 +90,20 @@ class _Compiled:
 
     def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
+        if isinstance(statement, ValuesBase):
+            with warnings.catch_warnings():  # compiled with no keys at all, SQLAlchemy warns of the key columns
+                warnings.simplefilter("ignore")
+                keyless = statement.compile(dialect=dialect, column_keys=[]).string
+            if keyless != compiled.string:
+                # An INSERT/UPDATE without .values(): its columns would follow each execution's keys.
+                raise TypeError("hot INSERT and UPDATE statements name their columns (.values with bindparams)")
         if compiled.positional or compiled.post_compile_params or compiled.literal_execute_params \
                 or compiled.escaped_bind_names:
             raise TypeError("hot statements take named parameters, named in the text as in the statement, "
                             "and none rendered at execution")
         self.sql: str = compiled.string
         self.fixed: dict[str, Any] = {}
-        processors: dict[str, Callable[[Any], Any] | None] = {}
+        processors: dict[str, Callable[[Any], Any]] = {}
         for bind, name in compiled.bind_names.items():
             if bind.expanding or bind.literal_execute:
                 raise TypeError(f"hot statements take no expanding or literal parameters ({bind.key})")
@@ -104,9 +113,12 @@ class _Compiled:
                 if callable(bind.callable):
                     raise TypeError(f"hot statements take no callable parameters ({bind.key})")
                 self.fixed[name] = bind.effective_value
-            # One processor per name, as SQLAlchemy applies them (two binds of one name are one value).
-            processors[name] = bind.type.dialect_impl(dialect).bind_processor(dialect)
-        self.bind_processors = [(name, p) for name, p in processors.items() if p is not None]
+            # One processor per name, as SQLAlchemy applies them (two binds of one name are one value;
+            # an untyped one does not take away a typed one's processor).
+            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if processor is not None:
+                processors[name] = processor
+        self.bind_processors = list(processors.items())
         self.result_columns = [(column.keyname, column.type) for column in compiled._result_columns]
         self.maker: Callable[[Sequence[Any]], Any] | None = None
         self.width = -1

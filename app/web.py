@@ -57,16 +57,16 @@ def principal() -> Principal:
     return g.principal
 
 
-def _authenticate(query: Select[Any] | None = None) -> Principal:
+def _authenticate(query: Select[Any] | None = None, alone: bool = False) -> Principal:
     token = _bearer()
     if token is None:
         raise errors.Unauthenticated()
     request_session = session()
     begin_envelope = getattr(request_session, "begin_envelope", None)
     engine = request_session.get_bind()
-    if query is not None and engine.dialect.name == "postgresql":
-        # A view that reads nothing but its token look-up (``user_required_with``): one statement,
-        # no transaction around it (on SQLite a transaction is as cheap: it stays as it was).
+    if alone and query is not None and engine.dialect.name == "postgresql":
+        # A view that reads nothing but its token look-up (``user_required_with(..., alone=True)``):
+        # one statement, no transaction around it (on SQLite a transaction is as cheap: as it was).
         found = authenticate_alone(engine, token, now(), query)
     elif begin_envelope is not None and begin_envelope():
         # The look-up runs in a transaction the use case takes over (one commit per request).
@@ -103,17 +103,21 @@ def user_required(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def user_required_with(query: Select[Any]) -> Callable[[F], F]:
+def user_required_with(query: Select[Any], *, alone: bool = False) -> Callable[[F], F]:
     """``user_required`` whose token look-up is ``query`` (an ``app.services.auth.user_by_token(...)``):
     it reads the view's facts about the caller in the same statement as the token, and the view
-    finds them in ``principal().facts``. Same refusals as ``user_required``. For a view that reads
-    nothing else (on PostgreSQL the look-up runs on its own, in autocommit, outside the request's
-    session: a statement the view made would be in a transaction of its own)."""
+    finds them in ``principal().facts``. Same refusals as ``user_required``.
+
+    ``alone=True``: the view reads nothing else and writes nothing (``GET /me``) — on PostgreSQL the
+    look-up then runs on its own connection in autocommit, outside the request's session (no BEGIN,
+    no ROLLBACK). Never for a view that moves money or writes: its facts would be read outside the
+    transaction that acts on them. Without it the look-up opens the request's transaction, which
+    the use case takes over, as ``user_required``'s does."""
 
     def decorator(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if _authenticate(query).kind != "user":
+            if _authenticate(query, alone=alone).kind != "user":
                 raise errors.Forbidden("This endpoint is for mini-program users.")
             return fn(*args, **kwargs)
 

@@ -18,7 +18,7 @@ bp = Blueprint("me", __name__, description="The signed-in user")
 
 
 @bp.get("")
-@user_required_with(identity.ME_BY_TOKEN)
+@user_required_with(identity.ME_BY_TOKEN, alone=True)
 @bp.response(200, MeSchema)
 def get_me():
     """The masked person, account balance (owners), proof and phone status, and the region policy."""

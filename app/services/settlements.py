@@ -900,7 +900,10 @@ _CAP_LOCK = {
     name: (lambda stmt: stmt.on_conflict_do_update(
         index_elements=[cap_usage_t.c.beneficiary_person_id, cap_usage_t.c.year],
         set_={"used_fen": cap_usage_t.c.used_fen},
-    ).returning(cap_usage_t.c.used_fen))(dialect_insert(cap_usage_t))
+    ).returning(cap_usage_t.c.used_fen))(dialect_insert(cap_usage_t).values(
+        # Named: the columns do not follow the keys given at execution (app.hot_sql compiles it once).
+        beneficiary_person_id=bindparam("beneficiary_person_id"), year=bindparam("year"),
+        used_fen=bindparam("used_fen")))
     for name, dialect_insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
 }
 _ADD_CAP_USAGE = update(cap_usage_t).where(

@@ -121,3 +121,46 @@ def test_idle_connections_cut_without_pre_ping_cost_at_most_one_503(make_app, sa
     # At most the first request meets the dead pool (503); every later one is served by a new connection.
     assert statuses.count(503) <= 1 and statuses[1:] == [200] * 7, statuses
     engine.dispose()
+
+
+def test_get_me_whose_backend_is_cut_during_its_one_statement_is_a_503_then_served(app, client, sandbox, demo):
+    """GET /me's look-up runs on its own autocommit connection (issue 13): a backend cut under it is
+    a retryable 503 like any other, and the next request is served on a fresh connection."""
+    from tests.helpers import bearer
+
+    token = sign_in(client, sandbox, OWNER)
+    killer = Killer(app, "FROM auth_tokens JOIN users")
+    try:
+        cut = client.get("/api/v1/me", headers=bearer(token))
+    finally:
+        killer.close()
+    assert killer.killed, "the look-up was not seen"
+    assert cut.status_code == 503 and cut.headers["Retry-After"] == "2", cut.get_json()
+    assert cut.get_json()["error"]["details"] == {"unavailable": "database", "retry_after": 2}
+    assert client.get("/api/v1/me", headers=bearer(token)).status_code == 200
+
+
+def test_a_connection_that_served_get_me_goes_back_to_transactions(app, demo, sandbox, client):
+    """The look-up's connection ran in autocommit; back in the pool it must run money transactions
+    again: with one connection in the pool, the next checkout is that one, out of autocommit, and
+    its work is one transaction (BEGIN … ROLLBACK undoes it)."""
+    from datetime import UTC, datetime
+
+    from app.extensions import make_engine
+    from app.services.auth import authenticate_alone
+    from app.services.identity import ME_BY_TOKEN
+
+    token = sign_in(client, sandbox, OWNER)
+    engine = make_engine(app.config["DATABASE_URL"], pool_size=1, max_overflow=0)
+    try:
+        assert authenticate_alone(engine, token, datetime.now(UTC), ME_BY_TOKEN).kind == "user"
+        with engine.connect() as connection:
+            driver = connection.connection.driver_connection
+            assert driver.autocommit is False
+            connection.execute(text("CREATE TEMPORARY TABLE t_after_me (x int)"))
+            connection.execute(text("INSERT INTO t_after_me VALUES (1)"))
+            assert driver.info.transaction_status.name == "INTRANS"
+            connection.rollback()
+            assert connection.execute(text("SELECT to_regclass('pg_temp.t_after_me')")).scalar() is None
+    finally:
+        engine.dispose()

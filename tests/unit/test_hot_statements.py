@@ -58,3 +58,26 @@ def test_a_hot_statement_can_run_on_the_cursor(name):
     the first request in production."""
     compiled = hot_sql._Compiled(HOT[name], postgresql.psycopg.dialect())
     assert compiled.sql == str(HOT[name].compile(dialect=postgresql.psycopg.dialect())), name
+
+
+def test_an_insert_whose_columns_follow_the_execution_keys_is_refused():
+    """``insert(table)`` without ``.values()`` takes its columns from each execution's keys; compiled
+    once it would name every column of the table (a new column: "query parameter missing")."""
+    from sqlalchemy import insert
+
+    with pytest.raises(TypeError):
+        hot_sql._Compiled(insert(settlements.cap_usage_t), postgresql.psycopg.dialect())
+
+
+def test_an_untyped_bind_does_not_take_a_typed_binds_processor_of_the_same_name():
+    from datetime import datetime
+
+    from sqlalchemy import bindparam, literal_column, select
+
+    from models.base import UTCDateTime
+
+    statement = select(literal_column("1").label("one")).where(
+        bindparam("t", type_=UTCDateTime()) == literal_column("now()"), bindparam("t") != literal_column("now()"))
+    compiled = hot_sql._Compiled(statement, postgresql.psycopg.dialect())
+    with pytest.raises(ValueError):  # UTCDateTime refuses a naive time, as under Connection.execute
+        compiled.parameters({"t": datetime(2026, 1, 1)})
