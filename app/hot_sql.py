@@ -133,11 +133,9 @@ class _Compiled:
 
     def row_maker(self, description: Sequence[Any], dialect: Dialect) -> Callable[[Sequence[Any]], Any]:
         """A named tuple with the keys SQLAlchemy's ``Row`` has, filled through the result processors.
-        Made at the first execution (the result's types come with it) and kept: a statement's
-        columns do not change between executions (reading ``cursor.description`` each time cost
-        ≈ 20 µs)."""
-        if self.maker is not None and self.width == len(description):
-            return self.maker
+        Made at the first execution (the result's types come with it) and kept as ``maker`` for
+        results of the same width (``execute`` checks it: reading ``cursor.description`` each time
+        cost ≈ 20 µs); made again when the width changes."""
         if len(self.result_columns) == len(description):
             keys = [key for key, _ in self.result_columns]
             processors = [type_.dialect_impl(dialect).result_processor(dialect, column.type_code)

@@ -63,8 +63,7 @@ def _authenticate(query: Select[Any] | None = None, alone: bool = False) -> Prin
         raise errors.Unauthenticated()
     request_session = session()
     begin_envelope = getattr(request_session, "begin_envelope", None)
-    engine = request_session.get_bind()
-    if alone and query is not None and engine.dialect.name == "postgresql":
+    if alone and query is not None and (engine := request_session.get_bind()).dialect.name == "postgresql":
         # A view that reads nothing but its token look-up (``user_required_with(..., alone=True)``):
         # one statement, no transaction around it (on SQLite a transaction is as cheap: as it was).
         found = authenticate_alone(engine, token, now(), query)
