@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import secrets
 import shutil
@@ -35,7 +34,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.run import HOSPITAL, HOSPITAL_SECRET, SETTLE_PATH, _key, seed
+from bench.run import HOSPITAL, HOSPITAL_SECRET, SETTLE_PATH, seed, service_env
 from bench.scratch import ScratchDatabase, bench_redis, bench_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,10 +166,7 @@ def main(argv: list[str] | None = None) -> None:
 
     redis_url = bench_redis()
     redis_lib.Redis.from_url(redis_url).flushdb()
-    env = {**os.environ, "DATABASE_URL": scratch.url, "BENCH_DATABASE_URL": scratch.url,
-           "SECRET_KEY": secrets.token_urlsafe(32), "PII_KEY": _key(), "PII_INDEX_KEY": _key(),
-           "VOUCHER_KEY": _key(), "PLEDGE_SIGNING_KEY": _key(), "RATE_LIMIT_PER_USER": "off",
-           "RATE_LIMIT_PER_IP": "off", "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), "REDIS_URL": redis_url}
+    env = service_env(scratch.url, redis_url)
     data_file = Path(scratch.name + ".json").resolve()
     try:
         per = WARMUP + options.requests

@@ -81,6 +81,15 @@ def _key() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
 
 
+def service_env(database_url: str, redis_url: str, log_level: str = "WARNING") -> dict[str, str]:
+    """The environment the service (and the reference app) run with in a benchmark: the scratch
+    database, fresh keys, rate limits off, Redis for nonces and the notice hand-over."""
+    return {**os.environ, "DATABASE_URL": database_url, "BENCH_DATABASE_URL": database_url,
+            "SECRET_KEY": secrets.token_urlsafe(32), "PII_KEY": _key(), "PII_INDEX_KEY": _key(),
+            "VOUCHER_KEY": _key(), "PLEDGE_SIGNING_KEY": _key(), "RATE_LIMIT_PER_USER": "off",
+            "RATE_LIMIT_PER_IP": "off", "LOG_LEVEL": log_level, "PYTHONPATH": str(ROOT), "REDIS_URL": redis_url}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -525,10 +534,7 @@ def main(argv: list[str] | None = None) -> None:
     redis_lib.Redis.from_url(redis_url).flushdb()
     sandbox = Sandbox().start()
     sandbox.register_wechat_app(WECHAT_APPID, WECHAT_SECRET, templates=["T-deduction"])
-    env = {**os.environ, "DATABASE_URL": url, "BENCH_DATABASE_URL": url, "SECRET_KEY": secrets.token_urlsafe(32),
-           "PII_KEY": _key(), "PII_INDEX_KEY": _key(), "VOUCHER_KEY": _key(), "PLEDGE_SIGNING_KEY": _key(),
-           "RATE_LIMIT_PER_USER": "off", "RATE_LIMIT_PER_IP": "off", "LOG_LEVEL": options.log_level,
-           "PYTHONPATH": str(ROOT), "REDIS_URL": redis_url, "WECHAT_APPID": WECHAT_APPID,
+    env = {**service_env(url, redis_url, options.log_level), "WECHAT_APPID": WECHAT_APPID,
            "WECHAT_SECRET": WECHAT_SECRET, "WECHAT_API_BASE_URL": f"http://127.0.0.1:{sandbox.port}/",
            "WECHAT_TEMPLATE_DEDUCTION": "T-deduction"}
     budget = int(options.max_rate * (options.seconds + options.warmup + 2))
