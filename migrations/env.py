@@ -12,8 +12,11 @@ target_metadata = Base.metadata
 
 
 def _run(connection) -> None:
-    sqlite = connection.dialect.name == "sqlite"
-    if sqlite:
+    # A connection passed in a transaction its caller began (scripts/make_migration.py): the
+    # migrations run inside it and the caller ends it; nothing below may end it, and SQLite would
+    # ignore the pragma inside it anyway.
+    foreign_keys_off = connection.dialect.name == "sqlite" and not connection.in_transaction()
+    if foreign_keys_off:
         # A batch migration rebuilds a table (copy, drop, rename). The service's engine enforces
         # foreign keys on SQLite, and dropping a table other tables reference then fails ("FOREIGN
         # KEY constraint failed") as soon as rows reference it. SQLite ignores this pragma inside a
@@ -28,18 +31,18 @@ def _run(connection) -> None:
             connection=connection,
             target_metadata=target_metadata,
             compare_type=True,
-            render_as_batch=sqlite,
+            render_as_batch=connection.dialect.name == "sqlite",
             transactional_ddl=True,  # PostgreSQL's default; SQLite: see above
             user_module_prefix="models.base.",
         )
         with context.begin_transaction():
             context.run_migrations()
-            if sqlite:
+            if foreign_keys_off:
                 broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
                 if broken:
                     raise RuntimeError(f"the migration broke foreign keys (rolled back): {broken[:5]}")
     finally:
-        if sqlite:
+        if foreign_keys_off:
             if connection.in_transaction():
                 connection.rollback()
             raw.execute(f"PRAGMA foreign_keys={'ON' if enforced else 'OFF'}")

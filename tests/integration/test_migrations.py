@@ -202,3 +202,18 @@ def test_a_sqlite_migration_gives_the_connection_back_with_foreign_keys_as_it_fo
         command.upgrade(_alembic(conn), "head")
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == (1 if service_engine else 0)
     engine.dispose()
+
+
+def test_migrations_run_inside_a_transaction_the_caller_began(tmp_path):
+    """``make migration`` (scripts/make_migration.py) upgrades a scratch SQLite database and
+    autogenerates against it on one connection inside ``engine.begin()``: env.py must leave that
+    transaction to its owner (it used to roll it back and close it: "Can't operate on closed
+    transaction inside context manager")."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'caller.sqlite3'}")
+    with engine.begin() as conn:
+        config = _alembic(conn)
+        command.upgrade(config, "head")
+        command.check(config)  # autogenerate against the upgraded schema: nothing to add
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar() == 1
+    engine.dispose()
