@@ -293,11 +293,13 @@ def check_request_body() -> None:
     if req.method not in BODY_METHODS:
         return
     mimetype = req.mimetype
-    if mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        if _has_nul(list(req.form.lists())) or _has_nul([f.filename or "" for f in req.files.values()]):
-            raise _refuse_nul()
     if not _reads_json(current_app.view_functions.get(rule.endpoint)):
+        if mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+            if _has_nul(list(req.form.lists())) or _has_nul([f.filename or "" for f in req.files.values()]):
+                raise _refuse_nul()
         return
+    # A JSON operation: its body is read as it came (parsing it as a form first would use it up, and
+    # a JSON body sent as a form — plain ``curl -d`` — would pass as an empty one).
     raw = req.get_data(cache=True)
     if not raw:
         return  # the schema reports the missing fields

@@ -186,13 +186,15 @@ def test_malformed_json_says_the_body_is_not_json(client, owner):
     assert "not valid JSON" in error["message"]
 
 
-def test_a_body_without_the_json_content_type_is_415_and_says_so(client, owner):
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+def test_a_body_without_the_json_content_type_is_415_and_says_so(client, owner, content_type):
+    """application/x-www-form-urlencoded is what plain ``curl -d '{…}'`` sends."""
     response = client.post("/api/v1/bindings", data=json.dumps({"relationship": "child"}),
-                           headers=bearer(owner) | {"Content-Type": "text/plain", "Accept-Language": "en"})
+                           headers=bearer(owner) | {"Content-Type": content_type, "Accept-Language": "en"})
     assert response.status_code == 415
     error = response.get_json()["error"]
     assert error["code"] == "UNSUPPORTED_MEDIA_TYPE" and "application/json" in error["message"]
-    assert error["details"] == {"content_type": "text/plain", "expected": "application/json"}
+    assert error["details"] == {"content_type": content_type, "expected": "application/json"}
 
 
 @pytest.mark.parametrize("depth", [33, 100_000])
