@@ -281,6 +281,6 @@ def init_app(app: Flask) -> None:
             from app.errors_http import envelope
 
             return envelope("FORBIDDEN", "Metrics are not public.", 403)
-        return Response(render(app), mimetype=CONTENT_TYPE_LATEST)
+        return Response(render(app), content_type=CONTENT_TYPE_LATEST)  # it names its charset already
 
     app.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])

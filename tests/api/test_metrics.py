@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import bearer
@@ -13,6 +14,7 @@ def scrape(client, **kwargs) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
     response = client.get("/metrics", **kwargs)
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.mimetype == "text/plain"
+    assert response.headers["Content-Type"] == CONTENT_TYPE_LATEST  # once, as prometheus_client writes it
     found = {}
     for family in text_string_to_metric_families(response.get_data(as_text=True)):
         for s in family.samples:
