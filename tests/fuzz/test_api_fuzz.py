@@ -114,7 +114,7 @@ def fuzz_env(postgres, make_config, sandbox):
         """A token of its own for logout, which revokes the token it is called with."""
         return sign_in_wechat(client, sandbox)["access_token"]
 
-    tokens_for = _TokensFor(tokens, throwaway_user)
+    tokens_for = _TokensFor(tokens, throwaway_user, lambda: sign_in(client, sandbox, OWNER))
     yield app, hook, tokens_for
     print(f"\nfuzz: {hook.requests} requests, by status {dict(sorted(hook.by_status.items()))}, seed {SEED}")
     _clean(app)
@@ -129,10 +129,16 @@ def fuzz_schema(fuzz_env):
 
 class _TokensFor:
     """The callers' tokens; ``POST /auth/logout`` gets a throwaway user each time, or it would sign
-    the fuzzing user out for the rest of the run (and every later user request would be a 401)."""
+    the fuzzing user out for the rest of the run (and every later user request would be a 401).
+    ``sign_in_again``: the fuzzing user as a new, verified sign-in — staff operations fuzzed with
+    generated ids (``POST /staff/identity-links/{user_id}/end``) can end the current one's link,
+    after which every write of the user is a 403."""
 
-    def __init__(self, tokens: dict[str, str], throwaway: Any):
-        self.tokens, self.throwaway = tokens, throwaway
+    def __init__(self, tokens: dict[str, str], throwaway: Any, verified_user: Any):
+        self.tokens, self.throwaway, self.verified_user = tokens, throwaway, verified_user
+
+    def sign_in_again(self) -> None:
+        self.tokens["user"] = self.verified_user()
 
     def __call__(self, path: str) -> dict[str, str]:
         if path == "/api/v1/auth/logout":
@@ -274,6 +280,7 @@ def test_stateful_flows_follow_the_documents_links(fuzz_schema, fuzz_env, monkey
         path = case.operation.path
         return {"headers": headers_for(role_for(path), tokens_for(path))}
 
+    tokens_for.sign_in_again()  # the stateless run may have ended the user's link
     before, created_before = hook.requests, dict(hook.created)
     flows = run_flows(_state_machine(fuzz_schema, monkeypatch), call_kwargs, STATEFUL, SEED)
     print(f"\nfuzz (stateful): {flows['done']} flows, {hook.requests - before} requests along {links} links, "
